@@ -1,0 +1,64 @@
+"""embedkit: fast, batched, resilient text embeddings from HF, TEI, OpenAI-compatible
+servers or a local model, as float32 numpy matrices.
+
+    async with embedkit.AsyncEmbedder("thenlper/gte-large") as emb:
+        vector = await emb.embed("Today is a sunny day")     # shape (dim,)
+        matrix = await emb.embed_many(["first", "second"])   # shape (2, dim)
+"""
+
+from __future__ import annotations
+
+from ._backend import Backend as Backend
+from ._backend import BackendInfo as BackendInfo
+from ._client import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_BATCH_SIZE
+from ._client import DEFAULT_MAX_CONCURRENCY as DEFAULT_MAX_CONCURRENCY
+from ._client import AsyncEmbedder as AsyncEmbedder
+from ._client import Embedder as Embedder
+from ._errors import AuthenticationError as AuthenticationError
+from ._errors import BatchTooLargeError as BatchTooLargeError
+from ._errors import ClientClosedError as ClientClosedError
+from ._errors import EmbedkitError as EmbedkitError
+from ._errors import InputError as InputError
+from ._errors import ModelLoadingError as ModelLoadingError
+from ._errors import ModelNotFoundError as ModelNotFoundError
+from ._errors import RateLimitError as RateLimitError
+from ._errors import ResponseError as ResponseError
+from ._errors import ServerError as ServerError
+from ._errors import StatusError as StatusError
+from ._errors import TransportError as TransportError
+from ._http import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
+from ._retry import DEFAULT_RETRY as DEFAULT_RETRY
+from ._retry import RetryPolicy as RetryPolicy
+from ._scheduler import SchedulerStats as SchedulerStats
+from ._similarity import cosine_similarity as cosine_similarity
+from ._similarity import top_k as top_k
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MAX_BATCH_SIZE",
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_RETRY",
+    "DEFAULT_TIMEOUT",
+    "AsyncEmbedder",
+    "AuthenticationError",
+    "Backend",
+    "BackendInfo",
+    "BatchTooLargeError",
+    "ClientClosedError",
+    "Embedder",
+    "EmbedkitError",
+    "InputError",
+    "ModelLoadingError",
+    "ModelNotFoundError",
+    "RateLimitError",
+    "ResponseError",
+    "RetryPolicy",
+    "SchedulerStats",
+    "ServerError",
+    "StatusError",
+    "TransportError",
+    "__version__",
+    "cosine_similarity",
+    "top_k",
+]

@@ -1,0 +1,67 @@
+"""Where tokens come from, and the wrapper that keeps them out of reprs and logs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["Secret", "resolve_token"]
+
+
+class Secret:
+    """A token that never shows itself in `repr`, `str` or a traceback's locals display."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The token itself, for the Authorization header and nothing else."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _hf_token_file() -> Path:
+    explicit = os.environ.get("HF_TOKEN_PATH")
+    if explicit:
+        return Path(explicit)
+    home = os.environ.get("HF_HOME")
+    if home:
+        return Path(home) / "token"
+    cache = os.environ.get("XDG_CACHE_HOME")
+    base = Path(cache) if cache else Path.home() / ".cache"
+    return base / "huggingface" / "token"
+
+
+def resolve_token(api: str, token: str | None) -> Secret | None:
+    """The token to send: the argument, then the environment, then the HF CLI token file.
+
+    `hf` and `tei` read `HF_TOKEN` (then the legacy `HUGGING_FACE_HUB_TOKEN`) and the file
+    the huggingface CLI writes; `openai` reads `OPENAI_API_KEY`.
+    """
+    if token is not None:
+        token = token.strip()
+        return Secret(token) if token else None
+    if api == "openai":
+        value = os.environ.get("OPENAI_API_KEY", "").strip()
+        return Secret(value) if value else None
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return Secret(value)
+    try:
+        value = _hf_token_file().read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return Secret(value) if value else None

@@ -1,0 +1,400 @@
+"""`AsyncEmbedder` and `Embedder`: configuration, life cycle and wiring.
+
+An embedder owns a backend (HTTP or local) and a scheduler that feeds it. Everything that
+embeds — `embed`, `embed_many`, `embed_stream`, `encode`, the CLI, `embedkit serve` — goes
+through the same scheduler, so coalescing, limits and retries apply everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import math
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any, Literal
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+import httpx
+import numpy as np
+
+from ._auth import resolve_token
+from ._backend import Backend
+from ._decode import Matrix, Pooling
+from ._errors import ClientClosedError
+from ._http import DEFAULT_TIMEOUT, HttpBackend
+from ._limits import AdaptiveConcurrency, Cooldown, TokenBucket
+from ._protocols import PROTOCOLS, BackendInfo, OpenAIProtocol, Options
+from ._retry import DEFAULT_RETRY, RetryPolicy
+from ._scheduler import Scheduler, SchedulerStats
+
+__all__ = ["DEFAULT_MAX_BATCH_SIZE", "DEFAULT_MAX_CONCURRENCY", "AsyncEmbedder", "Embedder"]
+
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_CONCURRENCY = 8
+
+Api = Literal["hf", "tei", "openai", "local"]
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+def validate_texts(texts: Iterable[Any], *, name: str = "texts") -> list[str]:
+    """Check every text is a non-empty `str`, before anything is sent.
+
+    Raises `TypeError` for a non-str (None, bytes, numbers) and `ValueError` for an empty
+    string, naming the position, so one bad record never fails a batch of good ones.
+    """
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"{name} must be a list of strings, not a single {type(texts).__name__}")
+    items = texts if isinstance(texts, list) else list(texts)
+    for i, text in enumerate(items):
+        if type(text) is not str:
+            if not isinstance(text, str):
+                raise TypeError(f"{name}[{i}] is {type(text).__name__}, expected str")
+        if not text:
+            raise ValueError(
+                f"{name}[{i}] is an empty string; embedding servers reject empty inputs "
+                "(TEI answers 400, OpenAI 400), so embedkit refuses them before sending"
+            )
+    return items
+
+
+class AsyncEmbedder:
+    """An async embedding client that batches concurrent calls into few, full requests.
+
+    Use it as `async with AsyncEmbedder(...) as emb:`; inside, `await emb.embed(text)` from
+    any number of tasks, or `await emb.embed_many(texts)`.
+
+    Args:
+        model: the model id (hf, openai, local) — for `api="local"` also a folder path.
+        url: where to send requests. hf: the full URL (default: the HF router URL for
+            `model`); tei: the server root; openai: the API base (default OpenAI's).
+        api: `"hf"`, `"tei"`, `"openai"` or `"local"` (a model in this process).
+        token: the API token; default `HF_TOKEN` / the huggingface CLI token file
+            (hf, tei) or `OPENAI_API_KEY` (openai). Never shown in reprs, logs or errors.
+        normalize: ask for unit-length vectors (None: the server's default).
+        prompt_name: a prompt the model defines (e.g. "query"), hf/tei/local.
+        truncate: let the server truncate over-long inputs instead of refusing them.
+        truncation_direction: "left" or "right".
+        dimensions: Matryoshka output size (tei, openai, local; hf when the model has it).
+        pooling: "mean" or "cls" to pool token-level answers (hf models without pooling).
+        encoding_format: openai: "base64" (default, fast) or "float".
+        max_batch_size: texts per request at most (lowered to the server's own limit).
+        max_batch_chars: characters per request at most, to stay under body limits.
+        max_concurrency: requests in flight at most; adaptive below this after 429s.
+        adaptive_concurrency: halve concurrency on 429 and grow it back on success.
+        requests_per_second: a client-side request rate limit (token bucket).
+        inputs_per_second: a client-side limit on texts per second.
+        retry: a `RetryPolicy`, or None to never retry.
+        timeout: httpx timeout for the client embedkit builds.
+        transport: an httpx transport (e.g. `httpx.MockTransport` in tests).
+        http_client: an `httpx.AsyncClient` to use instead (you keep ownership).
+        wait_for_model: force HF's `x-wait-for-model` header on or off; default: on after
+            the first 503 "loading".
+        use_cache: False asks HF not to answer from its result cache.
+        dedup: send identical in-flight texts once.
+        cache_size: keep an LRU cache of this many recent vectors (0: none).
+        backend: a ready `Backend` object (overrides api/url); the seam for custom backends.
+        device: the torch device for `api="local"` (default "cpu").
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        url: str | None = None,
+        api: Api = "hf",
+        token: str | None = None,
+        normalize: bool | None = None,
+        prompt_name: str | None = None,
+        truncate: bool | None = None,
+        truncation_direction: Literal["left", "right"] | None = None,
+        dimensions: int | None = None,
+        pooling: Pooling | None = None,
+        encoding_format: Literal["base64", "float"] = "base64",
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_batch_chars: int | None = 500_000,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        adaptive_concurrency: bool = True,
+        requests_per_second: float | None = None,
+        inputs_per_second: float | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        wait_for_model: bool | None = None,
+        use_cache: bool | None = None,
+        dedup: bool = True,
+        cache_size: int = 0,
+        backend: Backend | None = None,
+        device: str | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        if dimensions is not None and dimensions < 1:
+            raise ValueError("dimensions must be a positive integer")
+        if truncation_direction not in (None, "left", "right"):
+            raise ValueError("truncation_direction must be 'left' or 'right'")
+        if pooling not in (None, "mean", "cls"):
+            raise ValueError("pooling must be 'mean' or 'cls'")
+        for name, rate in (("requests_per_second", requests_per_second), ("inputs_per_second", inputs_per_second)):
+            if rate is not None and not (rate > 0 and math.isfinite(rate)):
+                raise ValueError(f"{name} must be a positive number")
+        if cache_size < 0:
+            raise ValueError("cache_size must be >= 0")
+        self.model = model
+        self.api: str = api
+        self.max_batch_size = max_batch_size
+        self.max_concurrency = max_concurrency
+        self._max_batch_chars = max_batch_chars
+        self._adaptive = adaptive_concurrency
+        self._rps = requests_per_second
+        self._ips = inputs_per_second
+        self._retry = retry
+        self._dedup = dedup
+        self._cache_size = cache_size
+        self._options = Options(
+            normalize=normalize,
+            prompt_name=prompt_name,
+            truncate=truncate,
+            truncation_direction=truncation_direction,
+            dimensions=dimensions,
+            pooling=pooling,
+        )
+        if backend is not None:
+            self._backend: Backend = backend
+        elif api == "local":
+            from ._local import LocalBackend
+
+            self._backend = LocalBackend(model, options=self._options, device=device)
+        elif api in PROTOCOLS:
+            if api == "openai":
+                protocol: Any = OpenAIProtocol(
+                    model=model, url=url, options=self._options, encoding_format=encoding_format
+                )
+            else:
+                protocol = PROTOCOLS[api](model=model, url=url, options=self._options)
+            self._backend = HttpBackend(
+                protocol,
+                token=resolve_token(api, token),
+                client=http_client,
+                transport=transport,
+                timeout=timeout,
+                max_connections=max(max_concurrency * 2, 16),
+                wait_for_model=wait_for_model,
+                use_cache=use_cache,
+            )
+        else:
+            raise ValueError(f"api must be one of 'hf', 'tei', 'openai', 'local', not {api!r}")
+        self._state = _State.UNOPENED
+        self._scheduler: Scheduler | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self.info = BackendInfo()
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self._backend.describe()} model={self.model!r} "
+            f"max_batch_size={self.max_batch_size} max_concurrency={self.max_concurrency} "
+            f"state={self._state.value}>"
+        )
+
+    # ------------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> AsyncEmbedder:
+        if self._state is not _State.UNOPENED:
+            raise ClientClosedError(
+                f"an {type(self).__name__} can be opened once; it is {self._state.value}"
+            )
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            stack.push_async_callback(self._backend.aclose)
+            info = await self._backend.start()
+            self.info = info
+            max_batch = self.max_batch_size
+            if info.max_batch_size is not None:
+                max_batch = min(max_batch, info.max_batch_size)
+            max_conc = self.max_concurrency
+            if info.max_inputs_in_flight is not None:
+                # TEI counts inputs, not requests, against max_concurrent_requests.
+                max_conc = max(1, min(max_conc, info.max_inputs_in_flight // max_batch))
+            retry = self._retry
+            cooldown = Cooldown(sleep=retry.sleep) if retry is not None else Cooldown()
+            scheduler = Scheduler(
+                self._backend.embed_batch,
+                max_batch_size=max_batch,
+                max_batch_chars=self._max_batch_chars,
+                concurrency=AdaptiveConcurrency(max_conc, adaptive=self._adaptive),
+                retry=retry,
+                cooldown=cooldown,
+                request_rate=TokenBucket(self._rps) if self._rps else None,
+                input_rate=TokenBucket(self._ips, burst=max(float(max_batch), self._ips / 10))
+                if self._ips
+                else None,
+                dedup=self._dedup,
+                cache_size=self._cache_size,
+            )
+            scheduler.dimension = info.dimension
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)
+            stack.callback(scheduler.close)
+            await tg.start(scheduler.run)
+        except BaseException:
+            await stack.aclose()
+            self._state = _State.CLOSED
+            raise
+        self._stack = stack
+        self._scheduler = scheduler
+        self._state = _State.OPEN
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop: pending calls fail with `ClientClosedError`, connections are closed."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    def _open_scheduler(self) -> Scheduler:
+        if self._state is _State.OPEN and self._scheduler is not None:
+            return self._scheduler
+        if self._state is _State.UNOPENED:
+            raise ClientClosedError(
+                f"open the {type(self).__name__} first: `async with {type(self).__name__}(...) as emb:`"
+            )
+        raise ClientClosedError(f"this {type(self).__name__} is closed")
+
+    # -------------------------------------------------------------------- embedding
+
+    @property
+    def dimension(self) -> int | None:
+        """The embedding size, once known (from the server's limits or a first answer)."""
+        if self._scheduler is not None and self._scheduler.dimension is not None:
+            return self._scheduler.dimension
+        return self.info.dimension
+
+    async def embed(self, text: str) -> Matrix:
+        """Embed one text: a float32 vector of shape (dim,).
+
+        Concurrent calls from many tasks share batched requests.
+        """
+        if type(text) is not str:
+            if isinstance(text, str):
+                text = str(text)
+            else:
+                raise TypeError(f"text is {type(text).__name__}, expected str")
+        if not text:
+            raise ValueError("text is an empty string; embedding servers reject empty inputs")
+        matrix = await self._open_scheduler().submit([text])
+        return matrix[0]
+
+    async def embed_many(self, texts: Sequence[str] | Iterable[str]) -> Matrix:
+        """Embed many texts: a float32 matrix of shape (len(texts), dim), row i for text i.
+
+        The list is cut into full batches sent concurrently (and shared with any concurrent
+        `embed` calls). An empty list gives shape (0, dim) when dim is known.
+        """
+        items = validate_texts(texts)
+        scheduler = self._open_scheduler()
+        if not items:
+            dim = self.dimension
+            if dim is None:
+                raise ValueError(
+                    "embed_many([]) cannot know the embedding size before the first answer; "
+                    "pass dimensions= or embed something first"
+                )
+            return np.empty((0, dim), dtype=np.float32)
+        return await scheduler.submit(items)
+
+    def stats(self) -> SchedulerStats:
+        """Counters, limits and latency percentiles (a frozen snapshot)."""
+        return self._open_scheduler().stats()
+
+
+class Embedder:
+    """The blocking twin of `AsyncEmbedder`, for scripts and notebooks.
+
+    It runs an `AsyncEmbedder` on an event loop in a background thread (an anyio blocking
+    portal). Takes the same arguments. Use `with Embedder(...) as emb: emb.embed_many(texts)`.
+    Calls from several threads at once are coalesced like concurrent async calls.
+    """
+
+    def __init__(self, model: str | None = None, **kwargs: Any) -> None:
+        self._async = AsyncEmbedder(model, **kwargs)
+        self._stack: contextlib.ExitStack | None = None
+        self._portal: anyio.abc.BlockingPortal | None = None
+
+    def __repr__(self) -> str:
+        return repr(self._async).replace("AsyncEmbedder", "Embedder", 1)
+
+    def __enter__(self) -> Embedder:
+        stack = contextlib.ExitStack()
+        try:
+            portal = stack.enter_context(anyio.from_thread.start_blocking_portal())
+            stack.enter_context(portal.wrap_async_context_manager(self._async))
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        self._portal = portal
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the embedder and stop its event-loop thread."""
+        stack, self._stack = self._stack, None
+        self._portal = None
+        if stack is not None:
+            stack.close()
+
+    def _require_portal(self) -> anyio.abc.BlockingPortal:
+        if self._portal is None:
+            raise ClientClosedError("open the Embedder first: `with Embedder(...) as emb:`")
+        return self._portal
+
+    @property
+    def dimension(self) -> int | None:
+        """The embedding size, once known."""
+        return self._async.dimension
+
+    @property
+    def aio(self) -> AsyncEmbedder:
+        """The underlying `AsyncEmbedder` (use it only from the embedder's own loop)."""
+        return self._async
+
+    def embed(self, text: str) -> Matrix:
+        """Embed one text: a float32 vector of shape (dim,)."""
+        return self._require_portal().call(self._async.embed, text)
+
+    def embed_many(self, texts: Sequence[str] | Iterable[str]) -> Matrix:
+        """Embed many texts: a float32 matrix of shape (len(texts), dim)."""
+        return self._require_portal().call(self._async.embed_many, texts)
+
+    def stats(self) -> SchedulerStats:
+        """Counters, limits and latency percentiles (a frozen snapshot)."""
+        return self._async.stats()

@@ -1,0 +1,140 @@
+"""The HTTP backend: a wire protocol, an httpx client, a token, and error translation.
+
+This is the one boundary where httpx exceptions and error statuses become embedkit's
+exceptions (`raise ... from exc`), so nothing above it handles httpx types.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+
+import httpx
+
+from ._auth import Secret
+from ._decode import Matrix
+from ._errors import ModelLoadingError, TransportError, error_from_response
+from ._protocols import BackendInfo, WireProtocol
+
+__all__ = ["DEFAULT_TIMEOUT", "HttpBackend"]
+
+#: Generous reads: a held request (x-wait-for-model) or a busy server can take a while.
+DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0, pool=None)
+
+_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def _safe_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        parts = parts._replace(netloc=host)
+    return urllib.parse.urlunsplit(parts._replace(query=""))
+
+
+def _default_transport(max_connections: int) -> httpx.AsyncBaseTransport | None:
+    """embedkit's lean HTTP/1.1 transport, unless the environment asks for a proxy."""
+    if any(os.environ.get(name) for name in _PROXY_VARS):
+        return None  # httpx's own transport knows proxies
+    from ._transport import FastTransport
+
+    return FastTransport(max_connections=max_connections)
+
+
+class HttpBackend:
+    """Sends batches to an embedding server over HTTP.
+
+    Args:
+        protocol: the wire format (hf, tei, openai).
+        token: sent as `Authorization: Bearer ...` when set.
+        client: an `httpx.AsyncClient` to use (the caller keeps ownership).
+        transport: an httpx transport for the client embedkit builds (tests pass
+            `httpx.MockTransport`); default: embedkit's lean HTTP/1.1 transport.
+        timeout: httpx timeout for the client embedkit builds.
+        max_connections: connection pool size for the client embedkit builds.
+        wait_for_model: force `x-wait-for-model` on (True) or off (False); by default it is
+            turned on after the first 503 "loading" (HF's advice).
+        use_cache: False sends `x-use-cache: false` (HF's server-side result cache).
+        headers: extra headers for every request.
+    """
+
+    def __init__(
+        self,
+        protocol: WireProtocol,
+        *,
+        token: Secret | None = None,
+        client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
+        max_connections: int = 64,
+        wait_for_model: bool | None = None,
+        use_cache: bool | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.protocol = protocol
+        self._token = token
+        self._owns_client = client is None
+        if client is None:
+            if transport is None:
+                transport = _default_transport(max_connections)
+            client = httpx.AsyncClient(
+                transport=transport,
+                timeout=timeout,
+                limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            )
+        self._client = client
+        self._forced_wait = wait_for_model
+        self.wait_for_model = bool(wait_for_model)
+        self._base_headers: dict[str, str] = {"content-type": "application/json", "accept": "application/json"}
+        if headers:
+            self._base_headers.update(headers)
+        if protocol.hf_headers and use_cache is False:
+            self._base_headers["x-use-cache"] = "false"
+        if token is not None:
+            self._base_headers["authorization"] = f"Bearer {token.reveal()}"
+        self._headers = self._build_headers()
+
+    def _build_headers(self) -> dict[str, str]:
+        headers = dict(self._base_headers)
+        if self.protocol.hf_headers and self.wait_for_model:
+            headers["x-wait-for-model"] = "true"
+        return headers
+
+    async def start(self) -> BackendInfo:
+        """Ask the server for its limits (TEI `/info`); other protocols learn nothing."""
+        return await self.protocol.discover(self._client, self._headers)
+
+    async def embed_batch(self, texts: list[str]) -> Matrix:
+        """POST one batch and decode it, or raise the matching embedkit error."""
+        try:
+            response = await self._client.post(
+                self.protocol.endpoint, content=self.protocol.body(texts), headers=self._headers
+            )
+        except httpx.TimeoutException as exc:
+            raise TransportError(
+                f"{type(exc).__name__} talking to {_safe_url(self.protocol.endpoint)}"
+            ) from exc
+        except httpx.HTTPError as exc:
+            detail = str(exc) or type(exc).__name__
+            raise TransportError(
+                f"{type(exc).__name__} talking to {_safe_url(self.protocol.endpoint)}: {detail}"
+            ) from exc
+        if response.status_code >= 400:
+            error = error_from_response(response.status_code, response.content, response.headers)
+            if isinstance(error, ModelLoadingError) and self._forced_wait is None and not self.wait_for_model:
+                # HF's advice: ask the server to hold requests only once a model is known cold.
+                self.wait_for_model = True
+                self._headers = self._build_headers()
+            raise error
+        return self.protocol.decode(response.content, len(texts))
+
+    async def aclose(self) -> None:
+        """Close the httpx client if embedkit built it."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    def describe(self) -> str:
+        """Protocol and URL (without credentials or query)."""
+        return f"{self.protocol.name} {_safe_url(self.protocol.endpoint)}"

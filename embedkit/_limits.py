@@ -1,0 +1,142 @@
+"""Flow control on anyio: adaptive concurrency (AIMD), token buckets, a shared cooldown.
+
+All three take an injectable clock and sleep so tests can run them on virtual time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+__all__ = ["AdaptiveConcurrency", "Clock", "Cooldown", "Sleep", "TokenBucket"]
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class AdaptiveConcurrency:
+    """A slot counter whose limit falls by half on overload and creeps back on success.
+
+    Additive increase is +1 per `limit` successes (one "window"), so recovery from 8 to 16
+    takes about 8 windows of clean answers. A burst of overload signals from requests that
+    were already in flight when the limit was cut counts once, not once each: every slot
+    carries a ticket, and only tickets issued after the last cut can cut again.
+    """
+
+    def __init__(self, maximum: int, *, minimum: int = 1, adaptive: bool = True) -> None:
+        if maximum < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.maximum = maximum
+        self.minimum = max(1, min(minimum, maximum))
+        self.adaptive = adaptive
+        self.limit = float(maximum)
+        self.in_flight = 0
+        self.decreases = 0
+        self._issued = 0
+        self._mark = 0
+        self._changed = anyio.Event()
+
+    async def acquire(self) -> int:
+        """Wait for a free slot; return its ticket (pass it to `on_overload`)."""
+        while self.in_flight >= int(self.limit):
+            self._changed = anyio.Event()
+            await self._changed.wait()
+        self.in_flight += 1
+        self._issued += 1
+        return self._issued
+
+    def release(self) -> None:
+        """Give a slot back."""
+        self.in_flight -= 1
+        self._changed.set()
+
+    def on_success(self) -> None:
+        """One request succeeded: grow the limit additively, up to the maximum."""
+        if self.limit < self.maximum:
+            self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
+            self._changed.set()
+
+    def on_overload(self, ticket: int) -> None:
+        """The server said it is overloaded (429, TEI Overloaded): halve the limit once."""
+        if not self.adaptive or ticket <= self._mark:
+            return
+        self.limit = max(float(self.minimum), self.limit / 2.0)
+        self._mark = self._issued
+        self.decreases += 1
+
+    def set_maximum(self, maximum: int) -> None:
+        """Lower (or raise) the ceiling, e.g. after reading a server's own limits."""
+        self.maximum = max(1, maximum)
+        self.minimum = min(self.minimum, self.maximum)
+        self.limit = min(self.limit, float(self.maximum))
+        self._changed.set()
+
+
+class TokenBucket:
+    """A reserving token bucket: `acquire(n)` takes n tokens now and sleeps off any debt.
+
+    Reserving (letting the balance go negative) keeps the long-run rate exact even when the
+    event loop wakes late, and serves waiters in the order they asked.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        burst: float | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+    ) -> None:
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError("a rate must be a positive number per second")
+        self.rate = float(rate)
+        self.burst = float(burst) if burst is not None else max(1.0, self.rate / 10.0)
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = self.burst
+        self._last = clock()
+
+    async def acquire(self, n: float = 1.0) -> None:
+        """Take `n` tokens, waiting until the bucket has paid for them."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        self._tokens -= n
+        if self._tokens >= 0:
+            return
+        try:
+            await self._sleep(-self._tokens / self.rate)
+        except BaseException:
+            self._tokens += n  # cancelled: give back what we did not use
+            raise
+
+
+class Cooldown:
+    """A client-wide pause: after a 429, nobody sends until `until` has passed."""
+
+    def __init__(self, *, clock: Clock = time.monotonic, sleep: Sleep = anyio.sleep) -> None:
+        self.until = 0.0
+        self.count = 0
+        self._clock = clock
+        self._sleep = sleep
+
+    def extend(self, seconds: float) -> None:
+        """Pause everyone for at least `seconds` from now."""
+        if seconds <= 0:
+            return
+        until = self._clock() + seconds
+        if until > self.until:
+            self.until = until
+            self.count += 1
+
+    def remaining(self) -> float:
+        """Seconds left in the current pause (0 when not paused)."""
+        return max(0.0, self.until - self._clock())
+
+    async def wait(self) -> None:
+        """Return once no pause is in force."""
+        while (left := self.until - self._clock()) > 0:
+            await self._sleep(left)

@@ -1,0 +1,198 @@
+"""The retry policy: what is worth retrying and how long to wait, over tenacity.
+
+* Retried: transport faults (connect errors, timeouts, a connection cut mid-body), 408, 424,
+  429, 5xx, and 503 "model is loading".
+* Not retried: 400, 401, 403, 404, 422 and malformed answers. A batch refused for its size is
+  not retried as is either: the scheduler splits it and sends the halves.
+* How long: what the server said (`Retry-After`, `retry-after-ms`, `estimated_time`), capped;
+  otherwise exponential backoff with "equal jitter" (half fixed, half random).
+* When to stop: after `attempts` failed tries of transient faults, or `timeout` seconds for one
+  batch; a loading model gets its own, longer budget (`loading_timeout`), since cold models
+  can take minutes.
+
+Waiting can be switched off for tests with `sleep=` (any async callable taking seconds), no
+monkeypatching needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+import tenacity
+
+from ._errors import (
+    EmbedkitError,
+    ModelLoadingError,
+    RateLimitError,
+    ServerError,
+    StatusError,
+    TransportError,
+)
+from ._limits import Sleep
+
+__all__ = ["DEFAULT_RETRY", "RetryPolicy"]
+
+logger = logging.getLogger("embedkit")
+T = TypeVar("T")
+
+
+class RetryPolicy:
+    """How embedkit retries a failed batch.
+
+    Args:
+        attempts: tries in all for transient faults (5xx, timeouts, 429); 1 disables retries.
+        timeout: seconds one batch may spend in retries before its last error is raised.
+        backoff: the first exponential wait, in seconds; it doubles each try.
+        max_backoff: the cap on one exponential wait.
+        max_retry_after: the cap on a wait the server asked for (Retry-After).
+        loading_timeout: seconds to keep waiting for a model that answers 503 "loading".
+        max_loading_wait: the cap on one wait for a loading model (its `estimated_time` is
+            often stale; after the first 503 the client asks the server to hold the request).
+        sleep: the async sleep used for waits; tests pass one that records instead of waiting.
+    """
+
+    def __init__(
+        self,
+        *,
+        attempts: int = 8,
+        timeout: float = 600.0,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        max_retry_after: float = 300.0,
+        loading_timeout: float = 900.0,
+        max_loading_wait: float = 30.0,
+        sleep: Sleep | None = None,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        self.attempts = attempts
+        self.timeout = timeout
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.max_retry_after = max_retry_after
+        self.loading_timeout = loading_timeout
+        self.max_loading_wait = max_loading_wait
+        self.sleep: Sleep = sleep if sleep is not None else anyio.sleep
+        self._random = random.Random()
+
+    def _key(self) -> tuple[object, ...]:
+        return (
+            self.attempts,
+            self.timeout,
+            self.backoff,
+            self.max_backoff,
+            self.max_retry_after,
+            self.loading_timeout,
+            self.max_loading_wait,
+            self.sleep,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RetryPolicy) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key()[:-1])
+
+    def __repr__(self) -> str:
+        return (
+            f"RetryPolicy(attempts={self.attempts}, timeout={self.timeout}, "
+            f"backoff={self.backoff}, max_backoff={self.max_backoff}, "
+            f"loading_timeout={self.loading_timeout})"
+        )
+
+    @staticmethod
+    def is_retryable(exc: BaseException) -> bool:
+        """Whether an error is worth another try."""
+        return isinstance(exc, (TransportError, RateLimitError, ModelLoadingError, ServerError))
+
+    def exponential(self, failures: int) -> float:
+        """The jittered exponential wait after the `failures`-th transient failure."""
+        base = min(self.max_backoff, self.backoff * (2.0 ** max(0, failures - 1)))
+        return base / 2.0 + self._random.uniform(0.0, base / 2.0)
+
+    def delay_for(self, exc: BaseException, failures: int) -> float:
+        """How long to wait before retrying after `exc`."""
+        if isinstance(exc, ModelLoadingError):
+            asked = exc.retry_after if exc.retry_after is not None else self.exponential(failures)
+            wait = min(asked, self.max_loading_wait)
+            return wait * self._random.uniform(0.9, 1.1)
+        if isinstance(exc, StatusError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.max_retry_after)
+        return self.exponential(failures)
+
+    async def call(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        *,
+        on_retry: Callable[[BaseException, float], None] | None = None,
+    ) -> T:
+        """Run `attempt` until it succeeds or the policy gives up (re-raising the last error).
+
+        `on_retry(error, delay)` runs before each wait: the scheduler uses it to count
+        retries and to pause the whole client after a 429.
+        """
+        state = _CallState()
+
+        def stop(retry_state: tenacity.RetryCallState) -> bool:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            spent = max(retry_state.seconds_since_start or 0.0, retry_state.idle_for)
+            if isinstance(exc, ModelLoadingError):
+                state.loading_waited = retry_state.idle_for
+                return spent >= self.loading_timeout
+            state.failures += 1
+            return state.failures >= self.attempts or spent >= self.timeout
+
+        def wait(retry_state: tenacity.RetryCallState) -> float:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            assert exc is not None
+            delay = self.delay_for(exc, max(1, state.failures))
+            if on_retry is not None:
+                on_retry(exc, delay)
+            if isinstance(exc, RateLimitError):
+                return 0.0  # the shared cooldown (set by on_retry) does the waiting for everyone
+            return delay
+
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(self.is_retryable),
+            stop=stop,
+            wait=wait,
+            sleep=self.sleep,
+            reraise=True,
+        )
+        try:
+            return await retrying(attempt)
+        except ModelLoadingError as exc:
+            if state.loading_waited <= 0:
+                raise
+            error = copy.copy(exc)
+            error.message = (
+                f"{exc.message} (gave up after waiting {state.loading_waited:.0f} s "
+                "for the model to load; raise RetryPolicy(loading_timeout=...) to wait longer)"
+            )
+            error.args = (f"{exc.status_code}: {error.message}",)
+            raise error from exc
+
+
+class _CallState:
+    __slots__ = ("failures", "loading_waited")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.loading_waited = 0.0
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def describe(exc: BaseException) -> str:
+    """A short cause label for statistics and logs."""
+    if isinstance(exc, StatusError):
+        return str(exc.status_code)
+    if isinstance(exc, EmbedkitError):
+        return type(exc).__name__
+    return type(exc).__name__

@@ -1,0 +1,482 @@
+"""The scheduler: how a text travels from `embed()` to a numpy row.
+
+1. `submit(texts)` wraps the caller's texts in a *job* (the texts, an output matrix filled
+   later, an event) and appends it to one FIFO queue. It costs O(1) however many texts.
+2. One *dispatcher* task loops: wait for queued work, then take a concurrency slot (AIMD
+   limit), wait out any client-wide cooldown (after a 429) and the rate limiter, and only
+   then *form a batch* from the head of the queue. Forming late is what coalesces: while
+   every slot is busy, texts pile up, and the next free slot takes a full batch. When the
+   pipe is idle, a lone call is sent at once: there is no batching delay.
+3. Forming a batch walks the queue, up to `max_batch_size` texts and `max_batch_chars`
+   characters. A text already in flight, or twice in the batch, is not sent again: the caller
+   joins the *waiters* of the copy being sent. A text in the LRU cache is answered at once.
+4. Each batch runs in its own task: `send(texts)` (the seam: an HTTP backend, a local model,
+   or a test function) under the retry policy. On success row k goes to every waiter of
+   text k. A batch refused for its size is split; a batch refused for one bad input is
+   bisected until only the bad text fails. Other errors go to the batch's callers.
+5. A caller wakes when its last row lands (or its first error), and gets its matrix. A caller
+   that is cancelled marks its job finished: its queued texts are skipped, rows still in
+   flight are dropped on arrival, and no slot is held by a caller, so none can leak.
+
+Nothing here knows about HTTP: `send` is any `async (list[str]) -> (n, dim) float32`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Awaitable, Callable
+
+import anyio
+import numpy as np
+from anyio.abc import TaskStatus
+
+from ._decode import Matrix
+from ._errors import (
+    BatchTooLargeError,
+    ClientClosedError,
+    EmbedkitError,
+    InputError,
+    ModelLoadingError,
+    RateLimitError,
+    ResponseError,
+)
+from ._limits import AdaptiveConcurrency, Cooldown, TokenBucket
+from ._retry import RetryPolicy, describe
+
+__all__ = ["Scheduler", "SchedulerStats", "Send"]
+
+logger = logging.getLogger("embedkit")
+
+Send = Callable[[list[str]], Awaitable[Matrix]]
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerStats:
+    """A snapshot of what the embedder has done. Returned by `embedder.stats()`.
+
+    Attributes:
+        requests: batches sent to the backend, retries included.
+        texts: texts submitted by callers (duplicates and cache hits included).
+        texts_sent: texts actually sent (after dedup and cache).
+        batches: batches formed (each may take several requests when retried).
+        mean_batch_size: texts_sent / batches.
+        retries: retries by cause (status code, or error name for transport faults).
+        splits: batches split because the server refused their size.
+        bisections: batches bisected to isolate a bad input.
+        dedup_hits: texts that joined an identical text already on its way.
+        cache_hits: texts answered from the LRU cache.
+        failed_texts: texts whose caller got an error.
+        in_flight: batches being sent now.
+        queue_depth: texts waiting to be put in a batch.
+        concurrency_limit: the current adaptive concurrency limit.
+        max_batch_size: the current batch size limit (lowered after a size refusal).
+        cooldowns: client-wide pauses started after 429s.
+        latency_p50: median seconds per successful request (None before the first).
+        latency_p90: 90th percentile.
+        latency_p99: 99th percentile.
+    """
+
+    requests: int
+    texts: int
+    texts_sent: int
+    batches: int
+    mean_batch_size: float
+    retries: dict[str, int]
+    splits: int
+    bisections: int
+    dedup_hits: int
+    cache_hits: int
+    failed_texts: int
+    in_flight: int
+    queue_depth: int
+    concurrency_limit: float
+    max_batch_size: int
+    cooldowns: int
+    latency_p50: float | None
+    latency_p90: float | None
+    latency_p99: float | None
+
+
+class _Job:
+    """One caller's texts, and the matrix their rows land in."""
+
+    __slots__ = ("n", "texts", "next", "out", "pending", "done", "error", "finished")
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.n = len(texts)
+        self.next = 0
+        self.out: Matrix | None = None
+        self.pending = self.n
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+        self.finished = False
+
+    def deliver(self, row: int, vector: Matrix) -> None:
+        if self.finished:
+            return
+        out = self.out
+        if out is None:
+            out = self.out = np.empty((self.n, vector.shape[0]), dtype=np.float32)
+        elif out.shape[1] != vector.shape[0]:
+            self.fail(
+                ResponseError(
+                    f"embedding dimension changed between batches ({out.shape[1]} then "
+                    f"{vector.shape[0]}): is the server switching models?"
+                )
+            )
+            return
+        out[row] = vector
+        self.pending -= 1
+        if self.pending == 0:
+            self.finished = True
+            self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.finished:
+            self.finished = True
+            self.error = error
+            self.done.set()
+
+
+_Waiters = list[tuple[_Job, int]]
+
+
+class _Batch:
+    __slots__ = ("texts", "waiters")
+
+    def __init__(self, texts: list[str], waiters: list[_Waiters]) -> None:
+        self.texts = texts
+        self.waiters = waiters
+
+    def half(self, start: int, stop: int) -> _Batch:
+        return _Batch(self.texts[start:stop], self.waiters[start:stop])
+
+
+class Scheduler:
+    """Coalesces concurrent submissions into batches and runs them under flow control.
+
+    Run `scheduler.run` in a task group (it is the dispatcher), then call `submit` from any
+    task. `close()` fails everything still pending with `ClientClosedError`.
+    """
+
+    def __init__(
+        self,
+        send: Send,
+        *,
+        max_batch_size: int = 32,
+        max_batch_chars: int | None = 500_000,
+        concurrency: AdaptiveConcurrency | None = None,
+        retry: RetryPolicy | None = None,
+        cooldown: Cooldown | None = None,
+        request_rate: TokenBucket | None = None,
+        input_rate: TokenBucket | None = None,
+        dedup: bool = True,
+        cache_size: int = 0,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        self._send = send
+        self.max_batch_size = max_batch_size
+        self.max_batch_chars = max_batch_chars
+        self.concurrency = concurrency or AdaptiveConcurrency(8)
+        self.retry = retry
+        self.cooldown = cooldown or Cooldown()
+        self._request_rate = request_rate
+        self._input_rate = input_rate
+        self._dedup = dedup
+        self._cache: OrderedDict[str, Matrix] | None = OrderedDict() if cache_size > 0 else None
+        self._cache_size = cache_size
+
+        self._queue: deque[_Job] = deque()
+        self._inflight: dict[str, _Waiters] = {}
+        self._running: set[_Batch] = set()
+        self._wakeup: anyio.Event | None = None
+        self._closed = False
+
+        self._requests = 0
+        self._texts = 0
+        self._texts_sent = 0
+        self._batches = 0
+        self._retries: Counter[str] = Counter()
+        self._splits = 0
+        self._bisections = 0
+        self._dedup_hits = 0
+        self._cache_hits = 0
+        self._failed_texts = 0
+        self._latencies: deque[float] = deque(maxlen=2048)
+        self.dimension: int | None = None
+
+    # ----------------------------------------------------------------- callers' side
+
+    async def submit(self, texts: list[str]) -> Matrix:
+        """Embed `texts` (already validated) through the shared batches; rows in input order."""
+        if self._closed:
+            raise ClientClosedError("the embedder is closed")
+        job = _Job(texts)
+        self._texts += job.n
+        if job.n == 0:
+            return np.empty((0, self.dimension or 0), dtype=np.float32)
+        self._queue.append(job)
+        wakeup = self._wakeup
+        if wakeup is not None:
+            wakeup.set()
+        try:
+            await job.done.wait()
+        except BaseException:
+            job.finished = True  # cancelled: skip what is queued, drop what arrives
+            raise
+        if job.error is not None:
+            raise _copy_error(job.error)
+        assert job.out is not None
+        return job.out
+
+    # ------------------------------------------------------------------- dispatcher
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The dispatcher loop. Runs until cancelled."""
+        async with anyio.create_task_group() as tg:
+            task_status.started()
+            while True:
+                while not self._queue:
+                    self._wakeup = anyio.Event()
+                    await self._wakeup.wait()
+                    self._wakeup = None
+                ticket = await self.concurrency.acquire()
+                try:
+                    await self.cooldown.wait()
+                    if self._request_rate is not None:
+                        await self._request_rate.acquire(1)
+                    batch = self._form_batch()
+                    if batch is not None and self._input_rate is not None:
+                        await self._input_rate.acquire(len(batch.texts))
+                except BaseException:
+                    self.concurrency.release()
+                    raise
+                if batch is None:
+                    self.concurrency.release()
+                    continue
+                self._running.add(batch)
+                tg.start_soon(self._run_batch, batch, ticket)
+
+    def _form_batch(self) -> _Batch | None:
+        limit = self.max_batch_size
+        budget = self.max_batch_chars if self.max_batch_chars is not None else -1
+        texts: list[str] = []
+        waiters: list[_Waiters] = []
+        queue = self._queue
+        inflight = self._inflight if self._dedup else None
+        cache = self._cache
+        chars = 0
+        while queue and len(texts) < limit:
+            job = queue[0]
+            if job.finished:
+                queue.popleft()
+                continue
+            source = job.texts
+            i = job.next
+            end = job.n
+            while i < end and len(texts) < limit:
+                text = source[i]
+                if inflight is not None:
+                    joined = inflight.get(text)
+                    if joined is not None:
+                        joined.append((job, i))
+                        self._dedup_hits += 1
+                        i += 1
+                        continue
+                if cache is not None:
+                    hit = cache.get(text)
+                    if hit is not None:
+                        cache.move_to_end(text)
+                        self._cache_hits += 1
+                        job.deliver(i, hit)
+                        i += 1
+                        continue
+                if budget >= 0:
+                    chars += len(text)
+                    if chars > budget and texts:
+                        break
+                ws: _Waiters = [(job, i)]
+                if inflight is not None:
+                    inflight[text] = ws
+                texts.append(text)
+                waiters.append(ws)
+                i += 1
+            job.next = i
+            if i >= end:
+                queue.popleft()
+            else:
+                break
+        if not texts:
+            return None
+        self._batches += 1
+        self._texts_sent += len(texts)
+        return _Batch(texts, waiters)
+
+    # --------------------------------------------------------------------- batches
+
+    async def _run_batch(self, batch: _Batch, ticket: int) -> None:
+        try:
+            await self._resolve(batch, ticket)
+        finally:
+            self._running.discard(batch)
+            self.concurrency.release()
+
+    async def _resolve(self, batch: _Batch, ticket: int) -> None:
+        """Send a batch and hand out its rows, splitting it when the server asks."""
+        try:
+            matrix = await self._attempts(batch.texts, ticket)
+        except BatchTooLargeError as exc:
+            n = len(batch.texts)
+            if n == 1:
+                self._fail(batch, exc)
+                return
+            allowed = exc.max_batch_size if exc.max_batch_size and exc.max_batch_size < n else n // 2
+            allowed = max(1, allowed)
+            if allowed < self.max_batch_size:
+                logger.warning(
+                    "server refused a batch of %d; lowering max_batch_size from %d to %d",
+                    n,
+                    self.max_batch_size,
+                    allowed,
+                )
+                self.max_batch_size = allowed
+            self._splits += 1
+            for start in range(0, n, allowed):
+                await self._resolve(batch.half(start, min(n, start + allowed)), ticket)
+            return
+        except InputError as exc:
+            if len(batch.texts) == 1:
+                self._fail(batch, exc)
+                return
+            self._bisections += 1
+            middle = len(batch.texts) // 2
+            await self._resolve(batch.half(0, middle), ticket)
+            await self._resolve(batch.half(middle, len(batch.texts)), ticket)
+            return
+        except EmbedkitError as exc:
+            self._fail(batch, exc)
+            return
+        except Exception as exc:  # a backend bug must not hang its callers
+            self._fail(batch, EmbedkitError(f"the backend failed: {exc!r}"))
+            return
+        self._deliver(batch, matrix)
+
+    async def _attempts(self, texts: list[str], ticket: int) -> Matrix:
+        async def attempt() -> Matrix:
+            await self.cooldown.wait()
+            self._requests += 1
+            started = time.perf_counter()
+            try:
+                matrix = await self._send(texts)
+            except RateLimitError as exc:
+                self.concurrency.on_overload(ticket)
+                raise exc
+            if matrix.shape[0] != len(texts):
+                raise ResponseError(f"sent {len(texts)} texts, got {matrix.shape[0]} rows")
+            self._latencies.append(time.perf_counter() - started)
+            self.concurrency.on_success()
+            return matrix
+
+        if self.retry is None:
+            return await attempt()
+        return await self.retry.call(attempt, on_retry=self._on_retry)
+
+    def _on_retry(self, exc: BaseException, delay: float) -> None:
+        cause = describe(exc)
+        self._retries[cause] += 1
+        if isinstance(exc, RateLimitError):
+            self.cooldown.extend(delay)
+            logger.warning("rate limited (%s); pausing all requests for %.2f s", cause, delay)
+        elif isinstance(exc, ModelLoadingError):
+            self.cooldown.extend(delay)
+            logger.info("model is loading; waiting %.1f s", delay)
+        else:
+            logger.info("request failed (%s); retrying in %.2f s", cause, delay)
+
+    def _deliver(self, batch: _Batch, matrix: Matrix) -> None:
+        if self.dimension is None:
+            self.dimension = int(matrix.shape[1])
+        inflight = self._inflight
+        cache = self._cache
+        for position, waiters in enumerate(batch.waiters):
+            vector = matrix[position]
+            for job, row in waiters:
+                job.deliver(row, vector)
+            text = batch.texts[position]
+            if inflight.get(text) is waiters:
+                del inflight[text]
+            if cache is not None:
+                cache[text] = vector.copy()
+                if len(cache) > self._cache_size:
+                    cache.popitem(last=False)
+
+    def _fail(self, batch: _Batch, error: BaseException) -> None:
+        inflight = self._inflight
+        for position, waiters in enumerate(batch.waiters):
+            for job, _row in waiters:
+                if not job.finished:
+                    self._failed_texts += 1
+                job.fail(error)
+            text = batch.texts[position]
+            if inflight.get(text) is waiters:
+                del inflight[text]
+
+    # ------------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Refuse new work and fail every job still waiting with `ClientClosedError`."""
+        self._closed = True
+        error = ClientClosedError("the embedder was closed before this text was embedded")
+        for job in self._queue:
+            job.fail(error)
+        self._queue.clear()
+        for batch in list(self._running):
+            self._fail(batch, error)
+        self._running.clear()
+
+    def stats(self) -> SchedulerStats:
+        """A consistent snapshot of the counters."""
+        latencies = sorted(self._latencies)
+
+        def pct(q: float) -> float | None:
+            if not latencies:
+                return None
+            return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+
+        queued = sum(job.n - job.next for job in self._queue if not job.finished)
+        return SchedulerStats(
+            requests=self._requests,
+            texts=self._texts,
+            texts_sent=self._texts_sent,
+            batches=self._batches,
+            mean_batch_size=self._texts_sent / self._batches if self._batches else 0.0,
+            retries=dict(self._retries),
+            splits=self._splits,
+            bisections=self._bisections,
+            dedup_hits=self._dedup_hits,
+            cache_hits=self._cache_hits,
+            failed_texts=self._failed_texts,
+            in_flight=len(self._running),
+            queue_depth=queued,
+            concurrency_limit=self.concurrency.limit,
+            max_batch_size=self.max_batch_size,
+            cooldowns=self.cooldown.count,
+            latency_p50=pct(0.5),
+            latency_p90=pct(0.9),
+            latency_p99=pct(0.99),
+        )
+
+
+def _copy_error(error: BaseException) -> BaseException:
+    """A per-caller copy, so tracebacks of callers sharing one failure do not pile up."""
+    try:
+        return copy.copy(error)
+    except Exception:  # an exotic exception that cannot be copied: share it
+        return error
+
