@@ -52,10 +52,12 @@ Limits
 
 from __future__ import annotations
 
+import contextlib
 import math
 import ssl
 import time
 from collections import deque
+from typing import Literal
 
 import anyio
 import anyio.abc
@@ -81,7 +83,7 @@ _Headers = list[tuple[bytes, bytes]]
 class _Conn:
     """One pool slot: a (possibly not yet opened) connection to one origin."""
 
-    __slots__ = ("key", "stream", "idle_since", "reused")
+    __slots__ = ("idle_since", "key", "reused", "stream")
 
     def __init__(self, key: _PoolKey) -> None:
         self.key = key
@@ -101,7 +103,7 @@ class _Retry(Exception):
 class _Reader:
     """Receives from a stream, re-arming the per-receive read timeout each time."""
 
-    __slots__ = ("stream", "scope", "timeout", "received")
+    __slots__ = ("received", "scope", "stream", "timeout")
 
     def __init__(
         self, stream: anyio.abc.ByteStream, scope: anyio.CancelScope | None, timeout: float | None
@@ -123,6 +125,16 @@ class _Reader:
             return b""
         self.received = True
         return data
+
+
+def _find_head_end(data: bytes, start: int) -> tuple[int, int]:
+    """Locate the blank line ending a response head: ``(index, separator length)``."""
+    end = data.find(b"\r\n\r\n", start)
+    # Tolerate bare-LF heads ("\n\n"), but only before any CRLF terminator.
+    lf = data.find(b"\n\n", start, end if end >= 0 else len(data))
+    if lf >= 0:
+        return lf, 2
+    return end, 4
 
 
 def _parse_head(
@@ -486,11 +498,7 @@ class FastTransport(httpx.AsyncBaseTransport):
             raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
         while True:
             # Accumulate until the end of the response head.
-            end = data.find(b"\r\n\r\n")
-            sep = 4
-            lf = data.find(b"\n\n", 0, end if end >= 0 else len(data))
-            if lf >= 0:
-                end, sep = lf, 2
+            end, sep = _find_head_end(data, 0)
             while end < 0:
                 if len(data) > _MAX_HEAD_SIZE:
                     raise httpx.RemoteProtocolError("Response head too large")
@@ -501,26 +509,21 @@ class FastTransport(httpx.AsyncBaseTransport):
                     )
                 start = max(len(data) - 3, 0)
                 data += more
-                end = data.find(b"\r\n\r\n", start)
-                sep = 4
-                lf = data.find(b"\n\n", start, end if end >= 0 else len(data))
-                if lf >= 0:
-                    end, sep = lf, 2
+                end, sep = _find_head_end(data, start)
             status, reason, version, headers, framing, keep_alive = _parse_head(
                 data[:end], head_request, force_close
             )
-            rest = data[end + sep :]
-            if 100 <= status < 200 and status != 101:
-                # Interim response (100 Continue, 103 Early Hints, ...): skip it.
-                data = rest
+            data = data[end + sep :]
+            if status >= 200 or status == 101:
+                break
+            # Interim response (100 Continue, 103 Early Hints, ...): skip it.
+            if not data:
+                data = await reader.recv()
                 if not data:
-                    data = await reader.recv()
-                    if not data:
-                        raise httpx.RemoteProtocolError(
-                            "Server disconnected without sending a response."
-                        )
-                continue
-            break
+                    raise httpx.RemoteProtocolError(
+                        "Server disconnected without sending a response."
+                    )
+        rest = data
 
         if framing >= 0:
             have = len(rest)
@@ -559,12 +562,14 @@ class FastTransport(httpx.AsyncBaseTransport):
 
     # ----------------------------------------------------------------- pool
 
-    async def _acquire(self, key: _PoolKey, timeout: float | None, request: httpx.Request) -> _Conn:
+    async def _acquire(
+        self, key: _PoolKey, pool_timeout: float | None, request: httpx.Request
+    ) -> _Conn:
         """Take an idle connection for ``key`` or reserve a slot for a new one."""
         doomed: list[_Conn] = []
         conn = self._try_acquire(key, doomed)
         if conn is None:
-            with anyio.move_on_after(math.inf if timeout is None else timeout):
+            with anyio.move_on_after(pool_timeout):
                 first = True
                 while conn is None:
                     event = anyio.Event()
@@ -731,7 +736,7 @@ class _NullScope:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *exc_info: object) -> bool:
+    def __exit__(self, *exc_info: object) -> Literal[False]:
         return False
 
 
@@ -739,10 +744,9 @@ _NULL_SCOPE = _NullScope()
 
 
 async def _close_stream(stream: anyio.abc.ByteStream) -> None:
-    try:
+    # Closing an already broken connection may complain; it is gone either way.
+    with contextlib.suppress(OSError, anyio.BrokenResourceError):
         await stream.aclose()
-    except Exception:  # pragma: no cover - closing a broken socket may complain
-        pass
 
 
 async def _close_quietly(stream: anyio.abc.ByteStream) -> None:
