@@ -15,10 +15,10 @@ from types import TracebackType
 from typing import Any, Literal
 
 import anyio
-import anyio.abc
 import anyio.from_thread
 import httpx
 import numpy as np
+from anyio.from_thread import BlockingPortal
 
 from ._auth import resolve_token
 from ._backend import Backend
@@ -54,9 +54,8 @@ def validate_texts(texts: Iterable[Any], *, name: str = "texts") -> list[str]:
         raise TypeError(f"{name} must be a list of strings, not a single {type(texts).__name__}")
     items = texts if isinstance(texts, list) else list(texts)
     for i, text in enumerate(items):
-        if type(text) is not str:
-            if not isinstance(text, str):
-                raise TypeError(f"{name}[{i}] is {type(text).__name__}, expected str")
+        if type(text) is not str and not isinstance(text, str):
+            raise TypeError(f"{name}[{i}] is {type(text).__name__}, expected str")
         if not text:
             raise ValueError(
                 f"{name}[{i}] is an empty string; embedding servers reject empty inputs "
@@ -145,7 +144,10 @@ class AsyncEmbedder:
             raise ValueError("truncation_direction must be 'left' or 'right'")
         if pooling not in (None, "mean", "cls"):
             raise ValueError("pooling must be 'mean' or 'cls'")
-        for name, rate in (("requests_per_second", requests_per_second), ("inputs_per_second", inputs_per_second)):
+        for name, rate in (
+            ("requests_per_second", requests_per_second),
+            ("inputs_per_second", inputs_per_second),
+        ):
             if rate is not None and not (rate > 0 and math.isfinite(rate)):
                 raise ValueError(f"{name} must be a positive number")
         if cache_size < 0:
@@ -172,7 +174,7 @@ class AsyncEmbedder:
         if backend is not None:
             self._backend: Backend = backend
         elif api == "local":
-            from ._local import LocalBackend
+            from ._local import LocalBackend  # the optional [local] extra
 
             self._backend = LocalBackend(model, options=self._options, device=device)
         elif api in PROTOCOLS:
@@ -278,7 +280,8 @@ class AsyncEmbedder:
             return self._scheduler
         if self._state is _State.UNOPENED:
             raise ClientClosedError(
-                f"open the {type(self).__name__} first: `async with {type(self).__name__}(...) as emb:`"
+                f"open the {type(self).__name__} first: "
+                f"`async with {type(self).__name__}(...) as emb:`"
             )
         raise ClientClosedError(f"this {type(self).__name__} is closed")
 
@@ -304,7 +307,8 @@ class AsyncEmbedder:
         if not text:
             raise ValueError("text is an empty string; embedding servers reject empty inputs")
         matrix = await self._open_scheduler().submit([text])
-        return matrix[0]
+        row: Matrix = matrix[0]
+        return row
 
     async def embed_many(self, texts: Sequence[str] | Iterable[str]) -> Matrix:
         """Embed many texts: a float32 matrix of shape (len(texts), dim), row i for text i.
@@ -340,7 +344,7 @@ class Embedder:
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
         self._async = AsyncEmbedder(model, **kwargs)
         self._stack: contextlib.ExitStack | None = None
-        self._portal: anyio.abc.BlockingPortal | None = None
+        self._portal: BlockingPortal | None = None
 
     def __repr__(self) -> str:
         return repr(self._async).replace("AsyncEmbedder", "Embedder", 1)
@@ -372,7 +376,7 @@ class Embedder:
         if stack is not None:
             stack.close()
 
-    def _require_portal(self) -> anyio.abc.BlockingPortal:
+    def _require_portal(self) -> BlockingPortal:
         if self._portal is None:
             raise ClientClosedError("open the Embedder first: `with Embedder(...) as emb:`")
         return self._portal
@@ -389,11 +393,13 @@ class Embedder:
 
     def embed(self, text: str) -> Matrix:
         """Embed one text: a float32 vector of shape (dim,)."""
-        return self._require_portal().call(self._async.embed, text)
+        result: Matrix = self._require_portal().call(self._async.embed, text)
+        return result
 
     def embed_many(self, texts: Sequence[str] | Iterable[str]) -> Matrix:
         """Embed many texts: a float32 matrix of shape (len(texts), dim)."""
-        return self._require_portal().call(self._async.embed_many, texts)
+        result: Matrix = self._require_portal().call(self._async.embed_many, texts)
+        return result
 
     def stats(self) -> SchedulerStats:
         """Counters, limits and latency percentiles (a frozen snapshot)."""

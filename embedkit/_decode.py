@@ -49,7 +49,8 @@ def _pool(tokens: npt.NDArray[Any], pooling: Pooling) -> npt.NDArray[Any]:
         tokens = tokens[0]
     if tokens.ndim != 2 or tokens.shape[0] == 0:
         raise ResponseError(f"cannot pool token embeddings of shape {tokens.shape}")
-    return tokens.mean(axis=0) if pooling == "mean" else tokens[0]
+    pooled: npt.NDArray[Any] = tokens.mean(axis=0) if pooling == "mean" else tokens[0]
+    return pooled
 
 
 def from_json_rows(data: Any, n: int, pooling: Pooling | None = None) -> Matrix:
@@ -136,6 +137,6 @@ def place_by_index(items: Sequence[Any], n: int) -> list[Any]:
     if sorted(indexes) != list(range(n)):
         raise ResponseError(f"the answer's indexes are not 0..{n - 1}: {indexes[:10]}")
     ordered: list[Any] = [None] * n
-    for item, index in zip(items, indexes):
+    for item, index in zip(items, indexes, strict=False):
         ordered[index] = item
     return ordered

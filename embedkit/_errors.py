@@ -147,7 +147,10 @@ class BatchTooLargeError(InputError):
         self.max_batch_size = max_batch_size
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_batch_error, (self.status_code, self.message, self.request_id, self.max_batch_size))
+        return (
+            _rebuild_batch_error,
+            (self.status_code, self.message, self.request_id, self.max_batch_size),
+        )
 
 
 def _rebuild_batch_error(
@@ -244,9 +247,7 @@ def _server_message(body: bytes, headers: Mapping[str, str]) -> tuple[str, Any]:
     return _clip(message or ""), parsed
 
 
-def error_from_response(
-    status_code: int, body: bytes, headers: Mapping[str, str]
-) -> StatusError:
+def error_from_response(status_code: int, body: bytes, headers: Mapping[str, str]) -> StatusError:
     """Build the exception for an error answer. `headers` must be case-insensitive."""
     message, parsed = _server_message(body, headers)
     request_id = headers.get("x-request-id") or headers.get("request-id")
@@ -276,7 +277,9 @@ def error_from_response(
         return InputError(status_code, message, request_id=request_id)
     if status_code == 429:
         return RateLimitError(status_code, message, request_id=request_id, retry_after=retry_after)
-    if status_code == 503 and ("loading" in lowered or isinstance(parsed, dict) and "estimated_time" in parsed):
+    if status_code == 503 and (
+        "loading" in lowered or (isinstance(parsed, dict) and "estimated_time" in parsed)
+    ):
         estimated = parsed.get("estimated_time") if isinstance(parsed, dict) else None
         wait = float(estimated) if isinstance(estimated, (int, float)) else retry_after
         return ModelLoadingError(status_code, message, request_id=request_id, retry_after=wait)

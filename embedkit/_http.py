@@ -82,12 +82,17 @@ class HttpBackend:
             client = httpx.AsyncClient(
                 transport=transport,
                 timeout=timeout,
-                limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+                limits=httpx.Limits(
+                    max_connections=max_connections, max_keepalive_connections=max_connections
+                ),
             )
         self._client = client
         self._forced_wait = wait_for_model
         self.wait_for_model = bool(wait_for_model)
-        self._base_headers: dict[str, str] = {"content-type": "application/json", "accept": "application/json"}
+        self._base_headers: dict[str, str] = {
+            "content-type": "application/json",
+            "accept": "application/json",
+        }
         if headers:
             self._base_headers.update(headers)
         if protocol.hf_headers and use_cache is False:
@@ -123,7 +128,11 @@ class HttpBackend:
             ) from exc
         if response.status_code >= 400:
             error = error_from_response(response.status_code, response.content, response.headers)
-            if isinstance(error, ModelLoadingError) and self._forced_wait is None and not self.wait_for_model:
+            if (
+                isinstance(error, ModelLoadingError)
+                and self._forced_wait is None
+                and not self.wait_for_model
+            ):
                 # HF's advice: ask the server to hold requests only once a model is known cold.
                 self.wait_for_model = True
                 self._headers = self._build_headers()

@@ -70,6 +70,7 @@ class SchedulerStats:
         dedup_hits: texts that joined an identical text already on its way.
         cache_hits: texts answered from the LRU cache.
         failed_texts: texts whose caller got an error.
+        abandoned: batches dropped before sending because every caller had gone.
         in_flight: batches being sent now.
         queue_depth: texts waiting to be put in a batch.
         concurrency_limit: the current adaptive concurrency limit.
@@ -91,6 +92,7 @@ class SchedulerStats:
     dedup_hits: int
     cache_hits: int
     failed_texts: int
+    abandoned: int
     in_flight: int
     queue_depth: int
     concurrency_limit: float
@@ -104,7 +106,7 @@ class SchedulerStats:
 class _Job:
     """One caller's texts, and the matrix their rows land in."""
 
-    __slots__ = ("n", "texts", "next", "out", "pending", "done", "error", "finished")
+    __slots__ = ("done", "error", "finished", "n", "next", "out", "pending", "texts")
 
     def __init__(self, texts: list[str]) -> None:
         self.texts = texts
@@ -155,6 +157,14 @@ class _Batch:
 
     def half(self, start: int, stop: int) -> _Batch:
         return _Batch(self.texts[start:stop], self.waiters[start:stop])
+
+    def abandoned(self) -> bool:
+        """True when every caller waiting on this batch has gone (cancelled or failed)."""
+        return all(job.finished for waiters in self.waiters for job, _ in waiters)
+
+
+class _Abandoned(Exception):
+    """Internal: stop retrying a batch nobody waits for any more."""
 
 
 class Scheduler:
@@ -208,6 +218,7 @@ class Scheduler:
         self._dedup_hits = 0
         self._cache_hits = 0
         self._failed_texts = 0
+        self._abandoned = 0
         self._latencies: deque[float] = deque(maxlen=2048)
         self.dimension: int | None = None
 
@@ -330,13 +341,18 @@ class Scheduler:
     async def _resolve(self, batch: _Batch, ticket: int) -> None:
         """Send a batch and hand out its rows, splitting it when the server asks."""
         try:
-            matrix = await self._attempts(batch.texts, ticket)
+            matrix = await self._attempts(batch, ticket)
+        except _Abandoned:
+            self._abandoned += 1
+            return
         except BatchTooLargeError as exc:
             n = len(batch.texts)
             if n == 1:
                 self._fail(batch, exc)
                 return
-            allowed = exc.max_batch_size if exc.max_batch_size and exc.max_batch_size < n else n // 2
+            allowed = (
+                exc.max_batch_size if exc.max_batch_size and exc.max_batch_size < n else n // 2
+            )
             allowed = max(1, allowed)
             if allowed < self.max_batch_size:
                 logger.warning(
@@ -367,9 +383,13 @@ class Scheduler:
             return
         self._deliver(batch, matrix)
 
-    async def _attempts(self, texts: list[str], ticket: int) -> Matrix:
+    async def _attempts(self, batch: _Batch, ticket: int) -> Matrix:
+        texts = batch.texts
+
         async def attempt() -> Matrix:
             await self.cooldown.wait()
+            if batch.abandoned():
+                raise _Abandoned
             self._requests += 1
             started = time.perf_counter()
             try:
@@ -462,6 +482,7 @@ class Scheduler:
             dedup_hits=self._dedup_hits,
             cache_hits=self._cache_hits,
             failed_texts=self._failed_texts,
+            abandoned=self._abandoned,
             in_flight=len(self._running),
             queue_depth=queued,
             concurrency_limit=self.concurrency.limit,
@@ -479,4 +500,3 @@ def _copy_error(error: BaseException) -> BaseException:
         return copy.copy(error)
     except Exception:  # an exotic exception that cannot be copied: share it
         return error
-

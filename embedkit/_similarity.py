@@ -22,7 +22,8 @@ def _as_matrix(x: npt.ArrayLike, name: str) -> npt.NDArray[np.float32]:
 def _unit(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     norms[norms == 0] = 1.0  # a zero vector is similar to nothing, not NaN
-    return (x / norms).astype(np.float32, copy=False)
+    unit: npt.NDArray[np.float32] = (x / norms).astype(np.float32, copy=False)
+    return unit
 
 
 def cosine_similarity(a: npt.ArrayLike, b: npt.ArrayLike) -> Any:

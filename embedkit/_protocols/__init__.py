@@ -7,7 +7,15 @@ from .hf import HFProtocol
 from .openai import OpenAIProtocol
 from .tei import TEIProtocol
 
-__all__ = ["PROTOCOLS", "BackendInfo", "HFProtocol", "OpenAIProtocol", "Options", "TEIProtocol", "WireProtocol"]
+__all__ = [
+    "PROTOCOLS",
+    "BackendInfo",
+    "HFProtocol",
+    "OpenAIProtocol",
+    "Options",
+    "TEIProtocol",
+    "WireProtocol",
+]
 
 PROTOCOLS: dict[str, type[WireProtocol]] = {
     "hf": HFProtocol,

@@ -42,7 +42,11 @@ class TEIProtocol(WireProtocol):
         try:
             response = await client.get(self.root + "/info", headers=headers)
         except httpx.HTTPError as exc:
-            logger.warning("could not read %s/info (%s); using configured limits", self.root, type(exc).__name__)
+            logger.warning(
+                "could not read %s/info (%s); using configured limits",
+                self.root,
+                type(exc).__name__,
+            )
             return BackendInfo(model_id=self.model, dimension=self.options.dimensions)
         info: Any = None
         if response.status_code == 200:
@@ -51,7 +55,9 @@ class TEIProtocol(WireProtocol):
             except orjson.JSONDecodeError:
                 info = None
         if not isinstance(info, dict):
-            logger.warning("%s/info answered %s; using configured limits", self.root, response.status_code)
+            logger.warning(
+                "%s/info answered %s; using configured limits", self.root, response.status_code
+            )
             return BackendInfo(model_id=self.model, dimension=self.options.dimensions)
 
         def positive(key: str) -> int | None:
