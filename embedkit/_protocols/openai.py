@@ -64,7 +64,7 @@ class OpenAIProtocol(WireProtocol):
         if n and isinstance(vectors[0], str):
             return from_base64_rows(vectors, n)
         try:
-            matrix = np.array(vectors, dtype=np.float64)
+            matrix = np.array(vectors)  # no dtype: strings must not pass as numbers
         except (ValueError, TypeError) as exc:
             raise ResponseError("embeddings differ in length or hold non-numbers") from exc
         return checked(matrix, n)
