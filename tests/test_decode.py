@@ -1,4 +1,4 @@
-"""Turning answers into checked float32 matrices: shapes, validation, pooling, base64, index order."""
+"""Answers into checked float32 matrices: shapes, validation, pooling, base64, index order."""
 
 from __future__ import annotations
 
