@@ -21,9 +21,10 @@ class AdaptiveConcurrency:
     """A slot counter whose limit falls by half on overload and creeps back on success.
 
     Additive increase is +1 per `limit` successes (one "window"), so recovery from 8 to 16
-    takes about 8 windows of clean answers. A burst of overload signals from requests that
-    were already in flight when the limit was cut counts once, not once each: every slot
-    carries a ticket, and only tickets issued after the last cut can cut again.
+    takes about 8 windows of clean answers. A burst of overload signals from attempts that
+    were already in flight when the limit was cut counts once, not once each: every attempt
+    carries a ticket, and only tickets issued after the last cut can cut again (one cut per
+    round trip, as in TCP congestion control).
     """
 
     def __init__(self, maximum: int, *, minimum: int = 1, adaptive: bool = True) -> None:
@@ -39,25 +40,31 @@ class AdaptiveConcurrency:
         self._mark = 0
         self._changed = anyio.Event()
 
-    async def acquire(self) -> int:
-        """Wait for a free slot; return its ticket (pass it to `on_overload`)."""
+    async def acquire(self) -> None:
+        """Wait for a free slot."""
         while self.in_flight >= int(self.limit):
-            self._changed = anyio.Event()
             await self._changed.wait()
         self.in_flight += 1
-        self._issued += 1
-        return self._issued
 
     def release(self) -> None:
         """Give a slot back."""
         self.in_flight -= 1
+        self._notify()
+
+    def ticket(self) -> int:
+        """A number for one attempt: pass it to `on_overload` if that attempt is refused."""
+        self._issued += 1
+        return self._issued
+
+    def _notify(self) -> None:
         self._changed.set()
+        self._changed = anyio.Event()
 
     def on_success(self) -> None:
         """One request succeeded: grow the limit additively, up to the maximum."""
         if self.limit < self.maximum:
             self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
-            self._changed.set()
+            self._notify()
 
     def on_overload(self, ticket: int) -> None:
         """The server said it is overloaded (429, TEI Overloaded): halve the limit once."""
@@ -72,7 +79,7 @@ class AdaptiveConcurrency:
         self.maximum = max(1, maximum)
         self.minimum = min(self.minimum, self.maximum)
         self.limit = min(self.limit, float(self.maximum))
-        self._changed.set()
+        self._notify()
 
 
 class TokenBucket:

@@ -138,18 +138,27 @@ class RetryPolicy:
         """
         state = _CallState()
 
-        def stop(retry_state: tenacity.RetryCallState) -> bool:
+        def account(retry_state: tenacity.RetryCallState) -> BaseException:
+            """Count each failed attempt once, whichever of stop/wait tenacity calls first."""
             exc = retry_state.outcome.exception() if retry_state.outcome else None
+            assert exc is not None
+            if state.counted < retry_state.attempt_number:
+                state.counted = retry_state.attempt_number
+                if isinstance(exc, ModelLoadingError):
+                    state.loading_waited = retry_state.idle_for
+                else:
+                    state.failures += 1
+            return exc
+
+        def stop(retry_state: tenacity.RetryCallState) -> bool:
+            exc = account(retry_state)
             spent = max(retry_state.seconds_since_start or 0.0, retry_state.idle_for)
             if isinstance(exc, ModelLoadingError):
-                state.loading_waited = retry_state.idle_for
                 return spent >= self.loading_timeout
-            state.failures += 1
             return state.failures >= self.attempts or spent >= self.timeout
 
         def wait(retry_state: tenacity.RetryCallState) -> float:
-            exc = retry_state.outcome.exception() if retry_state.outcome else None
-            assert exc is not None
+            exc = account(retry_state)
             delay = self.delay_for(exc, max(1, state.failures))
             if on_retry is not None:
                 on_retry(exc, delay)
@@ -179,9 +188,10 @@ class RetryPolicy:
 
 
 class _CallState:
-    __slots__ = ("failures", "loading_waited")
+    __slots__ = ("counted", "failures", "loading_waited")
 
     def __init__(self) -> None:
+        self.counted = 0
         self.failures = 0
         self.loading_waited = 0.0
 

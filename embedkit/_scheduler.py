@@ -163,6 +163,26 @@ class _Batch:
         return all(job.finished for waiters in self.waiters for job, _ in waiters)
 
 
+class _Slot:
+    """A batch's hold on one concurrency slot; released while the batch backs off."""
+
+    __slots__ = ("_concurrency", "held")
+
+    def __init__(self, concurrency: AdaptiveConcurrency) -> None:
+        self._concurrency = concurrency
+        self.held = True  # the dispatcher acquired it before forming the batch
+
+    async def acquire(self) -> None:
+        if not self.held:
+            await self._concurrency.acquire()
+            self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._concurrency.release()
+
+
 class _Abandoned(Exception):
     """Internal: stop retrying a batch nobody waits for any more."""
 
@@ -257,7 +277,7 @@ class Scheduler:
                     self._wakeup = anyio.Event()
                     await self._wakeup.wait()
                     self._wakeup = None
-                ticket = await self.concurrency.acquire()
+                await self.concurrency.acquire()
                 try:
                     await self.cooldown.wait()
                     if self._request_rate is not None:
@@ -272,7 +292,7 @@ class Scheduler:
                     self.concurrency.release()
                     continue
                 self._running.add(batch)
-                tg.start_soon(self._run_batch, batch, ticket)
+                tg.start_soon(self._run_batch, batch)
 
     def _form_batch(self) -> _Batch | None:
         limit = self.max_batch_size
@@ -331,19 +351,21 @@ class Scheduler:
 
     # --------------------------------------------------------------------- batches
 
-    async def _run_batch(self, batch: _Batch, ticket: int) -> None:
+    async def _run_batch(self, batch: _Batch) -> None:
+        slot = _Slot(self.concurrency)
         try:
-            await self._resolve(batch, ticket)
+            await self._resolve(batch, slot)
         finally:
             self._running.discard(batch)
-            self.concurrency.release()
+            slot.release()
 
-    async def _resolve(self, batch: _Batch, ticket: int) -> None:
+    async def _resolve(self, batch: _Batch, slot: _Slot) -> None:
         """Send a batch and hand out its rows, splitting it when the server asks."""
         try:
-            matrix = await self._attempts(batch, ticket)
+            matrix = await self._attempts(batch, slot)
         except _Abandoned:
             self._abandoned += 1
+            self._fail(batch, ClientClosedError("every caller of this batch has gone"))
             return
         except BatchTooLargeError as exc:
             n = len(batch.texts)
@@ -364,7 +386,7 @@ class Scheduler:
                 self.max_batch_size = allowed
             self._splits += 1
             for start in range(0, n, allowed):
-                await self._resolve(batch.half(start, min(n, start + allowed)), ticket)
+                await self._resolve(batch.half(start, min(n, start + allowed)), slot)
             return
         except InputError as exc:
             if len(batch.texts) == 1:
@@ -372,8 +394,8 @@ class Scheduler:
                 return
             self._bisections += 1
             middle = len(batch.texts) // 2
-            await self._resolve(batch.half(0, middle), ticket)
-            await self._resolve(batch.half(middle, len(batch.texts)), ticket)
+            await self._resolve(batch.half(0, middle), slot)
+            await self._resolve(batch.half(middle, len(batch.texts)), slot)
             return
         except EmbedkitError as exc:
             self._fail(batch, exc)
@@ -383,24 +405,30 @@ class Scheduler:
             return
         self._deliver(batch, matrix)
 
-    async def _attempts(self, batch: _Batch, ticket: int) -> Matrix:
+    async def _attempts(self, batch: _Batch, slot: _Slot) -> Matrix:
         texts = batch.texts
+        concurrency = self.concurrency
 
         async def attempt() -> Matrix:
+            await slot.acquire()  # a retry waits for a slot under the (maybe lowered) limit
             await self.cooldown.wait()
             if batch.abandoned():
                 raise _Abandoned
+            ticket = concurrency.ticket()
             self._requests += 1
             started = time.perf_counter()
             try:
                 matrix = await self._send(texts)
-            except RateLimitError as exc:
-                self.concurrency.on_overload(ticket)
-                raise exc
+            except EmbedkitError as exc:
+                if isinstance(exc, RateLimitError):
+                    concurrency.on_overload(ticket)
+                if self.retry is not None and self.retry.is_retryable(exc):
+                    slot.release()  # don't sit on a slot through the backoff
+                raise
             if matrix.shape[0] != len(texts):
                 raise ResponseError(f"sent {len(texts)} texts, got {matrix.shape[0]} rows")
             self._latencies.append(time.perf_counter() - started)
-            self.concurrency.on_success()
+            concurrency.on_success()
             return matrix
 
         if self.retry is None:
@@ -438,11 +466,12 @@ class Scheduler:
 
     def _fail(self, batch: _Batch, error: BaseException) -> None:
         inflight = self._inflight
+        alive = {id(job) for waiters in batch.waiters for job, _ in waiters if not job.finished}
         for position, waiters in enumerate(batch.waiters):
             for job, _row in waiters:
-                if not job.finished:
+                if id(job) in alive:
                     self._failed_texts += 1
-                job.fail(error)
+                    job.fail(error)
             text = batch.texts[position]
             if inflight.get(text) is waiters:
                 del inflight[text]
