@@ -246,16 +246,29 @@ class Scheduler:
 
     async def submit(self, texts: list[str]) -> Matrix:
         """Embed `texts` (already validated) through the shared batches; rows in input order."""
+        return await self.result(self.enqueue(texts))
+
+    def enqueue(self, texts: list[str]) -> _Job:
+        """Queue `texts` without waiting for them; pair with `result(job)` or `discard(job)`.
+
+        Streaming callers (`embed_stream`, the CLI) keep a few jobs queued this way, in order,
+        without a task per job.
+        """
         if self._closed:
             raise ClientClosedError("the embedder is closed")
         job = _Job(texts)
         self._texts += job.n
+        if job.n:
+            self._queue.append(job)
+            wakeup = self._wakeup
+            if wakeup is not None:
+                wakeup.set()
+        return job
+
+    async def result(self, job: _Job) -> Matrix:
+        """Wait for an enqueued job's matrix (or its error). Cancelling discards the job."""
         if job.n == 0:
             return np.empty((0, self.dimension or 0), dtype=np.float32)
-        self._queue.append(job)
-        wakeup = self._wakeup
-        if wakeup is not None:
-            wakeup.set()
         try:
             await job.done.wait()
         except BaseException:
@@ -265,6 +278,11 @@ class Scheduler:
             raise _copy_error(job.error)
         assert job.out is not None
         return job.out
+
+    @staticmethod
+    def discard(job: _Job) -> None:
+        """Give up on an enqueued job: its queued texts are skipped, its rows dropped."""
+        job.finished = True
 
     # ------------------------------------------------------------------- dispatcher
 
