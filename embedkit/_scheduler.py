@@ -275,7 +275,7 @@ class Scheduler:
             job.finished = True  # cancelled: skip what is queued, drop what arrives
             raise
         if job.error is not None:
-            raise _copy_error(job.error)
+            raise _copy_error(job.error) from job.error.__cause__  # keep the httpx cause
         assert job.out is not None
         return job.out
 
@@ -460,8 +460,11 @@ class Scheduler:
             self.cooldown.extend(delay)
             logger.warning("rate limited (%s); pausing all requests for %.2f s", cause, delay)
         elif isinstance(exc, ModelLoadingError):
+            # One request probes (held by the server with x-wait-for-model) while the rest
+            # wait for it, instead of every batch polling a cold model.
+            self.concurrency.probe()
             self.cooldown.extend(delay)
-            logger.info("model is loading; waiting %.1f s", delay)
+            logger.info("model is loading; waiting %.1f s, then probing with one request", delay)
         else:
             logger.info("request failed (%s); retrying in %.2f s", cause, delay)
 
