@@ -36,6 +36,8 @@ class AdaptiveConcurrency:
         self.limit = float(maximum)
         self.in_flight = 0
         self.decreases = 0
+        self.probing = False
+        self._before_probe = float(maximum)
         self._issued = 0
         self._mark = 0
         self._changed = anyio.Event()
@@ -62,6 +64,11 @@ class AdaptiveConcurrency:
 
     def on_success(self) -> None:
         """One request succeeded: grow the limit additively, up to the maximum."""
+        if self.probing:
+            self.probing = False
+            self.limit = max(self.limit, self._before_probe)
+            self._notify()
+            return
         if self.limit < self.maximum:
             self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
             self._notify()
@@ -73,6 +80,13 @@ class AdaptiveConcurrency:
         self.limit = max(float(self.minimum), self.limit / 2.0)
         self._mark = self._issued
         self.decreases += 1
+
+    def probe(self) -> None:
+        """Send one request at a time until one succeeds (e.g. while a model loads)."""
+        if not self.probing:
+            self.probing = True
+            self._before_probe = self.limit
+            self.limit = 1.0
 
     def set_maximum(self, maximum: int) -> None:
         """Lower (or raise) the ceiling, e.g. after reading a server's own limits."""
@@ -144,6 +158,16 @@ class Cooldown:
         return max(0.0, self.until - self._clock())
 
     async def wait(self) -> None:
-        """Return once no pause is in force."""
-        while (left := self.until - self._clock()) > 0:
+        """Return once no pause is in force.
+
+        Sleeps once for what is left, and again only if someone extended the pause
+        meanwhile, so an injected no-op sleep (tests) never spins.
+        """
+        while True:
+            until = self.until
+            left = until - self._clock()
+            if left <= 0:
+                return
             await self._sleep(left)
+            if self.until == until:
+                return
