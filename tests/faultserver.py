@@ -93,13 +93,15 @@ class FaultServer:
         try:
             yield server
         finally:
-            assert server._loop is not None and server._stop is not None
+            assert server._loop is not None
+            assert server._stop is not None
             server._loop.call_soon_threadsafe(server._stop.set)
             server._thread.join(10)
 
     def finish_loading(self) -> None:
         """The cold model is now loaded: held requests are answered, new ones succeed."""
-        assert self._loop is not None and self._loaded is not None
+        assert self._loop is not None
+        assert self._loaded is not None
         self._loop.call_soon_threadsafe(self._loaded.set)
 
     def _main(self) -> None:
