@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -332,6 +332,99 @@ class AsyncEmbedder:
         """Counters, limits and latency percentiles (a frozen snapshot)."""
         return self._open_scheduler().stats()
 
+    # ------------------------------------------------------------- bulk (in _bulk.py)
+
+    def embed_stream(
+        self,
+        texts: Iterable[str] | AsyncIterable[str],
+        *,
+        block_size: int = 1024,
+        max_blocks_in_flight: int | None = None,
+        sort_by_length: bool = False,
+        dedup: bool = True,
+    ) -> AsyncGenerator[tuple[int, Matrix], None]:
+        """Embed an iterable or async iterable of any length, in order, with bounded memory.
+
+        `async for start, matrix in emb.embed_stream(texts):` — `matrix[k]` is the vector of
+        text `start + k`; blocks come in input order and hold `block_size` rows (the last may
+        hold fewer). At most `max_blocks_in_flight` blocks are read ahead (default: enough
+        to keep every concurrency slot busy), so a generator over a huge file is never read
+        further than the embedder can use, and neither the input nor the output is held.
+        Duplicates within a block are sent once; `sort_by_length` groups texts of similar
+        length into the same requests (then restores the order). A non-str or empty text
+        raises `TypeError`/`ValueError` naming its index, after the blocks before it.
+        """
+        from ._bulk import astream, default_depth
+
+        scheduler = self._open_scheduler()
+        if block_size < 1:
+            raise ValueError("block_size must be at least 1")
+        depth = max_blocks_in_flight or default_depth(
+            block_size, self.max_concurrency, scheduler.max_batch_size
+        )
+        return astream(
+            scheduler,
+            texts,
+            block_size=block_size,
+            depth=depth,
+            sort_by_length=sort_by_length,
+            dedup=dedup,
+        )
+
+    async def encode(
+        self,
+        sentences: str | Iterable[str],
+        *,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        normalize_embeddings: bool = False,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        convert_to_numpy: bool = True,
+        precision: Literal["float32"] = "float32",
+        truncate_dim: int | None = None,
+    ) -> Matrix:
+        """`SentenceTransformer.encode`, for people who know it: (n, dim) float32, (dim,) for a str.
+
+        Args:
+            sentences: a string, or an iterable of strings.
+            batch_size: texts per step of the work (and of the progress bar). Requests are
+                cut by the embedder's `max_batch_size`, because they are shared with every
+                other caller of this embedder.
+            show_progress_bar: a bar on stderr; None shows it when the "embedkit" logger
+                is at INFO or DEBUG, as sentence-transformers does.
+            normalize_embeddings: scale every row to unit length, here in numpy (so it holds
+                whatever the server does). False adds nothing: rows are what the embedder
+                returns (TEI normalizes unless the embedder has `normalize=False`).
+            prompt_name: must equal the embedder's own `prompt_name` (the server applies it,
+                so it cannot change per call); anything else raises `ValueError`.
+            prompt: a literal string prepended to every sentence, here in the client.
+            convert_to_numpy: only True (the result is always a numpy array).
+            precision: only "float32".
+            truncate_dim: keep the first `truncate_dim` dimensions (before normalizing).
+
+        Like sentence-transformers, the whole input is sorted by length before it is sent
+        and put back in order after; duplicates are sent once.
+        """
+        from ._bulk import encode
+
+        if not convert_to_numpy:
+            raise ValueError("convert_to_numpy=False is not supported: encode returns numpy")
+        result = await encode(
+            self._open_scheduler(),
+            sentences,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            normalize_embeddings=normalize_embeddings,
+            prompt_name=prompt_name,
+            configured_prompt_name=self._options.prompt_name,
+            prompt=prompt,
+            precision=precision,
+            truncate_dim=truncate_dim,
+            max_concurrency=self.max_concurrency,
+        )
+        return result
+
 
 class Embedder:
     """The blocking twin of `AsyncEmbedder`, for scripts and notebooks.
@@ -404,3 +497,67 @@ class Embedder:
     def stats(self) -> SchedulerStats:
         """Counters, limits and latency percentiles (a frozen snapshot)."""
         return self._async.stats()
+
+    # ------------------------------------------------------------- bulk (in _bulk.py)
+
+    def embed_stream(
+        self,
+        texts: Iterable[str],
+        *,
+        block_size: int = 1024,
+        max_blocks_in_flight: int | None = None,
+        sort_by_length: bool = False,
+        dedup: bool = True,
+    ) -> Iterator[tuple[int, Matrix]]:
+        """`for start, matrix in emb.embed_stream(texts):` — see `AsyncEmbedder.embed_stream`.
+
+        The input is read in the calling thread, so a slow input never stalls the requests
+        in flight on the embedder's event loop.
+        """
+        from ._bulk import default_depth, stream_blocking
+
+        portal = self._require_portal()
+        scheduler = self._async._open_scheduler()
+        if block_size < 1:
+            raise ValueError("block_size must be at least 1")
+        depth = max_blocks_in_flight or default_depth(
+            block_size, self._async.max_concurrency, scheduler.max_batch_size
+        )
+        return stream_blocking(
+            portal,
+            scheduler,
+            texts,
+            block_size=block_size,
+            depth=depth,
+            sort_by_length=sort_by_length,
+            dedup=dedup,
+        )
+
+    def encode(
+        self,
+        sentences: str | Iterable[str],
+        *,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        normalize_embeddings: bool = False,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        convert_to_numpy: bool = True,
+        precision: Literal["float32"] = "float32",
+        truncate_dim: int | None = None,
+    ) -> Matrix:
+        """`SentenceTransformer.encode`, blocking — see `AsyncEmbedder.encode`."""
+        result: Matrix = self._require_portal().call(
+            lambda: self._async.encode(
+                sentences,
+                batch_size=batch_size,
+                show_progress_bar=show_progress_bar,
+                normalize_embeddings=normalize_embeddings,
+                prompt_name=prompt_name,
+                prompt=prompt,
+                convert_to_numpy=convert_to_numpy,
+                precision=precision,
+                truncate_dim=truncate_dim,
+            )
+        )
+        return result
