@@ -117,6 +117,11 @@ class Window(Generic[T]):
     def __len__(self) -> int:
         return len(self._blocks)
 
+    @property
+    def head(self) -> T:
+        """The tag of the oldest block (the one `pop` waits for)."""
+        return self._blocks[0][0]
+
     def push(self, texts: list[str], tag: T) -> None:
         """Plan `texts` and enqueue them as one job (texts must already be validated)."""
         sent, gather = plan(texts, sort_by_length=self._sort, dedup=self._dedup)

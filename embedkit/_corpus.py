@@ -1,0 +1,595 @@
+"""Corpora on disk for `embedkit embed`: readers, the .npy writer, and the resume state.
+
+Records count from 0 and are the output's rows: record i is row i, whatever happens to the
+records around it. A record that cannot be embedded is a `Bad` (with the reason), never
+dropped, so nothing ever shifts.
+
+* `.txt` — one record per line (`\\n` or `\\r\\n`); an empty line is a bad record.
+* `.jsonl` — one JSON object per line; the text is in a field (`--field`, default "text").
+* `.csv` / `.tsv` — a header row, then one record per row; the text is in a column
+  (`--column`, default "text"). Blank lines are not records (as csv.DictReader and pandas).
+* `.parquet` — one record per row of a string column (needs pyarrow).
+
+Files are UTF-8 (a leading BOM is ignored). Every reader can `scan()` the whole input once
+(count, fingerprint, bad records) and then stream `records(start)` from any record.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+__all__ = [
+    "FORMATS",
+    "Bad",
+    "Corpus",
+    "CorpusError",
+    "NpyWriter",
+    "OutputPaths",
+    "ResumeState",
+    "Scan",
+    "fsync_dir",
+    "npy_header",
+    "open_corpus",
+    "spool",
+]
+
+FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet")
+_SUFFIXES = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+_SUFFIXES[".parquet"] = _SUFFIXES[".pq"] = "parquet"
+_BOM = b"\xef\xbb\xbf"
+_CHUNK = 1 << 20
+_EXAMPLES = 20
+
+
+class CorpusError(Exception):
+    """The input or the output cannot be used as asked (a message for the user)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bad:
+    """A record that cannot be embedded, and why."""
+
+    reason: str
+
+
+Record = str | Bad
+
+
+@dataclasses.dataclass
+class Scan:
+    """What one pass over the input learned.
+
+    Attributes:
+        records: how many records (= output rows).
+        bad: how many of them are bad.
+        examples: the first bad records, as (record number, reason).
+        first_good: the first text that can be embedded (None when there is none).
+        size: the input's size in bytes.
+        digest: a hash of the input's bytes.
+    """
+
+    records: int = 0
+    bad: int = 0
+    examples: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    first_good: str | None = None
+    size: int = 0
+    digest: str = ""
+
+    def add(self, record: Record) -> None:
+        """Count one record."""
+        if isinstance(record, Bad):
+            if len(self.examples) < _EXAMPLES:
+                self.examples.append((self.records, record.reason))
+            self.bad += 1
+        elif self.first_good is None:
+            self.first_good = record
+        self.records += 1
+
+
+def _hash_file(path: Path) -> tuple[int, str]:
+    digest = hashlib.blake2b(digest_size=16)
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+class Corpus:
+    """A file of records. Subclasses read one format each."""
+
+    format: ClassVar[str] = ""
+
+    def __init__(self, path: Path, *, key: str) -> None:
+        self.path = path
+        self.key = key
+
+    def scan(self) -> Scan:
+        """Read everything once: count the records, hash the bytes, find the bad records."""
+        raise NotImplementedError
+
+    def records(self, start: int = 0) -> Iterator[Record]:
+        """Every record from number `start` on, in order."""
+        raise NotImplementedError
+
+    def where(self, index: int) -> str:
+        """Where record `index` is, for people ("record 17, line 18")."""
+        return f"record {index}"
+
+    def options(self) -> dict[str, Any]:
+        """What, besides the bytes, decides the records (part of the resume fingerprint)."""
+        return {"format": self.format, "key": self.key}
+
+
+class _LineCorpus(Corpus):
+    """One record per line."""
+
+    def parse(self, line: bytes) -> Record:
+        raise NotImplementedError
+
+    def _lines(self, f: IO[bytes]) -> Iterator[bytes]:
+        first = True
+        for line in f:
+            if first:
+                first = False
+                if line.startswith(_BOM):
+                    line = line[len(_BOM) :]
+            yield line
+
+    def scan(self) -> Scan:
+        scan = Scan()
+        digest = hashlib.blake2b(digest_size=16)
+        size = 0
+        with self.path.open("rb") as f:
+            first = True
+            for line in f:
+                digest.update(line)
+                size += len(line)
+                if first:
+                    first = False
+                    if line.startswith(_BOM):
+                        line = line[len(_BOM) :]
+                scan.add(self.parse(line))
+        scan.size = size
+        scan.digest = digest.hexdigest()
+        return scan
+
+    def records(self, start: int = 0) -> Iterator[Record]:
+        with self.path.open("rb") as f:
+            lines = self._lines(f)
+            for _ in range(start):
+                if next(lines, None) is None:
+                    return
+            for line in lines:
+                yield self.parse(line)
+
+    def where(self, index: int) -> str:
+        return f"record {index} (line {index + 1})"
+
+
+def _strip_newline(line: bytes) -> bytes:
+    if line.endswith(b"\n"):
+        line = line[:-1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+    return line
+
+
+class TextCorpus(_LineCorpus):
+    """`.txt`: a line is a record; an empty line is a bad record."""
+
+    format: ClassVar[str] = "txt"
+
+    def parse(self, line: bytes) -> Record:
+        line = _strip_newline(line)
+        if not line:
+            return Bad("empty line")
+        try:
+            return line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Bad(f"not valid UTF-8 (byte {exc.start} of the line)")
+
+    def options(self) -> dict[str, Any]:
+        return {"format": self.format}
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+class JsonlCorpus(_LineCorpus):
+    """`.jsonl`: a line is a JSON object; the text is its `key` field."""
+
+    format: ClassVar[str] = "jsonl"
+
+    def parse(self, line: bytes) -> Record:
+        line = line.strip()
+        if not line:
+            return Bad("empty line")
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            return Bad(f"not valid JSON ({exc})")
+        if not isinstance(obj, dict):
+            return Bad(f"not a JSON object but {_json_kind(obj)}")
+        if self.key not in obj:
+            return Bad(f"no field {self.key!r}")
+        value = obj[self.key]
+        if not isinstance(value, str):
+            return Bad(f"field {self.key!r} is {_json_kind(value)}, not a string")
+        if not value:
+            return Bad(f"field {self.key!r} is an empty string")
+        return value
+
+
+class CsvCorpus(Corpus):
+    """`.csv` (or `.tsv`): a header row, then a record per row; the text is column `key`."""
+
+    format: ClassVar[str] = "csv"
+    delimiter: ClassVar[str] = ","
+
+    def _rows(self) -> Iterator[Record]:
+        limit = csv.field_size_limit()
+        if limit < sys.maxsize // 2:
+            csv.field_size_limit(2**31 - 1)  # documents are longer than csv's 128 KiB default
+        with self.path.open("rb") as raw:
+            text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+            reader = csv.reader(text, delimiter=self.delimiter)
+            try:
+                header = next(reader, None)
+                if header is None:
+                    return
+                if self.key not in header:
+                    shown = ", ".join(repr(name) for name in header[:20])
+                    raise CorpusError(
+                        f"{self.path}: no column {self.key!r} in the header (it has: {shown}); "
+                        "choose one with --column"
+                    )
+                column = header.index(self.key)
+                for row in reader:
+                    if not row:
+                        continue  # a blank line is not a record
+                    if len(row) <= column:
+                        yield Bad(f"the row has {len(row)} fields, no {self.key!r}")
+                    elif not row[column]:
+                        yield Bad(f"column {self.key!r} is empty")
+                    else:
+                        yield row[column]
+            except csv.Error as exc:
+                raise CorpusError(f"{self.path}, line {reader.line_num}: bad CSV: {exc}") from exc
+            except UnicodeDecodeError as exc:
+                raise CorpusError(
+                    f"{self.path}: not UTF-8 (near line {reader.line_num}): {exc}"
+                ) from exc
+
+    def scan(self) -> Scan:
+        scan = Scan()
+        for record in self._rows():
+            scan.add(record)
+        scan.size, scan.digest = _hash_file(self.path)
+        return scan
+
+    def records(self, start: int = 0) -> Iterator[Record]:
+        for index, record in enumerate(self._rows()):
+            if index >= start:
+                yield record
+
+
+class TsvCorpus(CsvCorpus):
+    """`.tsv`: as `.csv`, with tabs."""
+
+    format: ClassVar[str] = "tsv"
+    delimiter: ClassVar[str] = "\t"
+
+
+class ParquetCorpus(Corpus):
+    """`.parquet`: a record per row of the string column `key` (needs pyarrow)."""
+
+    format: ClassVar[str] = "parquet"
+    _BATCH = 65_536
+
+    def _file(self) -> Any:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError as exc:
+            raise CorpusError(
+                "reading .parquet needs pyarrow: pip install 'embedkit[parquet]'"
+            ) from exc
+        try:
+            parquet = pq.ParquetFile(self.path)
+        except (OSError, pa.ArrowException) as exc:
+            raise CorpusError(f"{self.path}: not a readable parquet file: {exc}") from exc
+        schema = parquet.schema_arrow
+        if self.key not in schema.names:
+            shown = ", ".join(repr(name) for name in schema.names[:20])
+            raise CorpusError(
+                f"{self.path}: no column {self.key!r} (it has: {shown}); choose one with --column"
+            )
+        kind = schema.field(self.key).type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)) and str(kind) not in (
+            "string_view",
+        ):
+            raise CorpusError(f"{self.path}: column {self.key!r} holds {kind}, not strings")
+        return parquet
+
+    def _values(self, start: int) -> Iterator[Any]:
+        parquet = self._file()
+        skip = start
+        for batch in parquet.iter_batches(batch_size=self._BATCH, columns=[self.key]):
+            if skip >= batch.num_rows:
+                skip -= batch.num_rows
+                continue
+            values = batch.column(0).to_pylist()
+            yield from values[skip:] if skip else values
+            skip = 0
+
+    @staticmethod
+    def _record(value: Any, key: str) -> Record:
+        if value is None:
+            return Bad(f"column {key!r} is null")
+        if not value:
+            return Bad(f"column {key!r} is an empty string")
+        return str(value)
+
+    def scan(self) -> Scan:
+        scan = Scan()
+        for value in self._values(0):
+            scan.add(self._record(value, self.key))
+        scan.size, scan.digest = _hash_file(self.path)
+        return scan
+
+    def records(self, start: int = 0) -> Iterator[Record]:
+        for value in self._values(start):
+            yield self._record(value, self.key)
+
+    def where(self, index: int) -> str:
+        return f"record {index} (row {index})"
+
+
+_CLASSES: dict[str, type[Corpus]] = {
+    "txt": TextCorpus,
+    "jsonl": JsonlCorpus,
+    "csv": CsvCorpus,
+    "tsv": TsvCorpus,
+    "parquet": ParquetCorpus,
+}
+
+
+def guess_format(path: Path | None, *, field: str | None, column: str | None) -> str:
+    """The format from the file name; for stdin, jsonl with --field, csv with --column, else txt."""
+    if path is not None:
+        found = _SUFFIXES.get(path.suffix.lower())
+        if found is None:
+            raise CorpusError(
+                f"{path}: cannot tell the format from {path.suffix or 'no suffix'!r}; "
+                f"pass --format ({', '.join(FORMATS)})"
+            )
+        return found
+    if field is not None:
+        return "jsonl"
+    if column is not None:
+        return "csv"
+    return "txt"
+
+
+def open_corpus(
+    path: Path, *, format: str | None = None, field: str | None = None, column: str | None = None
+) -> Corpus:
+    """A reader for `path`. `field` (jsonl) and `column` (csv, tsv, parquet) name the text."""
+    fmt = format or guess_format(path, field=field, column=column)
+    if fmt not in _CLASSES:
+        raise CorpusError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "jsonl" and column is not None:
+        raise CorpusError("--column is for csv, tsv and parquet; jsonl takes --field")
+    if fmt in ("csv", "tsv", "parquet") and field is not None:
+        raise CorpusError(f"--field is for jsonl; {fmt} takes --column")
+    if fmt == "txt" and (field is not None or column is not None):
+        raise CorpusError(
+            "a .txt file has one text per line: it takes neither --field nor --column"
+        )
+    if not path.is_file():
+        raise CorpusError(f"{path}: no such file")
+    return _CLASSES[fmt](path, key=field or column or "text")
+
+
+def spool(stream: IO[bytes], directory: Path, prefix: str) -> Path:
+    """Copy a stream (stdin) to a new file in `directory`, so it can be counted and re-read."""
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".spool", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := stream.read(_CHUNK):
+                out.write(chunk)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
+
+
+# ------------------------------------------------------------------------------ output
+
+
+def npy_header(shape: tuple[int, ...], dtype: np.dtype[Any]) -> bytes:
+    """The .npy header `np.save` writes for a C-ordered array of this shape and dtype."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer,
+        {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape},
+    )
+    return buffer.getvalue()
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames and new files in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class NpyWriter:
+    """An .npy file of known shape, filled by blocks of rows at any offset (`os.pwrite`).
+
+    The file has its full size from the start (sparse until written), so the header is final
+    and a row block lands at `header + row × row_bytes`. Nothing is mapped into memory.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any, *, create: bool) -> None:
+        self.path = path
+        self.dtype: np.dtype[Any] = np.dtype(dtype)
+        self.shape = shape
+        self.header = npy_header(shape, self.dtype)
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        size = len(self.header) + shape[0] * self.row_bytes
+        flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0)
+        try:
+            self._fd = os.open(path, flags, 0o644)
+        except OSError as exc:
+            raise CorpusError(f"cannot open {path}: {exc.strerror}") from exc
+        try:
+            if create:
+                self._write_all(self.header, 0)
+                os.ftruncate(self._fd, size)
+            else:
+                found = os.pread(self._fd, len(self.header), 0)
+                if found != self.header or os.fstat(self._fd).st_size != size:
+                    raise CorpusError(
+                        f"{path} does not hold the {shape} {self.dtype} array this run writes; "
+                        "start over with --force"
+                    )
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _write_all(self, data: bytes | memoryview, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view = view[written:]
+            offset += written
+
+    def write(self, row: int, block: npt.NDArray[Any]) -> None:
+        """Write `block` (rows `row` to `row + len(block)`) in place."""
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        self._write_all(block.data.cast("B"), len(self.header) + row * self.row_bytes)
+
+    def sync(self) -> None:
+        """Flush the written rows to disk."""
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputPaths:
+    """The files of one `embedkit embed -o OUT.npy` run.
+
+    `OUT.npy.partial` and `OUT.mask.npy.partial` are written while the run is going and
+    renamed when it is complete; `OUT.state.json` records the committed rows and what they
+    were made from, and stays after the run (so a rerun can tell it is already done).
+    """
+
+    data: Path
+    mask: Path
+    state: Path
+
+    @classmethod
+    def for_output(cls, out: Path) -> OutputPaths:
+        """Name the sibling files of `out`."""
+        stem = out.name[: -len(".npy")] if out.name.endswith(".npy") else out.name
+        return cls(
+            data=out,
+            mask=out.with_name(stem + ".mask.npy"),
+            state=out.with_name(stem + ".state.json"),
+        )
+
+    @property
+    def data_partial(self) -> Path:
+        """The data file while the run is going."""
+        return self.data.with_name(self.data.name + ".partial")
+
+    @property
+    def mask_partial(self) -> Path:
+        """The mask file while the run is going."""
+        return self.mask.with_name(self.mask.name + ".partial")
+
+
+@dataclasses.dataclass
+class ResumeState:
+    """What a run has committed, and the fingerprint of what it was made from.
+
+    Saved atomically (write, fsync, rename, fsync the folder) after the rows it counts were
+    fsynced, so after any crash `committed` rows are on disk and correct.
+    """
+
+    fingerprint: dict[str, Any]
+    rows: int
+    dim: int
+    on_bad: str
+    committed: int = 0
+    bad: int = 0
+    complete: bool = False
+    version: int = 1
+
+    @classmethod
+    def load(cls, path: Path) -> ResumeState | None:
+        """The saved state, or None when there is none."""
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            data = orjson.loads(raw)
+            return cls(**data)
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            raise CorpusError(
+                f"{path} is not an embedkit state file ({exc}); remove it or use --force"
+            ) from exc
+
+    def save(self, path: Path) -> None:
+        """Replace the state file atomically and durably."""
+        tmp = path.with_name(path.name + ".tmp")
+        payload = orjson.dumps(dataclasses.asdict(self), option=orjson.OPT_INDENT_2)
+        with tmp.open("wb") as f:
+            f.write(payload + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+
+    def mismatch(self, fingerprint: dict[str, Any]) -> str | None:
+        """Which recorded setting differs from `fingerprint` (None when all agree)."""
+        for key in sorted(set(self.fingerprint) | set(fingerprint)):
+            if self.fingerprint.get(key) != fingerprint.get(key):
+                return key
+        return None
