@@ -1,0 +1,68 @@
+"""The Hugging Face Inference API dialect.
+
+`POST /models/{model}` and `POST /hf-inference/models/{model}/pipeline/feature-extraction`,
+body `{"inputs": str | [str], "normalize", "prompt_name", "truncate", "truncation_direction",
+"dimensions"}` (the older nesting under `"parameters"`, and `"options": {"wait_for_model"}`,
+are read too). A single string gets one vector `[D]`, a list gets `[[D], ...]`, as
+sentence-transformers models answer. Errors are `{"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from starlette.responses import Response
+
+from .._decode import Matrix
+from ._common import (
+    ApiError,
+    Dialect,
+    EmbedRequest,
+    json_response,
+    loading_headers,
+    parse_options,
+    parse_texts,
+)
+
+__all__ = ["HFDialect"]
+
+_STATUS = {
+    "validation": 400,
+    "empty": 400,
+    "bad_json": 400,
+    "too_large": 413,
+    "unauthorized": 401,
+    "loading": 503,
+    "overloaded": 429,
+    "backend": 500,
+}
+
+
+class HFDialect(Dialect):
+    """Feature extraction as the HF Inference API speaks it."""
+
+    name: ClassVar[str] = "hf"
+
+    def parse(self, payload: Any) -> EmbedRequest:
+        if not isinstance(payload, dict):
+            raise ApiError("validation", "the body must be a JSON object with `inputs`")
+        texts, single = parse_texts(payload.get("inputs"), "inputs")
+        merged = dict(payload)
+        parameters = payload.get("parameters")
+        if isinstance(parameters, dict):
+            merged = {**parameters, **{k: v for k, v in payload.items() if v is not None}}
+        request = EmbedRequest(texts=texts, single=single)
+        parse_options(merged, request)
+        options = payload.get("options")
+        if isinstance(options, dict) and options.get("wait_for_model") is True:
+            request.wait_for_model = True
+        return request
+
+    def render(self, matrix: Matrix, request: EmbedRequest, model_id: str, tokens: int) -> Response:
+        return json_response(matrix[0] if request.single else matrix)
+
+    def error(self, error: ApiError) -> Response:
+        body: dict[str, Any] = {"error": error.message}
+        if error.kind == "loading":
+            body["estimated_time"] = error.estimated_time
+        return json_response(body, _STATUS[error.kind], loading_headers(error))

@@ -1,0 +1,64 @@
+"""The text-embeddings-inference (TEI) dialect.
+
+`POST /embed` takes the same body as HF and always answers a 2-D `[[D], ...]`. Errors are
+`{"error": "...", "error_type": "..."}` with TEI's status codes: Validation 422, Empty 400,
+Overloaded 429, Backend 424, Unhealthy 503; a body over the size limit is a plain-text 413, bad
+JSON a plain-text 400, and a wrong key a 401 with an empty body, as TEI answers them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from starlette.responses import Response
+
+from .._decode import Matrix
+from ._common import (
+    ApiError,
+    Dialect,
+    EmbedRequest,
+    json_response,
+    loading_headers,
+    parse_options,
+    parse_texts,
+)
+
+__all__ = ["TEIDialect"]
+
+_TYPES = {
+    "validation": (422, "Validation"),
+    "empty": (400, "Empty"),
+    "overloaded": (429, "Overloaded"),
+    "backend": (424, "Backend"),
+    "loading": (503, "Unhealthy"),
+}
+
+
+class TEIDialect(Dialect):
+    """`/embed` as TEI speaks it."""
+
+    name: ClassVar[str] = "tei"
+
+    def parse(self, payload: Any) -> EmbedRequest:
+        if not isinstance(payload, dict):
+            raise ApiError("validation", "the body must be a JSON object with `inputs`")
+        texts, _single = parse_texts(payload.get("inputs"), "inputs")
+        request = EmbedRequest(texts=texts)
+        parse_options(payload, request)
+        return request
+
+    def render(self, matrix: Matrix, request: EmbedRequest, model_id: str, tokens: int) -> Response:
+        return json_response(matrix)
+
+    def error(self, error: ApiError) -> Response:
+        if error.kind == "unauthorized":
+            return Response(status_code=401)
+        if error.kind == "too_large":
+            return Response(error.message, status_code=413, media_type="text/plain")
+        if error.kind == "bad_json":
+            return Response(error.message, status_code=400, media_type="text/plain")
+        status, error_type = _TYPES[error.kind]
+        body: dict[str, Any] = {"error": error.message, "error_type": error_type}
+        if error.kind == "loading":
+            body["estimated_time"] = error.estimated_time
+        return json_response(body, status, loading_headers(error))
