@@ -1,0 +1,200 @@
+"""One PNG with a panel per scenario, drawn from results.json (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+
+EMBEDKIT = "#2f6db3"
+PEER = "#9aa5b1"
+MISS = "#c0392b"
+
+
+def _label(text: str, width: int = 44) -> str:
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
+def _colour(name: str) -> str:
+    return EMBEDKIT if name.startswith("embedkit") else PEER
+
+
+def _barh(ax: Any, labels: list[str], values: list[float], *, fmt: str = "{:,.0f}") -> None:
+    y = list(range(len(labels)))[::-1]
+    ax.barh(y, values, color=[_colour(lbl) for lbl in labels])
+    ax.set_yticks(y, [_label(lbl) for lbl in labels], fontsize=7)
+    for yi, v in zip(y, values, strict=True):
+        ax.text(v, yi, " " + fmt.format(v), va="center", fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.margins(x=0.25)
+
+
+def _scenario(report: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((s for s in report["scenarios"] if s["name"] == name and s["rows"]), None)
+
+
+def _empty(ax: Any, title: str, why: str) -> None:
+    ax.set_title(title, fontsize=9)
+    ax.text(0.5, 0.5, why, ha="center", va="center", fontsize=8, transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    fig, axes = plt.subplots(4, 2, figsize=(14, 17))
+    panels = iter(axes.flat)
+
+    ax = next(panels)
+    s = _scenario(report, "coalescing")
+    if s:
+        caps = s["setup"]["capacity_texts_per_s"]
+        _barh(ax, [r["client"] for r in s["rows"]], [r["texts/s"] for r in s["rows"]])
+        ax.set_xscale("log")
+        ax.axvline(caps["batch_32"], color="k", ls="--", lw=0.8)
+        ax.axvline(caps["batch_1"], color="k", ls=":", lw=0.8)
+        ax.set_xlabel(
+            "texts/s (log); dashed: capacity at 32 texts/request, dotted: at 1", fontsize=7
+        )
+        ax.set_title(s["title"], fontsize=9)
+    else:
+        _empty(ax, "Coalescing", "not run")
+
+    s = _scenario(report, "bulk")
+    ax = next(panels)
+    if s:
+        rows = [r for r in s["rows"] if r["server"] == "cost model"]
+        _barh(ax, [r["client"] for r in rows], [r["texts/s"] for r in rows])
+        ax.set_xscale("log")
+        ax.set_xlabel("texts/s (log), cost-model server", fontsize=7)
+        ax.set_title(s["title"] + ", cost-model server", fontsize=9)
+    else:
+        _empty(ax, "Bulk", "not run")
+    ax = next(panels)
+    real = [r for r in s["rows"] if r["server"] != "cost model"] if s else []
+    if real:
+        _barh(ax, [f"{r['client']} — {r['server']}" for r in real], [r["texts/s"] for r in real])
+        ax.set_xlabel("texts/s on real model servers (CPU)", fontsize=7)
+        ax.set_title(
+            "Bulk, real model servers: embedkit defaults vs the best hand-tuned loop", fontsize=9
+        )
+    else:
+        _empty(ax, "Bulk, real model servers", "not run (smoke run without --real, or no server)")
+
+    ax = next(panels)
+    s = _scenario(report, "overhead")
+    if s:
+        rows = s["rows"]
+        _barh(
+            ax,
+            [f"{r['client']} [{r['path']}]" for r in rows],
+            [r["CPU µs/text"] for r in rows],
+            fmt="{:.1f}",
+        )
+        ax.axvline(35, color=MISS, ls="--", lw=0.8)
+        ax.axvline(15, color=MISS, ls=":", lw=0.8)
+        ax.set_xlabel(
+            "client CPU µs per text; targets: 35 JSON (dashed), 15 base64 (dotted)", fontsize=7
+        )
+        ax.set_title(s["title"], fontsize=9)
+    else:
+        _empty(ax, "Client overhead", "not run")
+
+    ax = next(panels)
+    s = _scenario(report, "latency")
+    if s:
+        rows = s["rows"]
+        labels = [r["client"] for r in rows]
+        y = list(range(len(rows)))[::-1]
+        ax.barh(
+            [v + 0.2 for v in y],
+            [r["p50 ms"] for r in rows],
+            height=0.4,
+            color=EMBEDKIT,
+            label="p50",
+        )
+        ax.barh(
+            [v - 0.2 for v in y], [r["p99 ms"] for r in rows], height=0.4, color=PEER, label="p99"
+        )
+        ax.set_yticks(y, [_label(lbl) for lbl in labels], fontsize=7)
+        for v, r in zip(y, rows, strict=True):
+            ax.text(r["p50 ms"], v + 0.2, f" {r['p50 ms']:.3f}", va="center", fontsize=7)
+            ax.text(r["p99 ms"], v - 0.2, f" {r['p99 ms']:.3f}", va="center", fontsize=7)
+        ax.margins(x=0.25)
+        ax.legend(fontsize=7)
+        ax.set_xlabel("ms per call, idle client, instant server", fontsize=7)
+        ax.set_title(s["title"], fontsize=9)
+    else:
+        _empty(ax, "Latency", "not run")
+
+    ax = next(panels)
+    s = _scenario(report, "ratelimit")
+    if s:
+        rows = s["rows"]
+        labels = [r["client"] for r in rows]
+        share = [r["raw"]["rate_share"] for r in rows]
+        rejected = [r["raw"]["share_429"] for r in rows]
+        y = list(range(len(rows)))[::-1]
+        ax.barh([v + 0.2 for v in y], share, height=0.4, color=EMBEDKIT, label="% of R achieved")
+        ax.barh(
+            [v - 0.2 for v in y],
+            rejected,
+            height=0.4,
+            color=MISS,
+            label="% of requests answered 429",
+        )
+        for v, a, b in zip(y, share, rejected, strict=True):
+            ax.text(a, v + 0.2, f" {a:.0f}%", va="center", fontsize=7)
+            ax.text(b, v - 0.2, f" {b:.1f}%", va="center", fontsize=7)
+        ax.set_yticks(y, [_label(lbl) for lbl in labels], fontsize=7)
+        ax.axvline(95, color="k", ls="--", lw=0.8)
+        ax.margins(x=0.2)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_title(s["title"], fontsize=9)
+    else:
+        _empty(ax, "Rate-limited", "not run")
+
+    ax = next(panels)
+    s = _scenario(report, "memory")
+    if s:
+        r = s["rows"][0]
+        labels = ["RSS after imports", "peak RSS", "output file (on disk)"]
+        values = [r["RSS after imports MB"], r["peak RSS MB"], r["output MB"]]
+        ax.bar(labels, values, color=[PEER, EMBEDKIT, "#d5dbe1"])
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:,.0f} MB", ha="center", va="bottom", fontsize=8)
+        ax.axhline(200, color=MISS, ls="--", lw=0.8)
+        ax.set_yscale("log")
+        ax.tick_params(labelsize=7)
+        ax.set_title(s["title"] + "; target ≤ 200 MB peak", fontsize=9)
+    else:
+        _empty(ax, "Memory", "not run")
+
+    ax = next(panels)
+    checks = [c for sc in report["scenarios"] for c in sc["checks"]]
+    ax.set_axis_off()
+    ax.set_title("Targets", fontsize=9)
+    lines = []
+    for c in checks:
+        value = "—" if c["measured"] is None else f"{c['measured']:.3g} {c['unit']}"
+        lines.append(
+            f"{c['verdict']:4}  {_label(c['name'], 60)}\n"
+            f"      target {c['target']}, measured {value}"
+        )
+    ax.text(
+        0, 1, "\n".join(lines), va="top", family="monospace", fontsize=6.5, transform=ax.transAxes
+    )
+
+    m = report["machine"]
+    fig.suptitle(
+        f"embedkit benchmarks — {m.get('cores')} cores, {m.get('cpu')}, Python {m.get('python')} — "
+        f"`{report['command']}`",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
