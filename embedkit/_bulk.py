@@ -424,7 +424,8 @@ class Progress:
     def rate(self, now: float | None = None) -> float:
         """Texts per second over the last 30 s."""
         now = time.monotonic() if now is None else now
-        while len(self._samples) > 1 and now - self._samples[0][0] > 30.0:
+        # keep one sample at least 30 s old (when there is one), so the window spans 30 s
+        while len(self._samples) > 2 and now - self._samples[1][0] >= 30.0:
             self._samples.popleft()
         then, done_then = self._samples[0]
         return (self.done - done_then) / (now - then) if now > then else 0.0

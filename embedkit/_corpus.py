@@ -253,8 +253,7 @@ class CsvCorpus(Corpus):
         limit = csv.field_size_limit()
         if limit < sys.maxsize // 2:
             csv.field_size_limit(2**31 - 1)  # documents are longer than csv's 128 KiB default
-        with self.path.open("rb") as raw:
-            text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+        with self.path.open(encoding="utf-8-sig", newline="") as text:
             reader = csv.reader(text, delimiter=self.delimiter)
             try:
                 header = next(reader, None)

@@ -4,8 +4,8 @@
 the expected matrix on its own. `GET /info` and `GET /health` answer as TEI does. The test
 controls it from outside:
 
-* `pause()` holds every new request until `resume()` (to kill a client mid-run without
-  guessing at timings);
+* `pause()` holds every new request until `resume()`, and `hold_after = n` does the same
+  once n texts are answered (to kill a client mid-run without guessing at timings);
 * `refuse` is a set of texts answered with TEI's 422 Validation error;
 * `delay` makes every answer wait that long (a slower server, not synchronisation).
 
@@ -36,6 +36,7 @@ class HashServer:
         self.delay = delay
         self.max_batch = max_batch
         self.refuse: set[str] = set()
+        self.hold_after: int | None = None
         self.requests = 0
         self.texts = 0
         self.port = 0
@@ -62,19 +63,28 @@ class HashServer:
         try:
             yield server
         finally:
-            assert server._loop is not None and server._stop is not None
+            assert server._loop is not None
+            assert server._stop is not None
             server._loop.call_soon_threadsafe(server._stop.set)
             server._thread.join(10)
 
     def pause(self) -> None:
         """Hold every request that arrives from now on (those already answered are gone)."""
-        assert self._loop is not None and self._open is not None
+        assert self._loop is not None
+        assert self._open is not None
         self._loop.call_soon_threadsafe(self._open.clear)
 
     def resume(self) -> None:
-        """Answer held requests, and new ones at once."""
-        assert self._loop is not None and self._open is not None
-        self._loop.call_soon_threadsafe(self._open.set)
+        """Answer held requests, and new ones at once (this also ends `hold_after`)."""
+        assert self._loop is not None
+        assert self._open is not None
+
+        def release() -> None:
+            assert self._open is not None
+            self.hold_after = None
+            self._open.set()
+
+        self._loop.call_soon_threadsafe(release)
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -108,7 +118,8 @@ class HashServer:
                 status, payload = await self._answer(request_line, body)
                 writer.write(
                     b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n" % (status, _REASONS[status], len(payload))
+                    b"Content-Length: %d\r\n\r\n"
+                    % (status, _REASONS[status], len(payload))
                     + payload
                 )
                 await writer.drain()
@@ -131,6 +142,8 @@ class HashServer:
         if method != b"POST" or path != b"/embed":
             return 404, b'{"error": "no such route", "error_type": "NotFound"}'
         assert self._open is not None
+        if self.hold_after is not None and self.texts >= self.hold_after:
+            self._open.clear()
         await self._open.wait()
         if self.delay:
             await asyncio.sleep(self.delay)  # the server's own cost, not test synchronisation
