@@ -142,16 +142,49 @@ class Window(Generic[T]):
             self._scheduler.discard(self._blocks.popleft()[1])
 
 
-def check_block(block: list[Any], start: int) -> list[str]:
-    """Raise `TypeError`/`ValueError` naming the global index of the first bad text."""
+def first_bad(block: list[Any], start: int) -> tuple[int, Exception] | None:
+    """The position of the first text that is not a non-empty str, and its error."""
     for k, text in enumerate(block):
         if not isinstance(text, str):
-            raise TypeError(f"texts[{start + k}] is {type(text).__name__}, expected str")
+            return k, TypeError(f"texts[{start + k}] is {type(text).__name__}, expected str")
         if not text:
-            raise ValueError(
+            return k, ValueError(
                 f"texts[{start + k}] is an empty string; embedding servers reject empty inputs"
             )
+    return None
+
+
+def check_block(block: list[Any], start: int) -> list[str]:
+    """`block`, or the `TypeError`/`ValueError` naming the global index of its first bad text."""
+    bad = first_bad(block, start)
+    if bad is not None:
+        raise bad[1]
     return block
+
+
+class _Reader:
+    """Blocks from the input; a bad text ends the input after the texts before it.
+
+    The error is kept in `error` and raised by the stream once every block before it has
+    been handed out, so a caller gets everything up to the bad text, then the error.
+    """
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.start = 0
+        self.exhausted = False
+        self.error: Exception | None = None
+
+    def accept(self, block: list[Any]) -> list[str] | None:
+        """The part of a freshly read block to embed (None: nothing)."""
+        if len(block) < self.block_size:
+            self.exhausted = True
+        bad = first_bad(block, self.start)
+        if bad is not None:
+            self.exhausted = True
+            self.error = bad[1]
+            block = block[: bad[0]]
+        return block or None
 
 
 def _refuse_single_string(texts: object) -> None:
@@ -194,23 +227,21 @@ async def astream(
         texts.__aiter__() if isinstance(texts, AsyncIterable) else iter(texts)
     )
     window: Window[int] = Window(scheduler, sort_by_length=sort_by_length, dedup=dedup)
-    start = 0
-    exhausted = False
+    reader = _Reader(block_size)
 
     async def fill() -> None:
-        nonlocal start, exhausted
-        while not exhausted and len(window) < depth:
-            block = await _read_block(source, block_size)
-            if len(block) < block_size:
-                exhausted = True
-            if block:
-                window.push(check_block(block, start), start)
-                start += len(block)
+        while not reader.exhausted and len(window) < depth:
+            block = reader.accept(await _read_block(source, block_size))
+            if block is not None:
+                window.push(block, reader.start)
+                reader.start += len(block)
 
     try:
         while True:
             await fill()
             if not window:
+                if reader.error is not None:
+                    raise reader.error
                 return
             item = await window.pop()
             await fill()  # keep the scheduler busy while the consumer handles this block
@@ -237,23 +268,21 @@ def stream_blocking(
     _refuse_single_string(texts)
     source = iter(texts)
     window: Window[int] = Window(scheduler, sort_by_length=sort_by_length, dedup=dedup)
-    start = 0
-    exhausted = False
+    reader = _Reader(block_size)
 
     def fill() -> None:
-        nonlocal start, exhausted
-        while not exhausted and len(window) < depth:
-            block = list(_take(source, block_size))
-            if len(block) < block_size:
-                exhausted = True
-            if block:
-                portal.call(window.push, check_block(block, start), start)
-                start += len(block)
+        while not reader.exhausted and len(window) < depth:
+            block = reader.accept(list(_take(source, block_size)))
+            if block is not None:
+                portal.call(window.push, block, reader.start)
+                reader.start += len(block)
 
     try:
         while True:
             fill()
             if not window:
+                if reader.error is not None:
+                    raise reader.error
                 return
             item = portal.call(window.pop)
             fill()
@@ -473,13 +502,18 @@ class Progress:
             self._stream.flush()
             self._drawn = False
 
-    def close(self) -> None:
-        """Draw the final state (a terminal bar ends with a newline)."""
+    def close(self, *, final_line: bool = True) -> None:
+        """Draw the final state (a terminal bar ends with a newline).
+
+        Off a terminal the final line is printed only when `final_line` is true.
+        """
         if self.tty:
             self._render(time.monotonic())
             self._stream.write("\n")
             self._stream.flush()
             self._drawn = False
+        elif final_line:
+            self._render(time.monotonic())
 
     @property
     def elapsed(self) -> float:

@@ -571,7 +571,7 @@ class _Run:
                 with contextlib.suppress(Exception):
                     portal.call(window.discard)
             if progress is not None:
-                progress.close()
+                progress.close(final_line=False)  # the summary line follows
                 console.progress = None
         return self._finish(progress)
 
