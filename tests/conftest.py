@@ -7,6 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
+# one model load, one `embedkit serve` and one Infinity process per session
+from .local_fixtures import infinity_url, local_model, serve_url  # noqa: F401
+
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """In CI every test must run: any skip turns the run red."""

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -151,7 +152,7 @@ class _Server:
             logger.error("embedding failed: %s", exc)
             raise ApiError("backend", str(exc)) from exc
         matrix = raw[:, : parsed.dimensions] if parsed.dimensions is not None else raw
-        matrix = normalize_rows(matrix) if parsed.normalize else matrix
+        matrix = normalize_rows(matrix) if parsed.normalize else np.ascontiguousarray(matrix)
         tokens = (
             await engine.count_tokens(parsed.texts, parsed.prompt_name)
             if dialect.counts_tokens
@@ -223,6 +224,7 @@ class _Server:
                     "dimension": model.dimension if model is not None else None,
                     "prompts": sorted(model.prompts) if model is not None else [],
                     "device": model.device if model is not None else None,
+                    "batching": engine.stats(),
                 },
             }
         )

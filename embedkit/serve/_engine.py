@@ -24,7 +24,7 @@ import anyio.to_thread
 
 from .._client import AsyncEmbedder
 from .._decode import Matrix
-from .._local import DEFAULT_LOCAL_MODEL, LocalBackend, LocalModel, _is_packaged
+from .._local import DEFAULT_LOCAL_MODEL, LocalBackend, LocalModel, is_packaged
 from .._protocols import Options
 
 __all__ = ["Engine", "Loader"]
@@ -60,7 +60,7 @@ class Engine:
         max_batch_size: int = 32,
         max_concurrent_requests: int = 512,
         auto_truncate: bool = True,
-        load_estimate: float = 10.0,
+        load_estimate: float = 20.0,
     ) -> None:
         if isinstance(model, LocalModel):
             self.model_id = model.model_id
@@ -71,7 +71,7 @@ class Engine:
 
             self._load: Loader = load or given
         else:
-            self.model_id = DEFAULT_LOCAL_MODEL if _is_packaged(model) else str(model)
+            self.model_id = DEFAULT_LOCAL_MODEL if is_packaged(model) else str(model)
             name = model
 
             async def from_disk() -> LocalModel:
@@ -216,6 +216,18 @@ class Engine:
             return await embedder.embed_many(texts)
         finally:
             self.inputs_in_flight -= len(texts)
+
+    def stats(self) -> dict[str, float]:
+        """Batching so far, over all embedders: texts, batches, mean batch size."""
+        snapshots = [embedder.stats() for embedder in self._embedders.values()]
+        texts = sum(s.texts for s in snapshots)
+        sent = sum(s.texts_sent for s in snapshots)
+        batches = sum(s.batches for s in snapshots)
+        return {
+            "texts": texts,
+            "batches": batches,
+            "mean_batch_size": round(sent / batches, 2) if batches else 0.0,
+        }
 
     async def count_tokens(self, texts: list[str], prompt_name: str | None) -> int:
         """Tokens the model reads for `texts` (capped at its max_seq_length each)."""

@@ -10,9 +10,19 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from .._local import cached_snapshot, check_installed, is_packaged
 from ._app import DEFAULT_MAX_BODY_BYTES, create_app
 
-__all__ = ["API_KEY_ENV", "DEFAULT_HOST", "DEFAULT_PORT", "is_loopback", "main", "run"]
+__all__ = [
+    "API_KEY_ENV",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "build_parser",
+    "check_model",
+    "is_loopback",
+    "main",
+    "run",
+]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -56,8 +66,13 @@ def run(
     `/health` answers 503 until it is ready, then 200. Binding to an address other than
     loopback is allowed, with a warning on stderr. See `create_app` for the other arguments.
     """
-    import uvicorn
-
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise ImportError(
+            f'embedkit serve needs the serve extra: pip install "embedkit[serve,local]" ({exc})'
+        ) from exc
+    check_model(model)
     if not is_loopback(host):
         print(
             f"WARNING: embedkit serve is listening on {host}:{port}, which other machines can "
@@ -100,6 +115,13 @@ def run(
         timeout_graceful_shutdown=5,
     )
     uvicorn.Server(config).run()
+
+
+def check_model(model: str | None) -> None:
+    """Fail before binding when the model cannot be loaded: a missing extra or folder."""
+    check_installed(model)
+    if not is_packaged(model) and model is not None and not os.path.isdir(model):
+        cached_snapshot(model)
 
 
 def _configure_logging(level: str) -> None:
@@ -169,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m embedkit.serve [--model M] [--host H] [--port P] [--api-key K] ...`."""
     args = build_parser().parse_args(argv)
+    try:
+        check_model(args.model)
+    except (ImportError, ValueError) as exc:
+        raise SystemExit(f"embedkit serve: {exc}") from exc
     run(
         args.model,
         host=args.host,
