@@ -408,7 +408,7 @@ class _Run:
             return False
         changed = state.mismatch(fingerprint)
         if changed is not None:
-            what = "the input" if changed in ("records", "bytes", "input_blake2b") else changed
+            what = "input" if changed in ("records", "bytes", "input_blake2b") else changed
             raise _Failed(
                 f"{paths.state.name} records a run made with a different {what} than this one; "
                 f"it cannot be continued. Pass --force to start over, or choose another -o"
@@ -648,6 +648,7 @@ class _Run:
             self.state.save(paths.state)
             return
         self.state = resume
+        started_with = resume.on_bad
         resume.on_bad = self.args.on_bad
         self.done = resume.committed
         self.bad = resume.bad
@@ -659,7 +660,7 @@ class _Run:
                 f"{paths.data_partial.name} is missing; pass --force to start over"
             )
         self.data = NpyWriter(paths.data_partial, (rows, resume.dim), np.float32, create=False)
-        if resume.on_bad == "skip":
+        if started_with == "skip":
             self.mask = NpyWriter(paths.mask_partial, (rows,), np.bool_, create=False)
         elif skip:
             # the run started with --on-bad fail: every committed row was embedded
