@@ -13,7 +13,13 @@ import httpx
 
 from ._auth import Secret
 from ._decode import Matrix
-from ._errors import ModelLoadingError, TransportError, error_from_response
+from ._errors import (
+    EmbedkitError,
+    ModelLoadingError,
+    StatusError,
+    TransportError,
+    error_from_response,
+)
 from ._protocols import BackendInfo, WireProtocol
 
 __all__ = ["DEFAULT_TIMEOUT", "HttpBackend"]
@@ -136,8 +142,22 @@ class HttpBackend:
                 # HF's advice: ask the server to hold requests only once a model is known cold.
                 self.wait_for_model = True
                 self._headers = self._build_headers()
-            raise error
-        return self.protocol.decode(response.content, len(texts))
+            raise self._redact(error)
+        try:
+            return self.protocol.decode(response.content, len(texts))
+        except EmbedkitError as exc:
+            raise self._redact(exc) from exc.__cause__
+
+    def _redact(self, exc: EmbedkitError) -> EmbedkitError:
+        """Blank out the token where a server quoted it back (some gateways do)."""
+        secret = self._token.reveal() if self._token is not None else ""
+        if secret and secret in str(exc):
+            exc.args = tuple(
+                a.replace(secret, "********") if isinstance(a, str) else a for a in exc.args
+            )
+            if isinstance(exc, StatusError):
+                exc.message = exc.message.replace(secret, "********")
+        return exc
 
     async def aclose(self) -> None:
         """Close the httpx client if embedkit built it."""
