@@ -27,7 +27,8 @@ from typing import Any
 import orjson
 
 from . import bulk, coalescing, latency, memory, overhead, ratelimit
-from ._common import ROOT, Check, Scenario, git_revision, have, machine, table, versions
+from ._common import ROOT, Check, Scenario, fmt, git_revision, have, machine, table, versions
+from ._report import markdown
 
 SCENARIOS = {m.NAME: m for m in (coalescing, bulk, overhead, latency, memory, ratelimit)}
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== headline: targets vs measured")
     print(headline(checks))
     print(f"\ntotal {report['seconds']:.0f} s")
+    (out / "results.md").write_text(markdown(report), encoding="utf-8")
     (out / "results.json").write_bytes(
         orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     )
@@ -174,8 +176,6 @@ def headline(checks: list[Check]) -> str:
 def _measured(check: Check) -> str:
     if check.measured is None:
         return "—"
-    from ._common import fmt
-
     return f"{fmt(check.measured)} {check.unit}".strip()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import binascii
 import json
-import resource
 import socket
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import orjson
 from ._common import Scenario, at_most, median, sentences, server
 from ._measure import measure
 from ._peers import EmbedkitMany, HfHubBatched, HttpxBatched, body
+from .breakdown import layers
 
 NAME = "overhead"
 BATCH = 32
@@ -62,13 +62,11 @@ def raw_exchange(port: int, path: str, payload: bytes, calls: int) -> dict[str, 
 
         for _ in range(20):
             once()
-        usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu = time.process_time()
         for _ in range(calls):
             once()
         cpu = time.process_time() - cpu
-        kernel = resource.getrusage(resource.RUSAGE_SELF).ru_stime - usage.ru_stime
-    return {"cpu": cpu / calls, "kernel": kernel / calls}
+    return {"cpu": cpu / calls}
 
 
 def floors(hf_body: bytes, b64_body: bytes, calls: int) -> list[dict[str, Any]]:
@@ -114,7 +112,7 @@ def run(opts: Any) -> Scenario:
             "dim": 384,
             "server": "instant (canned body, other process)",
         },
-        columns=["client", "path", "CPU µs/text", "of which kernel", "texts/s (wall)"],
+        columns=["client", "path", "CPU µs/text", "texts/s (wall)"],
     )
     with server(slots=0) as srv:
         hf_url, oa_url = srv.hf_url, srv.openai_url
@@ -148,11 +146,14 @@ def run(opts: Any) -> Scenario:
                     "client": best["client"],
                     "path": best["path"],
                     "CPU µs/text": cpu,
-                    "of which kernel": best["kernel_us_per_text"],
                     "texts/s (wall)": best["texts_per_s"],
                     "raw": {**best, "rounds_cpu_us": [r["cpu_us_per_text"] for r in runs]},
                 }
             )
+        opts.log("    embedkit's layers, bottom up")
+        for row in layers(hf_url, oa_url, texts):
+            scenario.rows.append(row)
+            opts.log(f"      {row['client']} [{row['path']}]: {row.get('CPU µs/text', 0):.1f}")
         exchange = raw_exchange(
             srv.port, "/embed", body("hf", texts[:BATCH]), 100 if opts.smoke else 1000
         )
@@ -161,7 +162,6 @@ def run(opts: Any) -> Scenario:
             "client": "floor: one raw-socket HTTP exchange per batch (send + recv, no parsing)",
             "path": "any",
             "CPU µs/text": exchange["cpu"] / BATCH * 1e6,
-            "of which kernel": exchange["kernel"] / BATCH * 1e6,
         }
     )
     for row in floors(hf_body, b64_body, 200 if opts.smoke else 2000):
