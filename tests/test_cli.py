@@ -390,3 +390,42 @@ def test_serve_hands_its_arguments_to_embedkit_serve(capsys: pytest.CaptureFixtu
         main(["serve", "--help"])
     assert exc.value.code == 0
     assert "embedkit serve" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------- docs
+
+GUIDE = ROOT / "docs" / "guides" / "bulk.md"
+
+
+def guide_blocks(language: str) -> list[str]:
+    parts = GUIDE.read_text(encoding="utf-8").split("```")
+    return [part[len(language) + 1 :] for part in parts[1::2] if part.startswith(language + "\n")]
+
+
+def test_the_guide_commands_parse() -> None:
+    from embedkit._cli import build_parser
+
+    commands = []
+    for block in guide_blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            if "embedkit embed" in line:
+                commands.append(line.split("embedkit", 1)[1].split("#")[0].split())
+    assert len(commands) >= 6
+    for argv in commands:
+        args = build_parser().parse_args(argv)
+        assert args.command == "embed"
+
+
+def test_the_guide_python_examples_run(
+    server: HashServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_txt(tmp_path / "corpus.txt", ["first line", "second line", "third line"])
+    np.save(tmp_path / "vectors.npy", np.zeros((3, DIM), np.float32))
+    blocks = guide_blocks("python")
+    assert len(blocks) >= 4
+    for block in blocks:
+        exec(compile(block.replace("http://127.0.0.1:8080", server.url), str(GUIDE), "exec"), {})
+    assert (tmp_path / "vectors.npy").read_bytes() == npy_bytes(
+        expected(["first line", "second line", "third line"])
+    )
