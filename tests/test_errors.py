@@ -536,11 +536,6 @@ async def test_tei_batch_size_refusal_splits_the_batch() -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the client-wide Cooldown compares against the real clock, so with an injected "
-    "sleep it busy-loops (calling sleep hundreds of thousands of times) until real time passes",
-)
 async def test_recorded_sleep_sees_the_server_retry_after() -> None:
     """`RetryPolicy(sleep=...)` makes a 429's wait observable without waiting."""
     slept: list[float] = []
@@ -559,5 +554,6 @@ async def test_recorded_sleep_sees_the_server_retry_after() -> None:
         await emb.embed("a")
     elapsed = time.monotonic() - started
     assert len(seen) == 2
-    assert slept == [pytest.approx(0.4, abs=0.05)]
+    assert len(slept) <= 3  # a no-op sleep must never spin on the real clock
+    assert [s for s in slept if s > 0] == [pytest.approx(0.4, abs=0.05)]
     assert elapsed < 0.3
