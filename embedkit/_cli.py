@@ -12,7 +12,7 @@
    scheduler (`_bulk.Window`, on the embedder's event loop in a background thread); each
    block's rows are written in place into `OUT.npy.partial` (an .npy with its final header).
 4. **Commit** every `--commit-interval` seconds and at the end: fsync the rows, then write
-   `OUT.state.json` (committed rows + fingerprint) atomically. At the end the partial files
+   `OUT.npy.state.json` (committed rows + fingerprint) atomically. At the end the partial files
    are renamed to `OUT.npy` (and `OUT.mask.npy`), and the state is marked complete.
 
 Killed at any moment, the state never claims a row that is not on disk, and `--resume`
@@ -487,6 +487,13 @@ class _Run:
             except _Failed:
                 self._commit()
                 raise
+            except OSError as exc:  # disk full, output folder gone...
+                with contextlib.suppress(OSError):
+                    self._commit()
+                raise _Failed(
+                    f"error: {exc}\nwhat was saved is kept: fix the cause and run the same "
+                    "command with --resume to continue"
+                ) from exc
             except KeyboardInterrupt:
                 self._commit()
                 console.error(

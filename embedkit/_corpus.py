@@ -514,7 +514,7 @@ class OutputPaths:
     """The files of one `embedkit embed -o OUT.npy` run.
 
     `OUT.npy.partial` and `OUT.mask.npy.partial` are written while the run is going and
-    renamed when it is complete; `OUT.state.json` records the committed rows and what they
+    renamed when it is complete; `OUT.npy.state.json` records the committed rows and what they
     were made from, and stays after the run (so a rerun can tell it is already done).
     """
 
@@ -529,7 +529,7 @@ class OutputPaths:
         return cls(
             data=out,
             mask=out.with_name(stem + ".mask.npy"),
-            state=out.with_name(stem + ".state.json"),
+            state=out.with_name(out.name + ".state.json"),
         )
 
     @property

@@ -111,10 +111,14 @@ def test_a_20000_line_corpus_gives_exactly_the_expected_matrix(
     assert "wrote" in err
     assert "20,000 × 8 float32" in err
     assert server.texts < 20_000  # the repeats inside a block were sent once
-    state = json.loads((tmp_path / "out.state.json").read_bytes())
+    state = json.loads((tmp_path / "out.npy.state.json").read_bytes())
     assert state["complete"] is True
     assert state["committed"] == 20_000
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "out.npy", "out.state.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "corpus.txt",
+        "out.npy",
+        "out.npy.state.json",
+    ]
 
     # a finished run says so and does nothing
     requests = server.requests
@@ -136,12 +140,12 @@ def test_kill_9_while_requests_are_in_flight_then_resume_is_byte_identical(
     process = spawn([corpus, "-o", "out.npy", *common], cwd=tmp_path)
     try:
         before = wait_for_state(
-            tmp_path / "out.state.json", lambda s: s["committed"] >= 4_000, process
+            tmp_path / "out.npy.state.json", lambda s: s["committed"] >= 4_000, process
         )
     finally:
         kill(process)
     assert process.returncode == -signal.SIGKILL
-    state = json.loads((tmp_path / "out.state.json").read_bytes())
+    state = json.loads((tmp_path / "out.npy.state.json").read_bytes())
     assert state["committed"] >= before["committed"]
     assert state["committed"] < 20_000
     assert not state["complete"]
@@ -172,7 +176,7 @@ def test_killed_again_and_again_at_arbitrary_points_still_ends_byte_identical(
     (tmp_path / "c.txt").write_text("".join((t or "") + "\n" for t in texts))
     args = ["c.txt", "-o", "out.npy", "--on-bad", "skip", "--block-size", "200"]
     args += ["--batch-size", "16", "--concurrency", "2", "--commit-interval", "0", "--quiet"]
-    state_path = tmp_path / "out.state.json"
+    state_path = tmp_path / "out.npy.state.json"
     with HashServer.running(dim=DIM, delay=0.004) as server:
         args += ["--api", "tei", "--url", server.url]
         for threshold in (400, 2_200, 4_000):
@@ -237,7 +241,7 @@ def test_a_record_the_server_refuses_fails_then_resumes_with_skip(
     status, err = embed(capsys, *args, "--commit-interval", "0")
     assert status == 1
     assert "record 2345 (line 2346): refused by the server: refused input: text 2345" in err
-    state = json.loads((tmp_path / "out.state.json").read_bytes())
+    state = json.loads((tmp_path / "out.npy.state.json").read_bytes())
     assert state["committed"] == 2_000  # every block before the refused one is saved
     status, err = embed(capsys, *args, "--resume", "--on-bad", "skip")
     assert status == 0, err
@@ -265,7 +269,7 @@ def test_stdin_is_spooled_and_embedded(server: HashServer, tmp_path: Path) -> No
     assert process.returncode == 0, err.decode()
     assert (tmp_path / "out.npy").read_bytes() == npy_bytes(expected(list(texts)))
     assert b"stdin: 3,000 records" in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npy", "out.state.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npy", "out.npy.state.json"]
 
 
 def test_csv_jsonl_and_parquet_columns(

@@ -273,6 +273,6 @@ def test_state_round_trip_mismatch_and_garbage(tmp_path: Path) -> None:
 def test_output_paths() -> None:
     paths = OutputPaths.for_output(Path("/data/vectors.npy"))
     assert paths.mask == Path("/data/vectors.mask.npy")
-    assert paths.state == Path("/data/vectors.state.json")
+    assert paths.state == Path("/data/vectors.npy.state.json")
     assert paths.data_partial == Path("/data/vectors.npy.partial")
     assert paths.mask_partial == Path("/data/vectors.mask.npy.partial")
