@@ -224,6 +224,10 @@ def _bench(rest: list[str]) -> int:
 # ------------------------------------------------------------------------------ embed
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 class _Console:
     """Messages on stderr, prefixed, that do not tear the progress bar."""
 
@@ -369,7 +373,7 @@ class _Run:
         started = time.monotonic()
         scan = self.corpus.scan()
         console.say(
-            f"{self.source}: {scan.records:,} records ({self.corpus.format}), "
+            f"{self.source}: {_count(scan.records, 'record')} ({self.corpus.format}), "
             f"{scan.bad:,} bad; scanned in {time.monotonic() - started:.1f} s"
         )
         fingerprint = self.fingerprint(scan)
@@ -528,7 +532,7 @@ class _Run:
         if self.done == scan.records:
             return self._finish()
         console.say(
-            f"embedding {scan.records - self.done:,} records into {paths.data} with "
+            f"embedding {_count(scan.records - self.done, 'record')} into {paths.data} with "
             f"{embedder._backend.describe()}"
             + (f", from record {self.done:,}" if self.done else "")
         )
@@ -730,6 +734,6 @@ class _Run:
         if progress is not None and progress.done > progress._initial:
             summary += f" in {progress.elapsed:.1f} s, {progress.average_rate:,.0f} texts/s"
         if state.on_bad == "skip":
-            summary += f"; {state.bad:,} bad records are zero rows, see {paths.mask}"
+            summary += f"; {_count(state.bad, 'bad record')} written as zero rows, see {paths.mask}"
         self.console.say(summary)
         return EXIT_OK

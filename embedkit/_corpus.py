@@ -51,6 +51,7 @@ _SUFFIXES[".parquet"] = _SUFFIXES[".pq"] = "parquet"
 _BOM = b"\xef\xbb\xbf"
 _CHUNK = 1 << 20
 _EXAMPLES = 20
+_HAVE_PWRITE = hasattr(os, "pwrite")
 
 
 class CorpusError(Exception):
@@ -444,7 +445,9 @@ def npy_header(shape: tuple[int, ...], dtype: np.dtype[Any]) -> bytes:
 
 
 def fsync_dir(directory: Path) -> None:
-    """Make renames and new files in `directory` durable."""
+    """Make renames and new files in `directory` durable (POSIX; a no-op on Windows)."""
+    if os.name == "nt":
+        return
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -466,7 +469,7 @@ class NpyWriter:
         self.header = npy_header(shape, self.dtype)
         self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
         size = len(self.header) + shape[0] * self.row_bytes
-        flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0)
+        flags = os.O_RDWR | getattr(os, "O_BINARY", 0) | (os.O_CREAT | os.O_TRUNC if create else 0)
         try:
             self._fd = os.open(path, flags, 0o644)
         except OSError as exc:
@@ -476,7 +479,8 @@ class NpyWriter:
                 self._write_all(self.header, 0)
                 os.ftruncate(self._fd, size)
             else:
-                found = os.pread(self._fd, len(self.header), 0)
+                os.lseek(self._fd, 0, os.SEEK_SET)
+                found = os.read(self._fd, len(self.header))
                 if found != self.header or os.fstat(self._fd).st_size != size:
                     raise CorpusError(
                         f"{path} does not hold the {shape} {self.dtype} array this run writes; "
@@ -489,7 +493,11 @@ class NpyWriter:
     def _write_all(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data)
         while view:
-            written = os.pwrite(self._fd, view, offset)
+            if _HAVE_PWRITE:
+                written = os.pwrite(self._fd, view, offset)
+            else:  # Windows
+                os.lseek(self._fd, offset, os.SEEK_SET)
+                written = os.write(self._fd, view)
             view = view[written:]
             offset += written
 

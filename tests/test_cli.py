@@ -227,7 +227,7 @@ def test_skip_writes_zero_rows_and_a_mask(
     texts = ["alpha", None, "beta", None, "gamma", "gamma", "gamma"]
     assert out.read_bytes() == npy_bytes(expected(texts))
     assert np.load(tmp_path / "out.mask.npy").tolist() == [t is not None for t in texts]
-    assert "2 bad records are zero rows" in err
+    assert "2 bad records written as zero rows" in err
 
 
 def test_a_record_the_server_refuses_fails_then_resumes_with_skip(
