@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import httpx
@@ -625,3 +626,47 @@ def test_a_real_embedkit_serve_answers_errors_as_tei_does(serve_url: str) -> Non
     assert big.status_code == 413
     info = httpx.get(serve_url + "/info").json()
     assert info["model_id"] == MODEL
+
+
+# --------------------------------------------------------------------------- the guide
+
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "guides" / "local-and-serve.md"
+
+
+def guide_blocks(language: str) -> list[str]:
+    parts = GUIDE.read_text(encoding="utf-8").split("```")
+    return [part[len(language) + 1 :] for part in parts[1::2] if part.startswith(language + "\n")]
+
+
+def test_the_guide_serve_commands_parse() -> None:
+    commands = []
+    for block in guide_blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#")[0]
+            for prefix in ("embedkit serve", "python -m embedkit.serve"):
+                if prefix in line:
+                    commands.append(line.split(prefix, 1)[1].split())
+    assert len(commands) >= 5
+    for argv in commands:
+        build_parser().parse_args(argv)
+
+
+def test_the_guide_local_examples_run(
+    local_model: LocalModel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocks = [b for b in guide_blocks("python") if "127.0.0.1:8080" not in b]
+    assert len(blocks) >= 3
+    for block in blocks:
+        exec(compile(block, str(GUIDE), "exec"), {})
+    assert "(384,) (2, 384) float32" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_the_guide_server_examples_run(serve_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    blocks = [b for b in guide_blocks("python") if "127.0.0.1:8080" in b]
+    assert blocks
+    for block in blocks:
+        exec(compile(block.replace("http://127.0.0.1:8080", serve_url), str(GUIDE), "exec"), {})
+    printed = capsys.readouterr().out.split()
+    assert printed[0::2] == ["hf", "tei", "openai"]
+    assert all(float(score) > 0.6 for score in printed[1::2])
