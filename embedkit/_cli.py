@@ -106,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--concurrency", type=int, help="requests in flight at most (default 8)")
     embed.add_argument("--rps", type=float, help="requests per second at most")
     embed.add_argument(
+        "--cache-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="remember the last N vectors, so repeats further apart than a block are not "
+        "sent again (default 0; repeats within a block are always sent once)",
+    )
+    embed.add_argument(
         "--resume", action="store_true", help="continue an interrupted run of the same command"
     )
     embed.add_argument(
@@ -288,6 +296,9 @@ def _embed(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             console.error(f"--{name.replace('_', '-')} must be at least 1")
             return EXIT_USAGE
+    if args.cache_size < 0:
+        console.error("--cache-size must be at least 0")
+        return EXIT_USAGE
     if args.rps is not None and not args.rps > 0:
         console.error("--rps must be a positive number")
         return EXIT_USAGE
@@ -458,6 +469,7 @@ class _Run:
             "max_batch_size": args.batch_size,
             "max_concurrency": args.concurrency,
             "requests_per_second": args.rps,
+            "cache_size": args.cache_size or None,
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
         return kwargs

@@ -110,7 +110,8 @@ def test_a_20000_line_corpus_gives_exactly_the_expected_matrix(
     assert out.read_bytes() == npy_bytes(expected(texts))  # what np.save writes, byte for byte
     assert "wrote" in err
     assert "20,000 × 8 float32" in err
-    assert server.texts < 20_000  # the repeats inside a block were sent once
+    # repeats inside a block were sent once: 3 distinct repeated lines, a probe, 18,000 others
+    assert server.texts <= 18_000 + 1 + 3 * 20
     state = json.loads((tmp_path / "out.npy.state.json").read_bytes())
     assert state["complete"] is True
     assert state["committed"] == 20_000
@@ -121,6 +122,24 @@ def test_a_20000_line_corpus_gives_exactly_the_expected_matrix(
     ]
 
     # a finished run says so and does nothing
+    with_cache = tmp_path / "cached.npy"
+    texts_before = server.texts
+    status, err = embed(
+        capsys,
+        corpus,
+        "-o",
+        with_cache,
+        "--api",
+        "tei",
+        "--url",
+        server.url,
+        "--cache-size",
+        "5000",
+    )
+    assert status == 0, err
+    assert server.texts - texts_before == 18_000 + 3  # each repeated line sent once, ever
+    assert with_cache.read_bytes() == out.read_bytes()
+
     requests = server.requests
     status, err = embed(capsys, corpus, "-o", out, "--api", "tei", "--url", server.url, "--resume")
     assert status == 0
