@@ -353,6 +353,11 @@ class AsyncEmbedder:
         Duplicates within a block are sent once; `sort_by_length` groups texts of similar
         length into the same requests (then restores the order). A non-str or empty text
         raises `TypeError`/`ValueError` naming its index, after the blocks before it.
+
+        A plain iterable is read on the event loop, a block at a time: if reading it can
+        block for long (a network disk), pass an async iterable, or use `Embedder.embed_stream`,
+        which reads in the calling thread. Leaving the loop early drops what was queued (at
+        once with `contextlib.aclosing`, otherwise when the generator is collected).
         """
         from ._bulk import astream, default_depth
 
