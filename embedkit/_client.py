@@ -500,8 +500,12 @@ class Embedder:
         return result
 
     def stats(self) -> SchedulerStats:
-        """Counters, limits and latency percentiles (a frozen snapshot)."""
-        return self._async.stats()
+        """Counters, limits and latency percentiles (a frozen snapshot).
+
+        Taken on the event-loop thread, so it is consistent even while work is running.
+        """
+        result: SchedulerStats = self._require_portal().call(self._async.stats)
+        return result
 
     # ------------------------------------------------------------- bulk (in _bulk.py)
 
