@@ -163,10 +163,10 @@ async def test_the_client_sends_the_environment_token(
     seen: list[httpx.Request] = []
     async with AsyncEmbedder(
         "m",
-        api=api,
+        api=api,  # type: ignore[arg-type]
         url=url,
         transport=httpx.MockTransport(answer(seen)),
-        retry=None,  # type: ignore[arg-type]
+        retry=None,
     ) as emb:
         await emb.embed("a")
     assert seen[-1].headers["authorization"] == f"Bearer {SECRET}"

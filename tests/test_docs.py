@@ -58,7 +58,7 @@ DIMENSIONS = {
     "sentence-transformers/all-MiniLM-L6-v2": 384,
     "text-embedding-3-small": 1536,
 }
-TEI_INFO = {
+TEI_INFO: dict[str, Any] = {
     "model_id": "BAAI/bge-small-en-v1.5",
     "max_client_batch_size": 32,
     "max_concurrent_requests": 512,
@@ -113,9 +113,9 @@ class FakeServer:
         if len(texts) > TEI_INFO["max_client_batch_size"]:
             message = f"batch size {len(texts)} > maximum allowed batch size 32"
             return httpx.Response(422, json={"error": message, "error_type": "Validation"})
-        message = self.too_long(texts)
-        if message is not None:
-            return httpx.Response(422, json={"error": message, "error_type": "Validation"})
+        too_long = self.too_long(texts)
+        if too_long is not None:
+            return httpx.Response(422, json={"error": too_long, "error_type": "Validation"})
         dim = body.get("dimensions") or DIMENSIONS[str(TEI_INFO["model_id"])]
         return httpx.Response(200, json=[bag_of_words(t, dim) for t in texts])
 
@@ -299,10 +299,10 @@ def test_the_api_reference_lists_every_parameter() -> None:
             assert re.search(rf"`{name}`|\b{name}[:=]", reference), f"{cls.__name__}({name}=)"
     for field in dataclasses.fields(embedkit.SchedulerStats):
         assert f"`{field.name}`" in reference, f"SchedulerStats.{field.name}"
-    for cls in (embedkit.AsyncEmbedder, embedkit.Embedder):
-        for name, member in vars(cls).items():
+    for embedder in (embedkit.AsyncEmbedder, embedkit.Embedder):
+        for name, member in vars(embedder).items():
             if not name.startswith("_") and (callable(member) or isinstance(member, property)):
-                assert name in reference, f"{cls.__name__}.{name}"
+                assert name in reference, f"{embedder.__name__}.{name}"
 
 
 def drawn_parents(page: str) -> dict[str, str | None]:

@@ -54,9 +54,9 @@ def test_the_tree() -> None:
     ):
         assert issubclass(cls, StatusError)
     assert issubclass(BatchTooLargeError, InputError)
-    for cls in (TransportError, ResponseError, embedkit.ClientClosedError):
-        assert issubclass(cls, EmbedkitError)
-        assert not issubclass(cls, StatusError)
+    for other in (TransportError, ResponseError, embedkit.ClientClosedError):
+        assert issubclass(other, EmbedkitError)
+        assert not issubclass(other, StatusError)
     assert issubclass(EmbedkitError, Exception)
 
 
@@ -358,10 +358,10 @@ def client(api: str, handler: Handler, **kwargs: Any) -> embedkit.AsyncEmbedder:
     kwargs.setdefault("retry", None)
     return embedkit.AsyncEmbedder(
         "m",
-        api=api,
+        api=api,  # type: ignore[arg-type]
         url=URLS[api],
         transport=httpx.MockTransport(handler),
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
