@@ -49,6 +49,8 @@ RUNNABLE = [
     "architecture.md",
 ]
 SKIP_MARK = "<!-- docs-test: skip -->"
+#: Examples may use these optional packages (the serve and test extras); CI has them all.
+OPTIONAL_IMPORTS = re.compile(r"^(?:from|import) (starlette|respx|pytest)\b", re.MULTILINE)
 
 # ----------------------------------------------------------------------------- fake server
 
@@ -241,6 +243,8 @@ def test_examples_run(
     for block in read_blocks(page):
         if block.skip:
             continue
+        for extra in OPTIONAL_IMPORTS.findall(block.code):
+            pytest.importorskip(extra, reason=f"{block.name} needs {extra}")
         code = compile(block.code, block.name, "exec")
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
