@@ -119,7 +119,7 @@ class RetryPolicy:
         """How long to wait before retrying after `exc`."""
         if isinstance(exc, ModelLoadingError):
             asked = exc.retry_after if exc.retry_after is not None else self.exponential(failures)
-            wait = min(asked, self.max_loading_wait)
+            wait = min(max(asked, self.backoff), self.max_loading_wait)  # 0 must not spin
             return wait * self._random.uniform(0.9, 1.1)
         if isinstance(exc, StatusError) and exc.retry_after is not None:
             return min(exc.retry_after, self.max_retry_after)

@@ -557,3 +557,26 @@ async def test_recorded_sleep_sees_the_server_retry_after() -> None:
     assert len(slept) <= 3  # a no-op sleep must never spin on the real clock
     assert [s for s in slept if s > 0] == [pytest.approx(0.4, abs=0.05)]
     assert elapsed < 0.3
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("estimated", [0, 0.001])
+async def test_a_loading_model_with_no_estimate_is_not_hammered(estimated: float) -> None:
+    """503 "loading" with estimated_time 0 must still back off, not retry in a tight loop."""
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    seen: list[httpx.Request] = []
+    body = {"error": "Model m is currently loading", "estimated_time": estimated}
+    retry = embedkit.RetryPolicy(loading_timeout=2.0, backoff=0.5, sleep=record)
+    started = time.monotonic()
+    respond = on_post(lambda: httpx.Response(503, json=body), seen)
+    async with client("hf", respond, retry=retry) as emb:
+        with pytest.raises(ModelLoadingError):
+            await emb.embed("a")
+    assert time.monotonic() - started < 1.0
+    # About loading_timeout / backoff tries, not thousands.
+    assert len(seen) <= 2.0 / 0.5 * 1.2 + 2
+    assert sum(slept) >= 2.0 * 0.9
