@@ -6,8 +6,6 @@ servers or a local model, as float32 numpy matrices.
         matrix = await emb.embed_many(["first", "second"])   # shape (2, dim)
 """
 
-from __future__ import annotations
-
 from ._backend import Backend as Backend
 from ._backend import BackendInfo as BackendInfo
 from ._client import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_BATCH_SIZE
@@ -62,3 +60,11 @@ __all__ = [
     "cosine_similarity",
     "top_k",
 ]
+
+# Show the public path (embedkit.RateLimitError) in reprs and tracebacks, not the private
+# module a name happens to live in (embedkit._errors.RateLimitError), as httpx does.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("embedkit."):
+        _obj.__module__ = "embedkit"
+del _name, _obj
