@@ -283,9 +283,12 @@ class LocalModel:
         self.check_dimensions(dimensions)
         if not truncate:
             self.check_lengths(texts, prompt_name)
+        tokenizer = self._hf_tokenizer
         with self._lock:
+            side = getattr(tokenizer, "truncation_side", None)
             st = self._without_normalize() if normalize is False and self.normalizes else self._st
-            self._hf_tokenizer.truncation_side = truncation_direction
+            if side is not None:
+                tokenizer.truncation_side = truncation_direction
             try:
                 out = st.encode(
                     texts,
@@ -296,7 +299,8 @@ class LocalModel:
                     normalize_embeddings=False,
                 )
             finally:
-                self._hf_tokenizer.truncation_side = "right"
+                if side is not None:
+                    tokenizer.truncation_side = side
         matrix: Matrix = np.asarray(out, dtype=np.float32).reshape(len(texts), -1)
         if dimensions is not None:
             matrix = matrix[:, :dimensions]
