@@ -29,6 +29,7 @@ async def _once(
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu = time.process_time()
         wall = time.perf_counter()
+        started = time.monotonic()
         matrix = await client.run(texts)
         wall = time.perf_counter() - wall
         cpu = time.process_time() - cpu
@@ -56,6 +57,9 @@ async def _once(
         result["mean_batch"] = stats["texts"] / stats["requests"] if stats["requests"] else 0.0
         result["slot_busy_seconds"] = stats["slot_busy_seconds"]
         result["connections"] = stats["connections"]
+        if stats["first_request_monotonic"] is not None:
+            # CLOCK_MONOTONIC is shared by every process on Linux
+            result["first_request_after_ms"] = (stats["first_request_monotonic"] - started) * 1e3
         slots = server.options.get("slots", 0)
         if slots:
             result["slot_utilization"] = stats["slot_busy_seconds"] / (slots * wall)

@@ -75,6 +75,7 @@ class Counters:
         self.waiting = 0
         self.max_batch = 0
         self.connections = 0
+        self.first: float | None = None
 
     def as_json(self) -> bytes:
         return orjson.dumps(
@@ -88,6 +89,7 @@ class Counters:
                 "max_waiting": self.max_waiting,
                 "max_batch": self.max_batch,
                 "connections": self.connections,
+                "first_request_monotonic": self.first,
             }
         )
 
@@ -291,6 +293,8 @@ class Connection(asyncio.Protocol):
             self.send(response(200, b"text/plain", b"ok"), close)
             return
         app.counters.requests += 1
+        if app.counters.first is None:
+            app.counters.first = time.monotonic()
         if app.bucket is not None:
             wait = app.bucket.take()
             if wait > 0:

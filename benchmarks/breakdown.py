@@ -24,6 +24,7 @@ import anyio
 import httpx
 import numpy as np
 
+from ._common import median
 from ._peers import HEADERS, TOKEN, body, embedder
 
 BATCH = 32
@@ -129,21 +130,20 @@ async def _scheduler_alone(texts: list[str]) -> float:
     return cpu / (len(texts) // BATCH)
 
 
-def layers(hf_url: str, oa_url: str, texts: list[str]) -> list[dict[str, Any]]:
-    """Rows for the overhead table: CPU µs per text of each layer, JSON and base64."""
+def layers(hf_url: str, oa_url: str, texts: list[str], rounds: int = 3) -> list[dict[str, Any]]:
+    """Rows for the overhead table: CPU µs per text of each layer (median of rounds)."""
     rows: list[dict[str, Any]] = []
     for api, path in (("hf", "JSON"), ("openai", "base64")):
         try:
-            measured = asyncio.run(_layers(hf_url, oa_url, texts, api))
+            runs = [asyncio.run(_layers(hf_url, oa_url, texts, api)) for _ in range(rounds)]
         except (ImportError, AttributeError, TypeError) as exc:
             rows.append({"client": f"layers: skipped ({exc!r})", "path": path})
             continue
-        for name, per_call in measured.items():
-            rows.append(
-                {"client": f"layer {name}", "path": path, "CPU µs/text": per_call / BATCH * 1e6}
-            )
+        for name in runs[0]:
+            cpu = median([run[name] for run in runs]) / BATCH * 1e6
+            rows.append({"client": f"layer {name}", "path": path, "CPU µs/text": cpu})
     try:
-        per_batch = asyncio.run(_scheduler_alone(texts))
+        per_batch = median([asyncio.run(_scheduler_alone(texts)) for _ in range(rounds)])
         rows.append(
             {
                 "client": "layer 5. scheduler alone (instant in-process send, no HTTP)",

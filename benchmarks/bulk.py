@@ -193,8 +193,8 @@ def real_part(opts: Any, scenario: Scenario) -> None:
     else:
         scenario.notes.append("embedkit serve skipped: embedkit.serve is not importable")
     sweep_n = 300 if opts.smoke else 1500
-    final_n = 600 if opts.smoke else 3000
-    rounds = 1 if opts.smoke else 3
+    final_n = 600 if opts.smoke else 1500
+    rounds = 1 if opts.smoke else 5
     for label, start, max_batch in servers:
         opts.log(f"  real server: {label}")
         try:
@@ -270,9 +270,9 @@ def compare(
     opts: Any, scenario: Scenario, label: str, base: str, best: dict[str, Any], n: int, rounds: int
 ) -> None:
     texts = sentences(n, seed=23)
+    setting = f"{best['batch']} × {best['concurrency']}, {best['encoding']}"
     makers: list[Callable[[], Client]] = [
         lambda: EmbedkitMany(base, api="openai", model=MODEL_NAME),
-        lambda: EmbedkitStream(base, api="openai", model=MODEL_NAME),
         lambda: HttpxBatched(
             base,
             batch=best["batch"],
@@ -281,19 +281,33 @@ def compare(
             encoding=best["encoding"],
             model=MODEL_NAME,
         ),
+        lambda: EmbedkitStream(base, api="openai", model=MODEL_NAME),
     ]
+    if (best["batch"], best["concurrency"], best["encoding"]) != (32, 8, "base64"):
+        # not a target: shows whether a gap is embedkit's defaults or embedkit's code
+        makers.append(
+            lambda: EmbedkitMany(
+                base,
+                api="openai",
+                model=MODEL_NAME,
+                label=f"at the hand loop's best setting, {setting}",
+                max_batch_size=best["batch"],
+                max_concurrency=best["concurrency"],
+                encoding_format=best["encoding"],
+            )
+        )
     rows = head_to_head(makers, texts, rounds=rounds, check=False, log=opts.log)
-    rows[2]["client"] = "best hand-tuned " + rows[2]["client"]
+    rows[1]["client"] = "best hand-tuned " + rows[1]["client"]
     ours = rows[0]["texts_per_s"]
     for row in rows:
         add_row(scenario, label, row, ours, None)
     scenario.checks.append(
         at_least(
             f"bulk ({label}): embed_many ÷ best hand-tuned loop",
-            ours / rows[2]["texts_per_s"],
+            ours / rows[1]["texts_per_s"],
             TARGET_VS_BEST_HAND,
             "×",
-            note=f"hand loop at its best setting {best['batch']} × {best['concurrency']} "
-            f"{best['encoding']}; embedkit at its defaults (32 × 8, base64)",
+            note=f"hand loop at its best setting ({setting}); embedkit at its defaults "
+            "(32 × 8, base64)",
         )
     )

@@ -151,7 +151,7 @@ def run(opts: Any) -> Scenario:
                 }
             )
         opts.log("    embedkit's layers, bottom up")
-        for row in layers(hf_url, oa_url, texts):
+        for row in layers(hf_url, oa_url, texts, rounds):
             scenario.rows.append(row)
             opts.log(f"      {row['client']} [{row['path']}]: {row.get('CPU µs/text', 0):.1f}")
         exchange = raw_exchange(
