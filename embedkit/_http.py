@@ -46,7 +46,8 @@ def _default_transport(max_connections: int) -> httpx.AsyncBaseTransport | None:
         return None  # httpx's own transport knows proxies
     from ._transport import FastTransport
 
-    return FastTransport(max_connections=max_connections)
+    # The same trust store httpx uses by default (certifi, or SSL_CERT_FILE / SSL_CERT_DIR).
+    return FastTransport(max_connections=max_connections, ssl_context=httpx.create_ssl_context())
 
 
 class HttpBackend:

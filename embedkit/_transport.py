@@ -1,63 +1,78 @@
-"""A lean HTTP/1.1 client transport for :mod:`httpx`, built on :mod:`anyio`.
+"""A lean HTTP/1.1 client transport for httpx, built on anyio.
 
 Why this exists
 ---------------
-httpx's default stack (``httpx`` -> ``httpcore`` -> ``h11``) spends most of its CPU
-time in generic machinery: per-request event objects, an h11 state machine that
-parses responses byte-event by byte-event, and several layers of locks and
-wrappers.  For an embedding client that sends thousands of small POSTs over a
-handful of keep-alive connections that overhead dominates.  :class:`FastTransport`
-implements just the subset of HTTP/1.1 such a client needs, directly on anyio
-byte streams, so it works unchanged under asyncio and trio.
+httpx's default stack (httpx -> httpcore -> h11) spends most of its CPU time in
+generic machinery: an h11 state machine that turns every response into a stream of
+events, several layers of locks, wrappers and per-request objects.  An embedding
+client sends many small POSTs over a few keep-alive connections, so that overhead
+dominates its CPU budget.  `FastTransport` implements the subset of HTTP/1.1 such a
+client needs, on anyio primitives only, so it runs under asyncio and trio alike.
+Measured on a 2-core box against a loopback keep-alive server, a small
+`client.post()` costs ~0.4x the CPU it costs with httpx's default transport
+(~245 µs instead of ~600 µs, most of what is left being httpx's client layer).
 
 Design
 ------
-* **Pool.**  Connections are pooled per ``(scheme, host, port)``.  At most
-  ``max_connections`` sockets are open (or being opened) at any time.  Idle
-  connections are reused most-recently-used first and are discarded once they
-  have been idle for longer than ``keepalive_expiry``.  When the pool is full,
-  an idle connection to *another* origin is evicted; otherwise the request waits
-  (FIFO) for a connection to be released, bounded by the ``pool`` timeout.
-* **One request per connection at a time**, no pipelining.  The request head
-  and a small body are written with a single ``send``.
-* **Eager bodies.**  The response body is read completely before
-  :meth:`FastTransport.handle_async_request` returns (embedding responses are at
-  most a few MB).  The body is handed to httpx as a :class:`httpx.ByteStream`, so
-  httpx's own ``Content-Encoding`` decoders (gzip, deflate, brotli, zstd) run and
-  the headers are passed through exactly as the server sent them.
-* **Framing.**  ``Content-Length``, ``Transfer-Encoding: chunked`` (trailers are
-  read and discarded) and close-delimited bodies are supported.  ``1xx``
-  interim responses (e.g. ``100 Continue``) are skipped; ``HEAD`` responses and
-  ``204``/``304`` have no body.
+* **I/O.**  Plain `http://` connections are non-blocking sockets driven directly
+  with `anyio.wait_readable` / `anyio.wait_writable`: a request is one `send()`
+  system call and usually one `recv()`, with none of the buffering layers of
+  an anyio socket stream (which measured ~40 µs more per request on asyncio).
+  `https://` connections use `anyio.connect_tcp(..., tls=True)` and its stream.
+* **Pool.**  Connections are pooled per `(scheme, host, port)`; at most
+  `max_connections` are open (or opening) at once.  Idle connections are reused
+  most-recently-used first, dropped after `keepalive_expiry` seconds, and (for
+  plain sockets) checked for a server-side close before reuse.  When the pool is
+  full, an idle connection to another origin is evicted; otherwise the request
+  waits in FIFO order for a release, bounded by the `pool` timeout.
+* **One request per connection at a time** (no pipelining).  The request head
+  and a body of up to 64 KiB are written with a single `send()`.
+* **Eager bodies.**  The whole response body is read before
+  `handle_async_request` returns (embedding responses are at most a few MB).  It
+  is handed to httpx as an `httpx.ByteStream`, so httpx's own Content-Encoding
+  decoders (gzip, deflate, br, zstd) run and the headers stay exactly as sent.
+* **Framing.**  Content-Length, `Transfer-Encoding: chunked` (trailers are read
+  and discarded) and close-delimited bodies; 1xx interim responses such as
+  `100 Continue` are skipped; HEAD responses, 204 and 304 have no body.
 * **Stale connections.**  If a connection taken from the idle pool fails while
-  sending, or is closed/reset before a single response byte arrived, the request
-  is retried once on a freshly opened connection (the same policy httpcore uses
-  for keep-alive connections the server has already dropped).
-* **Timeouts** come from ``request.extensions["timeout"]`` (set by
-  ``httpx.AsyncClient``): ``connect`` bounds connection setup, ``write`` the
-  request write, ``read`` every individual socket receive, and ``pool`` the wait
-  for a free connection.  They raise the matching :mod:`httpx` exceptions.
+  sending, or is closed or reset before the first response byte, the request is
+  retried once on a new connection: the policy httpcore uses for keep-alive
+  connections the server has already dropped.
+* **Timeouts** come from `request.extensions["timeout"]` (httpx sets it):
+  `connect` bounds connection setup, `write` each wait for socket buffer space,
+  `read` each wait for response bytes, `pool` the wait for a connection.  They
+  raise `httpx.ConnectTimeout`, `WriteTimeout`, `ReadTimeout`, `PoolTimeout`.
 * **Cancellation safety.**  A connection whose request was interrupted (by
-  cancellation, a timeout or any error) is always closed and never returned to
-  the pool, and its pool slot is released.
+  cancellation, a timeout or an error) is closed, never returned to the pool,
+  and its pool slot is released.
 
 Limits
 ------
-* HTTP/1.1 (and 1.0 servers) only: no HTTP/2, no proxies, no Unix sockets, no
-  ``Upgrade``/``CONNECT`` tunnels, no streaming of response bodies.  Users who
-  need any of these should pass their own ``httpx.AsyncClient`` (or transport)
-  instead of relying on this default.
-* Response heads larger than 256 KiB are rejected as a protocol error.
+* HTTP/1.1 (and HTTP/1.0 servers) only: no HTTP/2, no proxies, no Unix sockets,
+  no `Upgrade`/CONNECT tunnels, no streamed response bodies.  Users who need any
+  of these pass their own `httpx.AsyncClient` (or transport) instead.
+* Streamed request bodies are read into memory before sending.  If a server
+  answers early and closes while a large body is still being sent, the send
+  error (`httpx.WriteError`) is raised and that early response is lost.
+* TLS uses `ssl.create_default_context()` (the system trust store; httpx itself
+  uses certifi) unless `ssl_context` is given; `AsyncClient(verify=...)` does not
+  reach a custom transport, so build the context from the same settings.
+* Response heads are limited to 256 KiB and chunk-size lines to 4 KiB.
+* Requires anyio >= 4.7 (`anyio.wait_readable` / `anyio.wait_writable`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
+import os
+import socket
 import ssl
 import time
 from collections import deque
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -66,68 +81,210 @@ import httpx
 __all__ = ["FastTransport"]
 
 _RECV_SIZE = 65536
+_MAX_RECV_SIZE = 1 << 20
 _MAX_HEAD_SIZE = 256 * 1024
 _MAX_CHUNK_LINE = 4096
-_LARGE_BODY = 64 * 1024
+_SMALL_BODY = 64 * 1024
 _PURGE_INTERVAL = 1.0
 _HEXDIGITS = b"0123456789abcdefABCDEF"
 _NO_BODY_STATUS = frozenset((204, 304))
 _HTTP11 = b"HTTP/1.1"
-_HTTP10 = b"HTTP/1.0"
+
+# `_parse_head` framing codes (a value >= 0 is a Content-Length).
+_CHUNKED = -1
+_UNTIL_CLOSE = -2
+_NO_BODY = -3
 
 _PoolKey = tuple[str, str, int]
-_Timeouts = dict[str, float | None]
+_Timeouts = dict[str, Any]
 _Headers = list[tuple[bytes, bytes]]
+_Result = tuple[int, bytes, bytes, _Headers, bytes, bool]
+
+# Errors that mean "this connection is broken" (as opposed to a protocol error).
+_IO_ERRORS = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
-class _Conn:
-    """One pool slot: a (possibly not yet opened) connection to one origin."""
-
-    __slots__ = ("idle_since", "key", "reused", "stream")
-
-    def __init__(self, key: _PoolKey) -> None:
-        self.key = key
-        self.stream: anyio.abc.ByteStream | None = None
-        self.idle_since = 0.0
-        self.reused = False
+# --------------------------------------------------------------------------- I/O
 
 
-class _Retry(Exception):
-    """Internal: a reused connection turned out to be dead before any response byte."""
+class _SocketIO:
+    """A plain TCP connection: a non-blocking socket driven by anyio's fd waits."""
 
-    def __init__(self, error: httpx.TransportError) -> None:
-        super().__init__(str(error))
-        self.error = error
+    __slots__ = ("received", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.received = False  # has any response byte arrived for the current request?
+
+    async def send(self, data: bytes, write_timeout: float | None) -> None:
+        sock = self.sock
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        while view:
+            await _wait(anyio.wait_writable, sock, write_timeout, httpx.WriteTimeout)
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                sent = 0
+            view = view[sent:]
+
+    async def recv(
+        self, read_timeout: float | None, size: int = _RECV_SIZE, wait: bool = False
+    ) -> bytes:
+        """Next bytes from the server, ``b""`` at EOF.  ``wait`` skips the first try."""
+        sock = self.sock
+        if not wait:
+            try:
+                data = sock.recv(size)
+            except BlockingIOError:
+                pass
+            else:
+                self.received = self.received or bool(data)
+                return data
+        while True:
+            await _wait(anyio.wait_readable, sock, read_timeout, httpx.ReadTimeout)
+            try:
+                data = sock.recv(size)
+            except BlockingIOError:  # spurious wake-up
+                continue
+            self.received = self.received or bool(data)
+            return data
+
+    def is_dead(self) -> bool:
+        """Whether an idle connection was closed by the server (or sent junk)."""
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return True
+
+    def shutdown(self) -> None:
+        """Wake up any task using the connection; it will then close it."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    async def aclose(self) -> None:
+        self.sock.close()
 
 
-class _Reader:
-    """Receives from a stream, re-arming the per-receive read timeout each time."""
+class _StreamIO:
+    """A TLS connection: an anyio byte stream."""
 
-    __slots__ = ("received", "scope", "stream", "timeout")
+    __slots__ = ("received", "stream")
 
-    def __init__(
-        self, stream: anyio.abc.ByteStream, scope: anyio.CancelScope | None, timeout: float | None
-    ) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
         self.stream = stream
-        self.scope = scope
-        self.timeout = timeout
         self.received = False
 
-    async def recv(self) -> bytes:
-        """Return the next chunk of data, or ``b""`` once the peer has closed."""
-        scope = self.scope
-        if scope is not None:
-            timeout = self.timeout
-            scope.deadline = math.inf if timeout is None else anyio.current_time() + timeout
+    async def send(self, data: bytes, write_timeout: float | None) -> None:
+        if write_timeout is None:
+            await self.stream.send(data)
+            return
+        with anyio.move_on_after(write_timeout) as scope:
+            await self.stream.send(data)
+        if scope.cancelled_caught:
+            raise httpx.WriteTimeout("Timed out while sending the request")
+
+    async def recv(
+        self, read_timeout: float | None, size: int = _RECV_SIZE, wait: bool = False
+    ) -> bytes:
+        """Next bytes from the server, ``b""`` at EOF."""
+        data = b""
         try:
-            data = await self.stream.receive(_RECV_SIZE)
+            if read_timeout is None:
+                data = await self.stream.receive(size)
+            else:
+                with anyio.move_on_after(read_timeout) as scope:
+                    data = await self.stream.receive(size)
+                if scope.cancelled_caught:
+                    raise httpx.ReadTimeout("Timed out while reading the response")
         except anyio.EndOfStream:
             return b""
         self.received = True
         return data
 
+    def is_dead(self) -> bool:
+        return False  # a TLS socket may hold unread records; rely on the retry instead
 
-def _find_head_end(data: bytes, start: int) -> tuple[int, int]:
+    def shutdown(self) -> None:
+        sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    async def aclose(self) -> None:
+        # Closing an already broken connection may complain; it is gone either way.
+        with anyio.CancelScope(shield=True), contextlib.suppress(*_IO_ERRORS):
+            await self.stream.aclose()
+
+
+_IO = _SocketIO | _StreamIO
+
+
+async def _wait(
+    waiter: Callable[[socket.socket], Awaitable[None]],
+    sock: socket.socket,
+    limit: float | None,
+    error: type[httpx.TimeoutException],
+) -> None:
+    """Wait for ``sock`` readiness; raise ``error`` after ``limit`` seconds."""
+    if limit is None:
+        await waiter(sock)
+        return
+    with anyio.CancelScope(deadline=anyio.current_time() + limit) as scope:
+        await waiter(sock)
+    if scope.cancelled_caught:
+        raise error(f"Timed out after {limit} s waiting for the server")
+
+
+async def _open_socket(host: str, port: int) -> socket.socket:
+    """Connect a non-blocking TCP socket, trying each resolved address in turn."""
+    addresses: list[tuple[socket.AddressFamily, Any]]
+    try:
+        ip = ipaddress.ip_address(host) if "%" not in host else None
+    except ValueError:
+        ip = None
+    if ip is not None:
+        family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+        addresses = [(family, (host, port))]
+    else:
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = [(info[0], info[4]) for info in infos]
+    error: OSError = OSError(f"could not resolve {host!r}")
+    for family, address in addresses:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                sock.connect(address)
+            except BlockingIOError:
+                await anyio.wait_writable(sock)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    raise OSError(code, os.strerror(code)) from None
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise error
+
+
+# ------------------------------------------------------------------------ parsing
+
+
+def _find_head_end(data: bytes | bytearray, start: int) -> tuple[int, int]:
     """Locate the blank line ending a response head: ``(index, separator length)``."""
     end = data.find(b"\r\n\r\n", start)
     # Tolerate bare-LF heads ("\n\n"), but only before any CRLF terminator.
@@ -140,11 +297,10 @@ def _find_head_end(data: bytes, start: int) -> tuple[int, int]:
 def _parse_head(
     head: bytes, head_request: bool, force_close: bool
 ) -> tuple[int, bytes, bytes, _Headers, int, bool]:
-    """Parse a response head (without the final blank line).
+    """Parse a response head (without its final blank line).
 
-    Returns ``(status, reason, version, headers, framing, keep_alive)`` where
-    ``framing`` is the Content-Length (``>= 0``), ``-1`` for chunked, ``-2`` for a
-    close-delimited body and ``-3`` for "no body".
+    Returns ``(status, reason, version, headers, framing, keep_alive)``; ``framing``
+    is the Content-Length, or `_CHUNKED`, `_UNTIL_CLOSE` or `_NO_BODY`.
     """
     lines = head.split(b"\r\n")
     if head.count(b"\n") != len(lines) - 1:
@@ -165,23 +321,22 @@ def _parse_head(
 
     headers: _Headers = []
     content_length = -1
-    chunked = False
-    has_te = False
-    connection_close = False
-    connection_keep_alive = False
+    transfer_encoding: bytes | None = None
+    close = False
+    keep_alive_token = False
     for line in lines[1:]:
+        if line[:1] in (b" ", b"\t") and headers:
+            # Obsolete line folding: continues the previous header's value.
+            prev_name, prev_value = headers[-1]
+            headers[-1] = (prev_name, prev_value + b" " + line.strip(b" \t"))
+            continue
         name, sep, value = line.partition(b":")
-        if not sep or not name or name[-1] in (32, 9) or name[0] in (32, 9):
-            if line[:1] in (b" ", b"\t") and headers and sep == b"":
-                # Obsolete line folding: continuation of the previous header value.
-                prev_name, prev_value = headers[-1]
-                headers[-1] = (prev_name, prev_value + b" " + line.strip(b" \t"))
-                continue
+        if not sep or not name or b" " in name or b"\t" in name:
             raise httpx.RemoteProtocolError(f"Malformed response header line: {line[:100]!r}")
         value = value.strip(b" \t")
         headers.append((name, value))
-        n = len(name)
-        if n == 14 or n == 17 or n == 10:
+        size = len(name)
+        if size == 14 or size == 17 or size == 10:
             lname = name.lower()
             if lname == b"content-length":
                 if not value.isdigit() or len(value) > 18:
@@ -191,56 +346,53 @@ def _parse_head(
                     raise httpx.RemoteProtocolError("Conflicting Content-Length headers")
                 content_length = length
             elif lname == b"transfer-encoding":
-                has_te = True
-                chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
+                transfer_encoding = value.lower()
             elif lname == b"connection":
                 for token in value.lower().split(b","):
                     token = token.strip()
                     if token == b"close":
-                        connection_close = True
+                        close = True
                     elif token == b"keep-alive":
-                        connection_keep_alive = True
+                        keep_alive_token = True
 
-    if version == _HTTP11:
-        keep_alive = not connection_close
-    else:
-        keep_alive = connection_keep_alive and not connection_close
-    if force_close:
-        keep_alive = False
-
+    keep_alive = not force_close and not close and (version == _HTTP11 or keep_alive_token)
     if head_request or status < 200 or status in _NO_BODY_STATUS:
-        framing = -3
-    elif has_te:
-        if chunked:
-            framing = -1
+        framing = _NO_BODY
+    elif transfer_encoding is not None:
+        if transfer_encoding.rsplit(b",", 1)[-1].strip() == b"chunked":
+            framing = _CHUNKED
         else:
-            framing = -2
-            keep_alive = False
+            framing, keep_alive = _UNTIL_CLOSE, False
     elif content_length >= 0:
         framing = content_length
     else:
-        framing = -2
-        keep_alive = False
+        framing, keep_alive = _UNTIL_CLOSE, False
     return status, reason, version, headers, framing, keep_alive
 
 
-async def _read_chunked(reader: _Reader, first: bytes) -> tuple[bytes, bool]:
-    """Decode a chunked body.  Returns ``(body, clean_end)``."""
+def _mid_body(received: int, expected: int | None = None) -> httpx.RemoteProtocolError:
+    if expected is None:
+        detail = f"received {received} bytes of a chunked body"
+    else:
+        detail = f"received {received} of {expected} bytes"
+    return httpx.RemoteProtocolError(f"peer closed connection mid-body ({detail})")
+
+
+async def _read_chunked(io: _IO, first: bytes, read_timeout: float | None) -> tuple[bytes, bool]:
+    """Decode a chunked body.  Returns ``(body, nothing_left_over)``."""
     data = bytearray(first)
     pos = 0
     parts: list[bytes] = []
+    received = 0
 
     async def fill() -> None:
         nonlocal pos
         if pos:
-            del data[:pos]
+            del data[:pos]  # cheap: bytearray drops a prefix in O(1)
             pos = 0
-        more = await reader.recv()
+        more = await io.recv(read_timeout)
         if not more:
-            received = sum(len(p) for p in parts)
-            raise httpx.RemoteProtocolError(
-                f"peer closed connection mid-body (received {received} bytes of a chunked body)"
-            )
+            raise _mid_body(received)
         data.extend(more)
 
     while True:
@@ -263,9 +415,10 @@ async def _read_chunked(reader: _Reader, first: bytes) -> tuple[bytes, bool]:
         if data[end : end + 2] != b"\r\n":
             raise httpx.RemoteProtocolError("Missing CRLF after chunk data")
         parts.append(bytes(data[pos:end]))
+        received += size
         pos = end + 2
 
-    # Trailer section: header lines terminated by an empty line; discarded.
+    # Trailer section: header lines up to an empty line; discarded.
     while True:
         eol = data.find(b"\r\n", pos)
         while eol < 0:
@@ -281,22 +434,143 @@ async def _read_chunked(reader: _Reader, first: bytes) -> tuple[bytes, bool]:
     return body, len(data) == pos
 
 
+async def _read_response(
+    io: _IO, read_timeout: float | None, head_request: bool, force_close: bool
+) -> _Result:
+    """Read one complete response from ``io``."""
+    data = await io.recv(read_timeout, wait=True)
+    if not data:
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+    while True:
+        end, sep = _find_head_end(data, 0)
+        if end < 0:
+            buffer = bytearray(data)
+            while end < 0:
+                if len(buffer) > _MAX_HEAD_SIZE:
+                    raise httpx.RemoteProtocolError("Response head too large")
+                more = await io.recv(read_timeout)
+                if not more:
+                    raise httpx.RemoteProtocolError(
+                        "Server disconnected while sending the response head."
+                    )
+                start = max(len(buffer) - 3, 0)
+                buffer += more
+                end, sep = _find_head_end(buffer, start)
+            data = bytes(buffer)
+        status, reason, version, headers, framing, keep_alive = _parse_head(
+            data[:end], head_request, force_close
+        )
+        start = end + sep  # where the body begins in `data`
+        if status >= 200 or status == 101:
+            break
+        # An interim response (100 Continue, 103 Early Hints, ...): skip it.
+        data = data[start:]
+        if not data:
+            data = await io.recv(read_timeout)
+            if not data:
+                raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+
+    have = len(data) - start
+    if framing >= 0:
+        if have < framing:
+            parts: list[bytes | memoryview] = [memoryview(data)[start:]]  # joined below: no copy
+            while have < framing:
+                more = await io.recv(read_timeout, min(framing - have, _MAX_RECV_SIZE))
+                if not more:
+                    raise _mid_body(have, framing)
+                parts.append(more)
+                have += len(more)
+            data, start = b"".join(parts), 0
+        if have > framing:  # bytes after the body: the connection is out of sync
+            keep_alive = False
+        return status, reason, version, headers, data[start : start + framing], keep_alive
+    if framing == _CHUNKED:
+        body, clean = await _read_chunked(io, data[start:], read_timeout)
+        return status, reason, version, headers, body, keep_alive and clean
+    if framing == _UNTIL_CLOSE:
+        parts = [memoryview(data)[start:]]
+        while more := await io.recv(read_timeout):
+            parts.append(more)
+        return status, reason, version, headers, b"".join(parts), False
+    # No body: HEAD, 101, 204, 304.
+    return status, reason, version, headers, b"", keep_alive and not have and status != 101
+
+
+def _serialize(request: httpx.Request, body: bytes) -> tuple[bytes, bytes, bool]:
+    """Encode the request: ``(first write, second write, request asked to close)``."""
+    url = request.url
+    parts = [request.method.encode("ascii"), b" ", url.raw_path, b" HTTP/1.1\r\n"]
+    has_host = chunked = close = False
+    raw_headers = request.headers.raw
+    for name, value in raw_headers:
+        size = len(name)
+        if size == 4 or size == 17 or size == 10:
+            lname = name.lower()
+            if lname == b"host":
+                has_host = True
+            elif lname == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif lname == b"connection":
+                close = b"close" in value.lower()
+        parts += (name, b": ", value, b"\r\n")
+    line_count = len(raw_headers) + 2
+    if not has_host:
+        parts += (b"Host: ", url.netloc, b"\r\n")
+        line_count += 1
+    parts.append(b"\r\n")
+    head = b"".join(parts)
+    # Every CR and LF must be one of ours: refuse header/request-line injection.
+    if head.count(b"\n") != line_count or head.count(b"\r") != line_count:
+        raise httpx.LocalProtocolError(
+            "Request line or header contains CR or LF characters", request=request
+        )
+    if chunked:
+        # A streamed body already read into memory: send it as a single chunk.
+        body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+    if len(body) <= _SMALL_BODY:
+        return head + body, b"", close
+    return head, body, close
+
+
+# --------------------------------------------------------------------------- pool
+
+
+class _Conn:
+    """A pool slot: a (possibly not yet opened) connection to one origin."""
+
+    __slots__ = ("idle_since", "io", "key", "reused")
+
+    def __init__(self, key: _PoolKey) -> None:
+        self.key = key
+        self.io: _IO | None = None
+        self.idle_since = 0.0
+        self.reused = False  # came from the idle pool (so it may be stale)
+
+
+class _Retry(Exception):
+    """A reused connection died before any response byte: retry on a new one."""
+
+    def __init__(self, error: httpx.TransportError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class FastTransport(httpx.AsyncBaseTransport):
-    """A small, fast HTTP/1.1 keep-alive transport for :class:`httpx.AsyncClient`.
+    """A small, fast HTTP/1.1 keep-alive transport for `httpx.AsyncClient`.
 
     Use it as ``httpx.AsyncClient(transport=FastTransport())``.  It works under
-    both asyncio and trio (via anyio).  See the module docstring for the exact
-    feature set; proxies and HTTP/2 are not supported.
+    asyncio and trio.  See the module docstring for what it supports; for
+    proxies or HTTP/2, use httpx's own transport.
 
-    :param max_connections: upper bound on simultaneously open connections
-        across all origins.
-    :param keepalive_expiry: seconds an idle connection is kept for reuse;
-        ``None`` keeps idle connections until the server closes them.
-    :param ssl_context: TLS configuration for ``https`` URLs; defaults to
-        :func:`ssl.create_default_context` (certificate and host verification on).
-    :param connect_timeout_default: connect timeout used when a request carries
-        no ``timeout`` extension (i.e. when the transport is used without
-        :class:`httpx.AsyncClient`).
+    Args:
+        max_connections: Most connections open at once, over all origins.
+        keepalive_expiry: Seconds an idle connection is kept for reuse; ``None``
+            keeps idle connections until the server closes them.
+        ssl_context: TLS settings for ``https://`` URLs.  Defaults to
+            `ssl.create_default_context()` (certificates and host names verified).
+        connect_timeout_default: Connect timeout for requests that carry no
+            ``timeout`` extension, i.e. when the transport is used without
+            `httpx.AsyncClient`.
     """
 
     def __init__(
@@ -312,78 +586,67 @@ class FastTransport(httpx.AsyncBaseTransport):
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
         self._ssl_context = ssl_context
-        self._default_timeouts: _Timeouts = {
-            "connect": connect_timeout_default,
-            "read": None,
-            "write": None,
-            "pool": None,
-        }
+        self._default_timeouts: _Timeouts = {"connect": connect_timeout_default}
         self._conns: set[_Conn] = set()
         self._idle: dict[_PoolKey, list[_Conn]] = {}
         self._waiters: deque[anyio.Event] = deque()
         self._next_purge = 0.0
         self._closed = False
 
-    # ------------------------------------------------------------------ info
-
     @property
     def num_connections(self) -> int:
-        """Number of open (or opening) connections, idle or in use."""
+        """Connections currently open or opening, idle or in use."""
         return len(self._conns)
 
     @property
     def num_idle_connections(self) -> int:
-        """Number of idle keep-alive connections available for reuse."""
+        """Idle keep-alive connections waiting in the pool."""
         return sum(len(idle) for idle in self._idle.values())
 
-    # ------------------------------------------------------------- requests
+    # -------------------------------------------------------------- requests
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request`` and return the response with its body fully read."""
+        """Send ``request`` and return its response, with the body already read."""
         if self._closed:
-            raise RuntimeError("FastTransport is closed; create a new transport or client.")
+            raise RuntimeError("Cannot send a request: the FastTransport has been closed.")
         url = request.url
         scheme = url.scheme
         if scheme == "http":
-            default_port = 80
+            port = url.port or 80
         elif scheme == "https":
-            default_port = 443
+            port = url.port or 443
         else:
             raise httpx.UnsupportedProtocol(
-                f"FastTransport supports only http:// and https:// URLs, not {scheme!r}.",
+                f"FastTransport supports only http:// and https:// URLs, not {url}",
                 request=request,
             )
-        key: _PoolKey = (scheme, url.host, url.port or default_port)
+        key: _PoolKey = (scheme, url.host, port)
         timeouts: _Timeouts = request.extensions.get("timeout") or self._default_timeouts
-        head_request = request.method == "HEAD"
+        try:
+            body = request.content
+        except httpx.RequestNotRead:
+            body = await request.aread()
+        first, second, close = _serialize(request, body)
 
-        payload, body, force_close = await self._serialize(request)
-
-        conn = await self._acquire(key, timeouts.get("pool"), request)
+        doomed: list[_Conn] = []
+        conn = self._try_acquire(key, doomed, queued=False)
+        if conn is None or doomed:
+            conn = await self._acquire(key, conn, doomed, timeouts.get("pool"), request)
         try:
             try:
-                if conn.stream is None:
+                if conn.io is None:
                     await self._connect(conn, request, timeouts)
-                result = await self._exchange(
-                    conn, request, payload, body, head_request, force_close, timeouts
-                )
-            except _Retry as exc:
-                # A stale keep-alive connection: retry once on a fresh connection,
+                result = await self._exchange(conn, request, first, second, close, timeouts)
+            except _Retry as retry:
+                # The server dropped this keep-alive connection: one fresh attempt,
                 # keeping our pool slot.
-                stream = conn.stream
-                conn.stream = None
-                conn.reused = False
-                if stream is not None:
-                    await _close_quietly(stream)
+                if conn.io is not None:
+                    await conn.io.aclose()
+                    conn.io = None
                 if self._closed:
-                    raise exc.error from None
+                    raise retry.error from retry.__cause__
                 await self._connect(conn, request, timeouts)
-                try:
-                    result = await self._exchange(
-                        conn, request, payload, body, head_request, force_close, timeouts
-                    )
-                except _Retry as exc2:  # pragma: no cover - fresh connections never retry
-                    raise exc2.error from None
+                result = await self._exchange(conn, request, first, second, close, timeouts)
         except BaseException:
             await self._discard(conn)
             raise
@@ -397,177 +660,84 @@ class FastTransport(httpx.AsyncBaseTransport):
             status,
             headers=headers,
             stream=httpx.ByteStream(content),
+            request=request,
             extensions={"http_version": version, "reason_phrase": reason},
         )
-
-    async def _serialize(self, request: httpx.Request) -> tuple[bytes, bytes, bool]:
-        """Build the request head (plus body when small) for a single ``send``."""
-        try:
-            body = request.content
-        except httpx.RequestNotRead:
-            body = await request.aread()
-        url = request.url
-        parts = [request.method.encode("ascii"), b" ", url.raw_path, b" HTTP/1.1\r\n"]
-        has_host = False
-        chunked = False
-        force_close = False
-        raw_headers = request.headers.raw
-        for name, value in raw_headers:
-            n = len(name)
-            if n == 4 or n == 17 or n == 10:
-                lname = name.lower()
-                if lname == b"host":
-                    has_host = True
-                elif lname == b"transfer-encoding":
-                    chunked = b"chunked" in value.lower()
-                elif lname == b"connection":
-                    force_close = b"close" in value.lower()
-            parts += (name, b": ", value, b"\r\n")
-        line_count = len(raw_headers) + 2
-        if not has_host:
-            parts += (b"Host: ", url.netloc, b"\r\n")
-            line_count += 1
-        parts.append(b"\r\n")
-        head = b"".join(parts)
-        if head.count(b"\n") != line_count or head.count(b"\r") != line_count:
-            raise httpx.LocalProtocolError(
-                "Request line or header contains CR or LF characters", request=request
-            )
-        if chunked:
-            # A streaming body was read into memory; send it as one chunk.
-            body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
-        if len(body) <= _LARGE_BODY:
-            return head + body, b"", force_close
-        return head, body, force_close
 
     async def _exchange(
         self,
         conn: _Conn,
         request: httpx.Request,
-        payload: bytes,
-        body: bytes,
-        head_request: bool,
-        force_close: bool,
+        first: bytes,
+        second: bytes,
+        close: bool,
         timeouts: _Timeouts,
-    ) -> tuple[int, bytes, bytes, _Headers, bytes, bool]:
-        """Write the request and read one complete response on ``conn``."""
-        stream = conn.stream
-        assert stream is not None
-        reused = conn.reused
-        write_timeout = timeouts.get("write")
-        read_timeout = timeouts.get("read")
-        scope: anyio.CancelScope | None = None
-        if write_timeout is not None or read_timeout is not None:
-            scope = anyio.CancelScope()
-        reader = _Reader(stream, scope, read_timeout)
+    ) -> _Result:
+        """Write the request on ``conn`` and read its complete response."""
+        io = conn.io
+        assert io is not None
+        io.received = False
+        retryable = conn.reused
         writing = True
         try:
-            with scope if scope is not None else _NULL_SCOPE:
-                if scope is not None and write_timeout is not None:
-                    scope.deadline = anyio.current_time() + write_timeout
-                await stream.send(payload)
-                if body:
-                    await stream.send(body)
-                writing = False
-                return await self._read_response(reader, head_request, force_close)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            write_timeout = timeouts.get("write")
+            await io.send(first, write_timeout)
+            if second:
+                await io.send(second, write_timeout)
+            writing = False
+            return await _read_response(io, timeouts.get("read"), request.method == "HEAD", close)
+        except _IO_ERRORS as exc:
             if writing:
                 error: httpx.TransportError = httpx.WriteError(
-                    f"Failed to send request: {exc!r}", request=request
+                    f"Failed to send the request: {exc!r}", request=request
                 )
             else:
-                error = httpx.ReadError(f"Failed to read response: {exc!r}", request=request)
-            if reused and not reader.received:
+                error = httpx.ReadError(f"Failed to read the response: {exc!r}", request=request)
+            if retryable and not io.received:
                 raise _Retry(error) from exc
             raise error from exc
-        except httpx.RemoteProtocolError as exc:
-            if reused and not reader.received:
-                raise _Retry(exc) from exc
+        except (httpx.RemoteProtocolError, httpx.TimeoutException) as exc:
             exc.request = request
+            if retryable and not io.received and isinstance(exc, httpx.RemoteProtocolError):
+                raise _Retry(exc) from exc
             raise
-        # Only reached when our own timeout scope swallowed the cancellation.
-        if writing:
-            raise httpx.WriteTimeout("Timed out while sending the request", request=request)
-        raise httpx.ReadTimeout("Timed out while reading the response", request=request)
 
-    async def _read_response(
-        self, reader: _Reader, head_request: bool, force_close: bool
-    ) -> tuple[int, bytes, bytes, _Headers, bytes, bool]:
-        data = await reader.recv()
-        if not data:
-            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
-        while True:
-            # Accumulate until the end of the response head.
-            end, sep = _find_head_end(data, 0)
-            while end < 0:
-                if len(data) > _MAX_HEAD_SIZE:
-                    raise httpx.RemoteProtocolError("Response head too large")
-                more = await reader.recv()
-                if not more:
-                    raise httpx.RemoteProtocolError(
-                        "Server disconnected while sending the response headers."
-                    )
-                start = max(len(data) - 3, 0)
-                data += more
-                end, sep = _find_head_end(data, start)
-            status, reason, version, headers, framing, keep_alive = _parse_head(
-                data[:end], head_request, force_close
-            )
-            data = data[end + sep :]
-            if status >= 200 or status == 101:
-                break
-            # Interim response (100 Continue, 103 Early Hints, ...): skip it.
-            if not data:
-                data = await reader.recv()
-                if not data:
-                    raise httpx.RemoteProtocolError(
-                        "Server disconnected without sending a response."
-                    )
-        rest = data
-
-        if framing >= 0:
-            have = len(rest)
-            if have >= framing:
-                if have > framing:
-                    keep_alive = False
-                    rest = rest[:framing]
-                return status, reason, version, headers, rest, keep_alive
-            parts = [rest]
-            while have < framing:
-                more = await reader.recv()
-                if not more:
-                    raise httpx.RemoteProtocolError(
-                        f"peer closed connection mid-body (received {have} of {framing} bytes)"
-                    )
-                parts.append(more)
-                have += len(more)
-            content = b"".join(parts)
-            if have > framing:
-                keep_alive = False
-                content = content[:framing]
-            return status, reason, version, headers, content, keep_alive
-        if framing == -1:
-            content, clean = await _read_chunked(reader, rest)
-            return status, reason, version, headers, content, keep_alive and clean
-        if framing == -2:
-            parts = [rest]
-            while True:
-                more = await reader.recv()
-                if not more:
-                    break
-                parts.append(more)
-            return status, reason, version, headers, b"".join(parts), False
-        # No body (HEAD, 1xx/101, 204, 304).
-        return status, reason, version, headers, b"", keep_alive and not rest and status != 101
-
-    # ----------------------------------------------------------------- pool
+    async def _connect(self, conn: _Conn, request: httpx.Request, timeouts: _Timeouts) -> None:
+        scheme, host, port = conn.key
+        conn.reused = False
+        try:
+            with anyio.fail_after(timeouts.get("connect")):
+                if scheme == "http":
+                    conn.io = _SocketIO(await _open_socket(host, port))
+                    return
+                context = self._ssl_context
+                if context is None:
+                    context = self._ssl_context = ssl.create_default_context()
+                sni = request.extensions.get("sni_hostname") or host
+                if isinstance(sni, bytes):
+                    sni = sni.decode("ascii")
+                stream = await anyio.connect_tcp(
+                    host, port, ssl_context=context, tls_hostname=sni, tls_standard_compatible=False
+                )
+                conn.io = _StreamIO(stream)
+        except TimeoutError as exc:
+            raise httpx.ConnectTimeout(
+                f"Timed out connecting to {host}:{port}", request=request
+            ) from exc
+        except (*_IO_ERRORS, anyio.EndOfStream) as exc:
+            raise httpx.ConnectError(
+                f"Failed to connect to {host}:{port}: {exc}", request=request
+            ) from exc
 
     async def _acquire(
-        self, key: _PoolKey, pool_timeout: float | None, request: httpx.Request
+        self,
+        key: _PoolKey,
+        conn: _Conn | None,
+        doomed: list[_Conn],
+        pool_timeout: float | None,
+        request: httpx.Request,
     ) -> _Conn:
-        """Take an idle connection for ``key`` or reserve a slot for a new one."""
-        doomed: list[_Conn] = []
-        conn = self._try_acquire(key, doomed)
+        """The slow path of taking a connection: wait for one, close dropped ones."""
         if conn is None:
             with anyio.move_on_after(pool_timeout):
                 first = True
@@ -582,38 +752,42 @@ class FastTransport(httpx.AsyncBaseTransport):
                         await event.wait()
                     except BaseException:
                         if event.is_set():
-                            self._wake_one()  # pass the wake-up on
+                            self._wake_one()  # hand our wake-up to the next in line
                         else:
                             self._waiters.remove(event)
                         raise
                     if self._closed:
-                        raise RuntimeError(
-                            "FastTransport was closed while waiting for a connection."
-                        )
-                    conn = self._try_acquire(key, doomed, priority=True)
-            if conn is None:
-                await _close_all(doomed)
-                raise httpx.PoolTimeout("Timed out waiting for a free connection", request=request)
-        if doomed:
-            await _close_all(doomed)
+                        raise RuntimeError("The FastTransport was closed.")
+                    conn = self._try_acquire(key, doomed, queued=True)
+        for victim in doomed:
+            if victim.io is not None:
+                await victim.io.aclose()
+        if conn is None:
+            raise httpx.PoolTimeout("Timed out waiting for a free connection", request=request)
         return conn
 
-    def _try_acquire(
-        self, key: _PoolKey, doomed: list[_Conn], priority: bool = False
-    ) -> _Conn | None:
+    def _try_acquire(self, key: _PoolKey, doomed: list[_Conn], queued: bool) -> _Conn | None:
+        """Take an idle connection to ``key`` or reserve a slot for a new one, if possible.
+
+        Connections found expired or dead on the way are moved to ``doomed``.
+        """
         now = time.monotonic()
         if now >= self._next_purge:
             self._purge_expired(now, doomed)
         idle = self._idle.get(key)
-        if idle:
+        expiry = self._keepalive_expiry
+        while idle:
             conn = idle.pop()
-            if not idle:
-                del self._idle[key]
+            assert conn.io is not None
+            if (expiry is not None and now - conn.idle_since >= expiry) or conn.io.is_dead():
+                self._conns.discard(conn)
+                doomed.append(conn)
+                continue
             return conn
         if len(self._conns) >= self._max_connections:
-            if self._waiters and not priority:
-                return None
-            # Evict the least recently used idle connection of another origin.
+            if self._waiters and not queued:
+                return None  # others are already waiting; join the queue
+            # Make room by evicting the longest-idle connection to another origin.
             victim: _Conn | None = None
             for conns in self._idle.values():
                 if conns and (victim is None or conns[0].idle_since < victim.idle_since):
@@ -628,31 +802,25 @@ class FastTransport(httpx.AsyncBaseTransport):
         return conn
 
     def _purge_expired(self, now: float, doomed: list[_Conn]) -> None:
-        self._next_purge = now + _PURGE_INTERVAL
+        """Drop idle connections (to any origin) older than ``keepalive_expiry``."""
         expiry = self._keepalive_expiry
         if expiry is None:
+            self._next_purge = math.inf
             return
-        for key in list(self._idle):
-            conns = self._idle[key]
-            fresh = [c for c in conns if now - c.idle_since <= expiry]
-            if len(fresh) != len(conns):
-                for c in conns:
-                    if now - c.idle_since > expiry:
-                        self._conns.discard(c)
-                        doomed.append(c)
-                if fresh:
-                    self._idle[key] = fresh
-                else:
-                    del self._idle[key]
+        self._next_purge = now + min(expiry, _PURGE_INTERVAL)
+        for conns in self._idle.values():
+            expired = [c for c in conns if now - c.idle_since >= expiry]
+            if expired:
+                for c in expired:
+                    conns.remove(c)
+                    self._conns.discard(c)
+                doomed.extend(expired)
 
     def _remove_idle(self, conn: _Conn) -> None:
-        conns = self._idle[conn.key]
-        conns.remove(conn)
-        if not conns:
-            del self._idle[conn.key]
+        self._idle[conn.key].remove(conn)
 
     def _release(self, conn: _Conn) -> None:
-        """Return a healthy connection to the idle pool."""
+        """Put a connection that finished a response cleanly back in the pool."""
         conn.reused = True
         conn.idle_since = time.monotonic()
         idle = self._idle.get(conn.key)
@@ -664,101 +832,39 @@ class FastTransport(httpx.AsyncBaseTransport):
             self._wake_one()
 
     async def _discard(self, conn: _Conn) -> None:
-        """Close ``conn`` and free its pool slot (safe under cancellation)."""
+        """Close ``conn`` and free its slot; safe to call while being cancelled."""
         self._conns.discard(conn)
-        stream = conn.stream
-        conn.stream = None
         if self._waiters:
             self._wake_one()
-        if stream is not None:
-            await _close_quietly(stream)
+        io = conn.io
+        conn.io = None
+        if io is not None:
+            await io.aclose()
 
     def _wake_one(self) -> None:
         if self._waiters:
             self._waiters.popleft().set()
 
-    async def _connect(self, conn: _Conn, request: httpx.Request, timeouts: _Timeouts) -> None:
-        scheme, host, port = conn.key
-        timeout = timeouts.get("connect")
-        try:
-            with anyio.fail_after(timeout):
-                if scheme == "https":
-                    ctx = self._ssl_context
-                    if ctx is None:
-                        ctx = self._ssl_context = ssl.create_default_context()
-                    sni = request.extensions.get("sni_hostname") or host
-                    if isinstance(sni, bytes):
-                        sni = sni.decode("ascii")
-                    conn.stream = await anyio.connect_tcp(
-                        host,
-                        port,
-                        ssl_context=ctx,
-                        tls_hostname=sni,
-                        tls_standard_compatible=False,
-                    )
-                else:
-                    conn.stream = await anyio.connect_tcp(host, port)
-        except TimeoutError as exc:
-            raise httpx.ConnectTimeout(
-                f"Timed out connecting to {host}:{port}", request=request
-            ) from exc
-        except (OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
-            raise httpx.ConnectError(
-                f"Failed to connect to {host}:{port}: {exc}", request=request
-            ) from exc
-        conn.reused = False
-
-    # ---------------------------------------------------------------- close
+    # ------------------------------------------------------------------ close
 
     async def aclose(self) -> None:
-        """Close every connection.  The transport cannot be used afterwards."""
+        """Close all connections.  The transport cannot be used afterwards.
+
+        Requests still in flight fail promptly with a transport error.
+        """
         if self._closed:
             return
         self._closed = True
-        conns = list(self._conns)
-        self._conns.clear()
+        idle = [c for conns in self._idle.values() for c in conns]
         self._idle.clear()
+        for conn in idle:
+            self._conns.discard(conn)
+        for conn in self._conns:
+            if conn.io is not None:
+                conn.io.shutdown()  # its request task will see EOF and close it
         while self._waiters:
             self._waiters.popleft().set()
-        streams = [c.stream for c in conns if c.stream is not None]
-        for c in conns:
-            c.stream = None
-        with anyio.CancelScope(shield=True):
-            for stream in streams:
-                await _close_stream(stream)
-
-
-class _NullScope:
-    """A no-op stand-in for a CancelScope when no timeouts apply."""
-
-    cancelled_caught = False
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc_info: object) -> Literal[False]:
-        return False
-
-
-_NULL_SCOPE = _NullScope()
-
-
-async def _close_stream(stream: anyio.abc.ByteStream) -> None:
-    # Closing an already broken connection may complain; it is gone either way.
-    with contextlib.suppress(OSError, anyio.BrokenResourceError):
-        await stream.aclose()
-
-
-async def _close_quietly(stream: anyio.abc.ByteStream) -> None:
-    with anyio.CancelScope(shield=True):
-        await _close_stream(stream)
-
-
-async def _close_all(conns: list[_Conn]) -> None:
-    streams = [c.stream for c in conns if c.stream is not None]
-    for c in conns:
-        c.stream = None
-    if streams:
-        with anyio.CancelScope(shield=True):
-            for stream in streams:
-                await _close_stream(stream)
+        for conn in idle:
+            if conn.io is not None:
+                await conn.io.aclose()
+                conn.io = None
