@@ -91,6 +91,12 @@ def cached_snapshot(model_id: str) -> str:
     (Given a hub id, sentence-transformers looks the repository up online even with
     `local_files_only=True`; given a folder it does not.)
     """
+    if (
+        model_id.startswith(("/", ".", "~"))
+        or model_id.count("/") > 1
+        or (os.sep != "/" and os.sep in model_id)
+    ):
+        raise ValueError(f"there is no sentence-transformers model folder at {model_id!r}")
     from huggingface_hub import snapshot_download
 
     try:

@@ -269,6 +269,8 @@ def test_loading_never_touches_the_network(monkeypatch: pytest.MonkeyPatch, tmp_
     assert model.encode(SENTENCES[:1]).shape == (1, 384)
     with pytest.raises(ValueError, match="never downloads models"):
         LocalModel.load("no-such-org/no-such-model")
+    with pytest.raises(ValueError, match="no sentence-transformers model folder at"):
+        LocalModel.load(str(tmp_path / "missing"))
     assert attempts == []
 
 
