@@ -75,7 +75,9 @@ class Engine:
             name = model
 
             async def from_disk() -> LocalModel:
-                return await anyio.to_thread.run_sync(lambda: LocalModel.load(name, device=device))
+                return await anyio.to_thread.run_sync(
+                    lambda: LocalModel.load(name, device=device), abandon_on_cancel=True
+                )
 
             self._load = load or from_disk
         self.max_batch_size = max_batch_size
