@@ -174,6 +174,15 @@ class AsyncEmbedder:
         if backend is not None:
             self._backend: Backend = backend
         elif api == "local":
+            for name, value in (("url", url), ("token", token), ("http_client", http_client)):
+                if value is not None:
+                    raise ValueError(
+                        f"api='local' runs the model in this process; {name}= does not apply"
+                    )
+            if encoding_format != "base64":
+                raise ValueError(
+                    "api='local' returns arrays directly; encoding_format= does not apply"
+                )
             from ._local import LocalBackend  # the optional [local] extra
 
             self._backend = LocalBackend(model, options=self._options, device=device)

@@ -461,9 +461,9 @@ class Scheduler:
             logger.warning("rate limited (%s); pausing all requests for %.2f s", cause, delay)
         elif isinstance(exc, ModelLoadingError):
             # One request probes (held by the server with x-wait-for-model) while the rest
-            # wait for it, instead of every batch polling a cold model.
+            # wait for a slot, instead of every batch polling a cold model. No client-wide
+            # cooldown: the probe itself is what tells us the model is ready.
             self.concurrency.probe()
-            self.cooldown.extend(delay)
             logger.info("model is loading; waiting %.1f s, then probing with one request", delay)
         else:
             logger.info("request failed (%s); retrying in %.2f s", cause, delay)

@@ -44,7 +44,9 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float, log
         except httpx.HTTPError:
             pass
         time.sleep(0.1)  # polling a process we do not control; not test synchronisation
-    raise RuntimeError(f"{url} not healthy after {timeout} s:\n" + log.read_text(errors="replace")[-4000:])
+    raise RuntimeError(
+        f"{url} not healthy after {timeout} s:\n" + log.read_text(errors="replace")[-4000:]
+    )
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -71,7 +73,12 @@ def running(
     env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run `argv` in its own process group until the block ends; wait for `health_url` first."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1"}
+    full_env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "DO_NOT_TRACK": "1",
+    }
     if env:
         full_env.update(env)
     with log.open("wb") as out:
