@@ -23,14 +23,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import orjson
 
 from .fakes import vector_for
+from .loopserver import LoopServer, send
 
 FAULTS = ("loading", "ratelimit", "500", "502", "cut", "slow")
 
@@ -48,8 +46,10 @@ class Counters:
     wait_header_seen: int = 0
 
 
-class FaultServer:
+class FaultServer(LoopServer):
     """Start with `with FaultServer.running(...) as server:`; its URL is `server.url`."""
+
+    name = "fault server"
 
     def __init__(
         self,
@@ -61,6 +61,7 @@ class FaultServer:
         cold: bool = False,
         dim: int = 32,
     ) -> None:
+        super().__init__()
         self.fault_rate = fault_rate
         self.faults = faults
         self.slow_seconds = slow_seconds
@@ -68,77 +69,30 @@ class FaultServer:
         self.dim = dim
         self.counters = Counters()
         self._random = random.Random(seed)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._loaded: asyncio.Event | None = None
-        self._server: asyncio.Server | None = None
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
 
     @property
     def url(self) -> str:
         """The HF-style model URL to give the client."""
         return f"http://127.0.0.1:{self.port}/models/fault-model"
 
-    @classmethod
-    @contextmanager
-    def running(cls, **kwargs: object) -> Iterator[FaultServer]:
-        """Run a server in a background thread for the duration of the block."""
-        server = cls(**kwargs)  # type: ignore[arg-type]
-        server._thread = threading.Thread(target=server._main, daemon=True)
-        server._thread.start()
-        if not server._ready.wait(10):
-            raise RuntimeError("fault server did not start")
-        try:
-            yield server
-        finally:
-            assert server._loop is not None
-            assert server._stop is not None
-            server._loop.call_soon_threadsafe(server._stop.set)
-            server._thread.join(10)
-
     def finish_loading(self) -> None:
         """The cold model is now loaded: held requests are answered, new ones succeed."""
-        assert self._loop is not None
-        assert self._loaded is not None
-        self._loop.call_soon_threadsafe(self._loaded.set)
+        self.call(lambda: self._loaded.set() if self._loaded else None)
 
-    def _main(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
+    def on_loop(self) -> None:
         self._loaded = asyncio.Event()
         if not self.cold:
             self._loaded.set()
-        self._stop = asyncio.Event()
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        async with self._server:
-            await self._stop.wait()
-            self._server.close()
-        # close lingering keep-alive connections so the thread can end
-        for task in asyncio.all_tasks():
-            if task is not asyncio.current_task():
-                task.cancel()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                headers = _headers(head)
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
-                if not await self._respond(headers, body, writer):
-                    return
-        except (ConnectionError, asyncio.CancelledError):
-            return
-        finally:
-            writer.close()
+    async def respond(
+        self,
+        request_line: bytes,
+        headers: dict[str, str],
+        body: bytes,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        return await self._respond(headers, body, writer)
 
     async def _respond(
         self, headers: dict[str, str], body: bytes, writer: asyncio.StreamWriter
@@ -152,7 +106,7 @@ class FaultServer:
         if not self._loaded.is_set():
             if not wait_header:
                 self.counters.loading_answers += 1
-                await _send(writer, 503, _LOADING)
+                await send(writer, 503, _LOADING)
                 return True
             self.counters.held_for_model += 1
             await self._loaded.wait()
@@ -164,13 +118,13 @@ class FaultServer:
             self.counters.faults[fault] += 1
         payload = orjson.dumps([vector_for(t, self.dim).tolist() for t in texts])
         if fault == "loading":
-            await _send(writer, 503, _LOADING)
+            await send(writer, 503, _LOADING)
         elif fault == "ratelimit":
-            await _send(writer, 429, b'{"error": "Rate limit reached."}', b"Retry-After: 1\r\n")
+            await send(writer, 429, b'{"error": "Rate limit reached."}', b"Retry-After: 1\r\n")
         elif fault == "500":
-            await _send(writer, 500, b'{"error": "unknown error"}')
+            await send(writer, 500, b'{"error": "unknown error"}')
         elif fault == "502":
-            await _send(writer, 502, _HTML_502, b"Content-Type: text/html\r\n")
+            await send(writer, 502, _HTML_502, b"Content-Type: text/html\r\n")
         elif fault == "cut":
             head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
             writer.write(head + b"Content-Length: %d\r\n\r\n" % len(payload))
@@ -179,11 +133,11 @@ class FaultServer:
             return False
         elif fault == "slow":
             await asyncio.sleep(self.slow_seconds)  # the fault itself: a server too slow
-            await _send(writer, 200, payload)
+            await send(writer, 200, payload)
         else:
             self.counters.ok += 1
             self.counters.texts_answered += len(texts)
-            await _send(writer, 200, payload)
+            await send(writer, 200, payload)
         return True
 
 
@@ -191,26 +145,3 @@ _LOADING = b'{"error": "Model fault-model is currently loading", "estimated_time
 _HTML_502 = (
     b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
 )
-_REASONS = {
-    200: b"OK",
-    429: b"Too Many Requests",
-    500: b"Internal Server Error",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-}
-
-
-def _headers(head: bytes) -> dict[str, str]:
-    lines = head.decode("latin-1").split("\r\n")[1:]
-    pairs = (line.split(":", 1) for line in lines if ":" in line)
-    return {name.strip().lower(): value.strip() for name, value in pairs}
-
-
-async def _send(writer: asyncio.StreamWriter, status: int, body: bytes, extra: bytes = b"") -> None:
-    content_type = b"" if b"Content-Type" in extra else b"Content-Type: application/json\r\n"
-    writer.write(
-        b"HTTP/1.1 %d %s\r\n%s%sContent-Length: %d\r\n\r\n"
-        % (status, _REASONS[status], content_type, extra, len(body))
-        + body
-    )
-    await writer.drain()

@@ -16,22 +16,21 @@ loop in a thread, so the client under test may run anywhere: in the test, or in 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import orjson
 
 from .fakes import vector_for
+from .loopserver import LoopServer, send
 
-_REASONS = {200: b"OK", 404: b"Not Found", 422: b"Unprocessable Entity"}
 
-
-class HashServer:
+class HashServer(LoopServer):
     """Start with `with HashServer.running(dim=8) as server:`; its root URL is `server.url`."""
 
+    name = "hash server"
+
     def __init__(self, *, dim: int = 8, delay: float = 0.0, max_batch: int = 256) -> None:
+        super().__init__()
         self.dim = dim
         self.delay = delay
         self.max_batch = max_batch
@@ -39,44 +38,20 @@ class HashServer:
         self.hold_after: int | None = None
         self.requests = 0
         self.texts = 0
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._open: asyncio.Event | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         """The server root, for `api="tei"` / `--api tei --url`."""
         return f"http://127.0.0.1:{self.port}"
 
-    @classmethod
-    @contextmanager
-    def running(cls, **kwargs: float) -> Iterator[HashServer]:
-        """Run a server in a background thread for the duration of the block."""
-        server = cls(**kwargs)  # type: ignore[arg-type]
-        server._thread = threading.Thread(target=lambda: asyncio.run(server._serve()), daemon=True)
-        server._thread.start()
-        if not server._ready.wait(10):
-            raise RuntimeError("hash server did not start")
-        try:
-            yield server
-        finally:
-            assert server._loop is not None
-            assert server._stop is not None
-            server._loop.call_soon_threadsafe(server._stop.set)
-            server._thread.join(10)
-
     def pause(self) -> None:
         """Hold every request that arrives from now on (those already answered are gone)."""
-        assert self._loop is not None
         assert self._open is not None
-        self._loop.call_soon_threadsafe(self._open.clear)
+        self.call(self._open.clear)
 
     def resume(self) -> None:
         """Answer held requests, and new ones at once (this also ends `hold_after`)."""
-        assert self._loop is not None
         assert self._open is not None
 
         def release() -> None:
@@ -84,49 +59,22 @@ class HashServer:
             self.hold_after = None
             self._open.set()
 
-        self._loop.call_soon_threadsafe(release)
+        self.call(release)
 
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
+    def on_loop(self) -> None:
         self._open = asyncio.Event()
         self._open.set()
-        self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        async with server:
-            await self._stop.wait()
-            server.close()
-        for task in asyncio.all_tasks():
-            if task is not asyncio.current_task():
-                task.cancel()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                request_line, _, rest = head.partition(b"\r\n")
-                length = 0
-                for line in rest.split(b"\r\n"):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                body = await reader.readexactly(length)
-                status, payload = await self._answer(request_line, body)
-                writer.write(
-                    b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n"
-                    % (status, _REASONS[status], len(payload))
-                    + payload
-                )
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            return
-        finally:
-            writer.close()
+    async def respond(
+        self,
+        request_line: bytes,
+        headers: dict[str, str],
+        body: bytes,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        status, payload = await self._answer(request_line, body)
+        await send(writer, status, payload)
+        return True
 
     async def _answer(self, request_line: bytes, body: bytes) -> tuple[int, bytes]:
         method, path = request_line.split(b" ")[:2]
