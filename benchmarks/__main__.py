@@ -27,7 +27,18 @@ from typing import Any
 import orjson
 
 from . import bulk, coalescing, latency, memory, overhead, ratelimit
-from ._common import ROOT, Check, Scenario, fmt, git_revision, have, machine, table, versions
+from ._common import (
+    NEIGHBOURS,
+    ROOT,
+    Check,
+    Scenario,
+    fmt,
+    git_revision,
+    have,
+    machine,
+    table,
+    versions,
+)
 from ._report import markdown
 
 SCENARIOS = {m.NAME: m for m in (coalescing, bulk, overhead, latency, memory, ratelimit)}
@@ -72,6 +83,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run the real-model-server part of 'bulk' in smoke mode too",
     )
+    parser.add_argument(
+        "--quiet-budget",
+        type=float,
+        default=300.0,
+        help="seconds a full run may wait, in all, for other processes to go quiet (default 300)",
+    )
     parser.add_argument("--infinity", help="path to infinity_emb (default: $EMBEDKIT_INFINITY)")
     return parser.parse_args(argv)
 
@@ -98,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         out=out,
         have_hf_hub=have("huggingface_hub"),
     )
+    # On a shared machine, hold each measurement until other processes are quiet (full runs
+    # only, at most this many seconds in all); results.json records what they used anyway.
+    NEIGHBOURS.budget = 0.0 if args.smoke else float(args.quiet_budget)
     command = "python -m benchmarks" + (
         "" if argv == [] else " " + shlex.join(sys.argv[1:] if argv is None else argv)
     )
@@ -131,10 +151,24 @@ def main(argv: list[str] | None = None) -> int:
             scenario.notes.append("the scenario raised:\n" + traceback.format_exc(limit=5))
         scenario.seconds = time.perf_counter() - t0
         scenario.setup["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        busy = [
+            r["raw"]["neighbour_cores"]
+            for r in scenario.rows
+            if isinstance(r.get("raw"), dict) and r["raw"].get("neighbour_cores") is not None
+        ]
+        if busy:
+            scenario.setup["neighbour_cores_max"] = round(max(busy), 2)
+            scenario.notes.append(
+                f"Other processes on the machine used up to {max(busy):.2f} cores during the "
+                "measured runs (results.json: neighbour_cores per run)."
+            )
         scenarios.append(scenario)
         print_scenario(scenario)
         report["scenarios"].append(scenario.as_json())
     report["seconds"] = time.perf_counter() - started
+    report["waited_for_quiet_s"] = (
+        round(float(args.quiet_budget) - NEIGHBOURS.budget, 1) if not args.smoke else 0.0
+    )
     checks = [c for s in scenarios for c in s.checks]
     print("\n== headline: targets vs measured")
     print(headline(checks))

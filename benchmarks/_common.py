@@ -342,6 +342,71 @@ def git_revision() -> str | None:
     return rev + ("+dirty(embedkit)" if dirty else "")
 
 
+class Neighbours:
+    """CPU used on this machine by processes that are not the benchmark or its servers.
+
+    The machine may be shared (CI runners, other jobs). `wait_quiet()` holds a measurement
+    until the neighbours are quiet, and `start()`/`stop()` report how many cores they used
+    during one, so a disturbed number can be recognised in results.json.
+    """
+
+    def __init__(self) -> None:
+        try:
+            import psutil
+        except ImportError:
+            self._psutil = None
+            return
+        self._psutil = psutil
+        self._me = psutil.Process()
+        self._mark: tuple[float, float, float] | None = None
+        #: seconds `wait_quiet` may still spend in this run, over all measurements
+        self.budget = 0.0
+
+    def _sample(self) -> tuple[float, float, float]:
+        psutil = self._psutil
+        assert psutil is not None
+        times = psutil.cpu_times()
+        busy = sum(times) - times.idle - getattr(times, "iowait", 0.0)
+        ct = self._me.cpu_times()
+        ours = ct.user + ct.system + ct.children_user + ct.children_system
+        for child in self._me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                c = child.cpu_times()
+                ours += c.user + c.system
+        return time.monotonic(), busy, ours
+
+    def start(self) -> None:
+        if self._psutil is not None:
+            self._mark = self._sample()
+
+    def stop(self) -> float | None:
+        """Cores the neighbours used since `start()` (None without psutil)."""
+        if self._psutil is None or self._mark is None:
+            return None
+        t0, busy0, ours0 = self._mark
+        t1, busy1, ours1 = self._sample()
+        return max(0.0, ((busy1 - busy0) - (ours1 - ours0)) / max(t1 - t0, 1e-6))
+
+    def wait_quiet(self, *, cores: float = 0.25, probe: float = 0.5, limit: float = 20.0) -> float:
+        """Wait until neighbours use < `cores` over `probe` s, at most `limit` s and at most
+        what is left of `budget`; returns the seconds waited."""
+        if self._psutil is None or self.budget <= 0:
+            return 0.0
+        started = time.monotonic()
+        limit = min(limit, self.budget)
+        while True:
+            self.start()
+            time.sleep(probe)  # sampling other processes, not synchronising with our own
+            used = self.stop()
+            waited = time.monotonic() - started
+            if used is None or used < cores or waited >= limit:
+                self.budget -= waited
+                return waited
+
+
+NEIGHBOURS = Neighbours()
+
+
 def have(module: str) -> bool:
     try:
         __import__(module)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import Server, check_rows, median
+from ._common import NEIGHBOURS, Server, check_rows, median
 from ._peers import Client
 
 WARM_UP = ["A warm-up sentence opens the first connection.", "And a second one, to be sure."]
@@ -27,12 +27,14 @@ async def _once(
             server.reset()
         gc.collect()
         usage = resource.getrusage(resource.RUSAGE_SELF)
+        NEIGHBOURS.start()
         cpu = time.process_time()
         wall = time.perf_counter()
         started = time.monotonic()
         matrix = await client.run(texts)
         wall = time.perf_counter() - wall
         cpu = time.process_time() - cpu
+        neighbours = NEIGHBOURS.stop()
         after = resource.getrusage(resource.RUSAGE_SELF)
         system = after.ru_stime - usage.ru_stime
         client_429 = client.rejected - before_429
@@ -48,6 +50,7 @@ async def _once(
         "cpu_us_per_text": cpu / len(texts) * 1e6,
         "kernel_us_per_text": system / len(texts) * 1e6,
         "client_429": client_429,
+        "neighbour_cores": neighbours,
     }
     if server is not None:
         stats = server.stats()
@@ -73,8 +76,14 @@ def measure(
     *,
     check: bool = True,
 ) -> dict[str, Any]:
-    """Open a fresh client, warm it up (one connection), time `run(texts)`, check the rows."""
-    return asyncio.run(_once(make(), texts, server, check))
+    """Open a fresh client, warm it up (one connection), time `run(texts)`, check the rows.
+
+    Waits first (up to 20 s) for other processes on the machine to go quiet.
+    """
+    waited = NEIGHBOURS.wait_quiet()
+    result = asyncio.run(_once(make(), texts, server, check))
+    result["waited_for_quiet_s"] = round(waited, 1)
+    return result
 
 
 def head_to_head(
