@@ -30,8 +30,7 @@ from ._retry import RetryPolicy as RetryPolicy
 from ._scheduler import SchedulerStats as SchedulerStats
 from ._similarity import cosine_similarity as cosine_similarity
 from ._similarity import top_k as top_k
-
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 __all__ = [
     "DEFAULT_MAX_BATCH_SIZE",
