@@ -252,6 +252,7 @@ class AsyncEmbedder:
                 else None,
                 dedup=self._dedup,
                 cache_size=self._cache_size,
+                learn_rate=self._adaptive,
             )
             scheduler.dimension = info.dimension
             tg = await stack.enter_async_context(anyio.create_task_group())

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import anyio
 
-__all__ = ["AdaptiveConcurrency", "Clock", "Cooldown", "Sleep", "TokenBucket"]
+__all__ = ["AdaptiveConcurrency", "Clock", "Cooldown", "LearnedRate", "Sleep", "TokenBucket"]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -56,6 +57,11 @@ class AdaptiveConcurrency:
     def ticket(self) -> int:
         """A number for one attempt: pass it to `on_overload` if that attempt is refused."""
         self._issued += 1
+        return self._issued
+
+    @property
+    def issued(self) -> int:
+        """The last ticket handed out."""
         return self._issued
 
     def _notify(self) -> None:
@@ -141,21 +147,21 @@ class Cooldown:
     def __init__(self, *, clock: Clock = time.monotonic, sleep: Sleep = anyio.sleep) -> None:
         self.until = 0.0
         self.count = 0
-        self._clock = clock
-        self._sleep = sleep
+        self.clock = clock
+        self.sleep = sleep
 
     def extend(self, seconds: float) -> None:
         """Pause everyone for at least `seconds` from now."""
         if seconds <= 0:
             return
-        until = self._clock() + seconds
+        until = self.clock() + seconds
         if until > self.until:
             self.until = until
             self.count += 1
 
     def remaining(self) -> float:
         """Seconds left in the current pause (0 when not paused)."""
-        return max(0.0, self.until - self._clock())
+        return max(0.0, self.until - self.clock())
 
     async def wait(self) -> None:
         """Return once no pause is in force.
@@ -165,9 +171,81 @@ class Cooldown:
         """
         while True:
             until = self.until
-            left = until - self._clock()
+            left = until - self.clock()
             if left <= 0:
                 return
-            await self._sleep(left)
+            await self.sleep(left)
             if self.until == until:
                 return
+
+
+class LearnedRate:
+    """A request pace learned from 429s, for clients whose quota nobody told them.
+
+    Unpaced until the first 429; then requests are paced (a token bucket, no burst) at a
+    little under the success rate just observed, the rate the server really admits. Each
+    success raises the pace by 0.01 request/s, i.e. about 1% a second whatever the rate, so
+    the client keeps probing for more; the next 429 sets it back under what got through.
+    While the estimate rests on few samples (the first 429s), the pace grows ten times
+    faster: an overestimate corrects itself at the next 429, an underestimate would not.
+    As with concurrency, one cut per round trip, and never a cut to a pace above the
+    current one.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+        window: float = 2.0,
+        backoff: float = 0.97,
+        growth: float = 0.01,
+    ) -> None:
+        self.bucket: TokenBucket | None = None
+        self.cuts = 0
+        self._clock = clock
+        self._sleep = sleep
+        self._window = window
+        self._backoff = backoff
+        self._growth = growth
+        self._ok: deque[float] = deque(maxlen=65_536)
+        self._mark = 0
+        self._confident = False  # whether the last cut rested on enough samples
+
+    @property
+    def rate(self) -> float | None:
+        """The learned pace in requests/s (None while unpaced)."""
+        return self.bucket.rate if self.bucket is not None else None
+
+    def on_success(self) -> None:
+        """A request was answered: remember when, and probe for a little more."""
+        self._ok.append(self._clock())
+        if self.bucket is not None:
+            # ten times faster while the pace rests on a handful of samples
+            self.bucket.rate += self._growth if self._confident else 10 * self._growth
+
+    def on_rate_limited(self, ticket: int, issued: int) -> None:
+        """A request was refused with 429: pace at what the server let through."""
+        if ticket <= self._mark:
+            return
+        self._mark = issued
+        now = self._clock()
+        since = now - self._window
+        recent = sum(1 for t in self._ok if t >= since)
+        observed = 0.0
+        if recent:
+            oldest = next(t for t in self._ok if t >= since)
+            observed = recent / max(now - oldest, 0.05)
+        self._confident = recent >= 16
+        current = self.bucket.rate if self.bucket is not None else math.inf
+        if observed > 0:
+            new = max(0.1, observed * self._backoff)  # just under what the server let through
+        else:
+            new = current / 2 if math.isfinite(current) else 1.0
+        if new >= current:
+            return  # already slower than that: this 429 was the server's jitter, not our pace
+        self.cuts += 1
+        if self.bucket is None:
+            self.bucket = TokenBucket(new, burst=1.0, clock=self._clock, sleep=self._sleep)
+        else:
+            self.bucket.rate = new

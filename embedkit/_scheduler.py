@@ -44,7 +44,7 @@ from ._errors import (
     RateLimitError,
     ResponseError,
 )
-from ._limits import AdaptiveConcurrency, Cooldown, TokenBucket
+from ._limits import AdaptiveConcurrency, Cooldown, LearnedRate, TokenBucket
 from ._retry import RetryPolicy, describe
 
 __all__ = ["Scheduler", "SchedulerStats", "Send"]
@@ -74,6 +74,8 @@ class SchedulerStats:
         in_flight: batches being sent now.
         queue_depth: texts waiting to be put in a batch.
         concurrency_limit: the current adaptive concurrency limit.
+        request_rate: the request pace in force, requests/s: the configured one, or the one
+            learned from 429s; None while unpaced.
         max_batch_size: the current batch size limit (lowered after a size refusal).
         cooldowns: client-wide pauses started after 429s.
         latency_p50: median seconds per successful request (None before the first).
@@ -96,6 +98,7 @@ class SchedulerStats:
     in_flight: int
     queue_depth: int
     concurrency_limit: float
+    request_rate: float | None
     max_batch_size: int
     cooldowns: int
     latency_p50: float | None
@@ -207,6 +210,7 @@ class Scheduler:
         input_rate: TokenBucket | None = None,
         dedup: bool = True,
         cache_size: int = 0,
+        learn_rate: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -217,6 +221,9 @@ class Scheduler:
         self.retry = retry
         self.cooldown = cooldown or Cooldown()
         self._request_rate = request_rate
+        self._learned: LearnedRate | None = None
+        if request_rate is None and learn_rate:
+            self._learned = LearnedRate(clock=self.cooldown.clock, sleep=self.cooldown.sleep)
         self._input_rate = input_rate
         self._dedup = dedup
         self._cache: OrderedDict[str, Matrix] | None = OrderedDict() if cache_size > 0 else None
@@ -302,8 +309,7 @@ class Scheduler:
                 await self.concurrency.acquire()
                 try:
                     await self.cooldown.wait()
-                    if self._request_rate is not None:
-                        await self._request_rate.acquire(1)
+                    await self._pace()
                     batch = self._form_batch()
                     if batch is not None and self._input_rate is not None:
                         await self._input_rate.acquire(len(batch.texts))
@@ -427,13 +433,27 @@ class Scheduler:
             return
         self._deliver(batch, matrix)
 
+    async def _pace(self) -> None:
+        """Wait for the request rate: the one configured, or the one learned from 429s."""
+        bucket = self._request_rate
+        if bucket is None and self._learned is not None:
+            bucket = self._learned.bucket
+        if bucket is not None:
+            await bucket.acquire(1)
+
     async def _attempts(self, batch: _Batch, slot: _Slot) -> Matrix:
         texts = batch.texts
         concurrency = self.concurrency
+        learned = self._learned
+        paced = True  # the dispatcher paced the first attempt before forming the batch
 
         async def attempt() -> Matrix:
+            nonlocal paced
             await slot.acquire()  # a retry waits for a slot under the (maybe lowered) limit
             await self.cooldown.wait()
+            if not paced:
+                await self._pace()  # retries count against the rate too
+            paced = False
             if batch.abandoned():
                 raise _Abandoned
             ticket = concurrency.ticket()
@@ -444,6 +464,8 @@ class Scheduler:
             except EmbedkitError as exc:
                 if isinstance(exc, RateLimitError):
                     concurrency.on_overload(ticket)
+                    if learned is not None:
+                        learned.on_rate_limited(ticket, concurrency.issued)
                 if self.retry is not None and self.retry.is_retryable(exc):
                     slot.release()  # don't sit on a slot through the backoff
                 raise
@@ -451,6 +473,8 @@ class Scheduler:
                 raise ResponseError(f"sent {len(texts)} texts, got {matrix.shape[0]} rows")
             self._latencies.append(time.perf_counter() - started)
             concurrency.on_success()
+            if learned is not None:
+                learned.on_success()
             return matrix
 
         if self.retry is None:
@@ -540,6 +564,13 @@ class Scheduler:
             in_flight=len(self._running),
             queue_depth=queued,
             concurrency_limit=self.concurrency.limit,
+            request_rate=(
+                self._request_rate.rate
+                if self._request_rate is not None
+                else self._learned.rate
+                if self._learned is not None
+                else None
+            ),
             max_batch_size=self.max_batch_size,
             cooldowns=self.cooldown.count,
             latency_p50=pct(0.5),

@@ -17,9 +17,9 @@ import orjson
 import pytest
 
 import embedkit
-from embedkit import RetryPolicy
+from embedkit import RateLimitError, RetryPolicy
 from embedkit._decode import Matrix
-from embedkit._limits import AdaptiveConcurrency, TokenBucket
+from embedkit._limits import AdaptiveConcurrency, Cooldown, TokenBucket
 from embedkit._scheduler import Scheduler
 
 from .fakes import VirtualClock, vector_for, vectors_for
@@ -302,3 +302,48 @@ async def test_tei_info_limits_are_obeyed() -> None:
     assert max(seen) <= 4
     assert stats.concurrency_limit <= 2  # 8 inputs in flight / 4 per batch
     assert out.shape == (50, 32)
+
+
+@pytest.mark.asyncio
+async def test_a_client_told_no_quota_learns_the_servers_rate_from_429s() -> None:
+    clock = VirtualClock()
+    rate = 20.0
+    server = {"tokens": 2.0, "last": 0.0}
+    log: list[tuple[float, bool]] = []
+
+    async def send(texts: list[str]) -> Matrix:
+        await anyio.lowlevel.checkpoint()
+        now = clock.now
+        server["tokens"] = min(2.0, server["tokens"] + (now - server["last"]) * rate)
+        server["last"] = now
+        if server["tokens"] < 1.0:
+            log.append((now, False))
+            wait = (1.0 - server["tokens"]) / rate
+            raise RateLimitError(429, "rate limit", retry_after=wait)  # exact, as retry-after-ms
+        server["tokens"] -= 1.0
+        log.append((now, True))
+        return vectors_for(texts)
+
+    scheduler = Scheduler(
+        send,
+        max_batch_size=1,
+        concurrency=AdaptiveConcurrency(8),
+        retry=RetryPolicy(attempts=100, timeout=1e9, sleep=clock.sleep),
+        cooldown=Cooldown(clock=clock, sleep=clock.sleep),
+    )
+    texts = [f"q{i}" for i in range(3000)]
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        out = await scheduler.submit(texts)
+        learned = scheduler.stats().request_rate
+        scheduler.close()
+        tg.cancel_scope.cancel()
+    np.testing.assert_array_equal(out[::100], vectors_for(texts[::100]))
+    settled = [ok for at, ok in log if at >= 20.0]  # after the first 20 s of learning
+    ok_times = [at for at, ok in log if ok and at >= 20.0]
+    assert len(settled) > 1000
+    assert settled.count(False) / len(settled) <= 0.05
+    achieved = len(ok_times) / (ok_times[-1] - ok_times[0])
+    assert achieved >= 0.95 * rate
+    assert learned is not None
+    assert 0.8 * rate <= learned <= 1.2 * rate
