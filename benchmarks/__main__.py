@@ -86,8 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quiet-budget",
         type=float,
-        default=300.0,
-        help="seconds a full run may wait, in all, for other processes to go quiet (default 300)",
+        default=90.0,
+        help="seconds a full run may wait, in all, for other processes to go quiet (default 90)",
     )
     parser.add_argument("--infinity", help="path to infinity_emb (default: $EMBEDKIT_INFINITY)")
     return parser.parse_args(argv)

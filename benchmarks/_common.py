@@ -387,7 +387,7 @@ class Neighbours:
         t1, busy1, ours1 = self._sample()
         return max(0.0, ((busy1 - busy0) - (ours1 - ours0)) / max(t1 - t0, 1e-6))
 
-    def wait_quiet(self, *, cores: float = 0.25, probe: float = 0.5, limit: float = 20.0) -> float:
+    def wait_quiet(self, *, cores: float = 0.25, probe: float = 0.2, limit: float = 15.0) -> float:
         """Wait until neighbours use < `cores` over `probe` s, at most `limit` s and at most
         what is left of `budget`; returns the seconds waited."""
         if self._psutil is None or self.budget <= 0:

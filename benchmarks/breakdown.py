@@ -24,7 +24,6 @@ import anyio
 import httpx
 import numpy as np
 
-from ._common import median
 from ._peers import HEADERS, TOKEN, body, embedder
 
 BATCH = 32
@@ -131,7 +130,7 @@ async def _scheduler_alone(texts: list[str]) -> float:
 
 
 def layers(hf_url: str, oa_url: str, texts: list[str], rounds: int = 3) -> list[dict[str, Any]]:
-    """Rows for the overhead table: CPU µs per text of each layer (median of rounds)."""
+    """Rows for the overhead table: CPU µs per text of each layer (least of the rounds)."""
     rows: list[dict[str, Any]] = []
     for api, path in (("hf", "JSON"), ("openai", "base64")):
         try:
@@ -140,10 +139,10 @@ def layers(hf_url: str, oa_url: str, texts: list[str], rounds: int = 3) -> list[
             rows.append({"client": f"layers: skipped ({exc!r})", "path": path})
             continue
         for name in runs[0]:
-            cpu = median([run[name] for run in runs]) / BATCH * 1e6
+            cpu = min(run[name] for run in runs) / BATCH * 1e6
             rows.append({"client": f"layer {name}", "path": path, "CPU µs/text": cpu})
     try:
-        per_batch = median([asyncio.run(_scheduler_alone(texts)) for _ in range(rounds)])
+        per_batch = min(asyncio.run(_scheduler_alone(texts)) for _ in range(rounds))
         rows.append(
             {
                 "client": "layer 5. scheduler alone (instant in-process send, no HTTP)",

@@ -192,9 +192,9 @@ def real_part(opts: Any, scenario: Scenario) -> None:
         servers.append(("embedkit serve (minilm, CPU)", lambda: embedkit_serve(opts.out), 32))
     else:
         scenario.notes.append("embedkit serve skipped: embedkit.serve is not importable")
-    sweep_n = 300 if opts.smoke else 1500
-    final_n = 600 if opts.smoke else 1500
-    rounds = 1 if opts.smoke else 5
+    sweep_n = 300 if opts.smoke else 1000
+    final_n = 600 if opts.smoke else 1000
+    rounds = 1 if opts.smoke else 3
     for label, start, max_batch in servers:
         opts.log(f"  real server: {label}")
         try:
@@ -222,7 +222,7 @@ def sweep(
         check=False,
     )
     batches = [b for b in (16, 32, 64) if b <= max_batch]
-    settings = [(b, c, "base64") for b in batches for c in (2, 4, 8)]
+    settings = [(b, c, "base64") for b in batches for c in (2, 8)]
     if opts.smoke:
         settings = [(32, 4, "base64"), (32, 8, "base64")]
     trials = []
