@@ -115,7 +115,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax = next(panels)
     s = _scenario(report, "overhead")
     if s:
-        rows = [r for r in s["rows"] if not r["client"].startswith("layer") and "CPU µs/text" in r]
+        rows = [
+            r
+            for r in s["rows"]
+            if not r["client"].startswith(("layer", "reference")) and "CPU µs/text" in r
+        ]
         labels = [f"{r['client']} [{r['path']}]" for r in rows]
         _barh(ax, labels, [r["CPU µs/text"] for r in rows], fmt="{:.1f}")
         ax.axvline(35, color=MISS, ls="--", lw=0.8)

@@ -6,11 +6,14 @@ between two neighbouring rows is what the upper layer adds. These reach into emb
 private modules on purpose; if those change shape, the affected rows are skipped.
 
 1. FastTransport.handle_async_request: raw HTTP/1.1 exchange, body bytes out.
-2. httpx.AsyncClient(transport=FastTransport).post: + httpx's Request/Response/URL models.
-3. HttpBackend.embed_batch: + the wire protocol (body, decode to a checked float32 matrix).
-4. AsyncEmbedder.embed_many: + the scheduler (queue, batch forming, slots, retry wrapper,
+2. HttpBackend.embed_batch: + the wire protocol (body, decode to a checked float32 matrix,
+   error mapping), and however the backend reaches the transport.
+3. AsyncEmbedder.embed_many: + the scheduler (queue, batch forming, slots, retry wrapper,
    delivering rows).
-5. Scheduler alone, with an instant in-process `send`: the scheduler's own cost, no HTTP.
+4. Scheduler alone, with an instant in-process `send`: the scheduler's own cost, no HTTP.
+
+Also, for reference, httpx.AsyncClient(transport=FastTransport).post: what httpx's client
+layer (Request/Response/URL/cookie models) costs on top of the transport.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ async def _layers(hf_url: str, oa_url: str, texts: list[str], api: str) -> dict[
         async def post(i: int) -> None:
             (await client.post(url, content=bodies[i % calls])).raise_for_status()
 
-        out["2. + httpx.AsyncClient.post"] = await _drive(calls, post)
+        out["reference: httpx.AsyncClient.post over FastTransport"] = await _drive(calls, post)
 
     from embedkit._auth import Secret
 
@@ -90,14 +93,14 @@ async def _layers(hf_url: str, oa_url: str, texts: list[str], api: str) -> dict[
         matrix = await backend.embed_batch(chunks[i % calls])
         assert matrix.shape == (BATCH, 384)
 
-    out["3. + HttpBackend.embed_batch (protocol body + decode)"] = await _drive(calls, send)
+    out["2. + HttpBackend.embed_batch (protocol body + decode)"] = await _drive(calls, send)
     await backend.aclose()
 
     async with embedder(url if api == "hf" else oa_url, api=api) as emb:  # type: ignore[arg-type]
         await emb.embed_many(texts[:64])
         start = time.process_time()
         await emb.embed_many(texts)
-        out["4. + scheduler: AsyncEmbedder.embed_many"] = (time.process_time() - start) / calls
+        out["3. + scheduler: AsyncEmbedder.embed_many"] = (time.process_time() - start) / calls
     return out
 
 
@@ -140,12 +143,13 @@ def layers(hf_url: str, oa_url: str, texts: list[str], rounds: int = 3) -> list[
             continue
         for name in runs[0]:
             cpu = min(run[name] for run in runs) / BATCH * 1e6
-            rows.append({"client": f"layer {name}", "path": path, "CPU µs/text": cpu})
+            label = name if name.startswith("reference") else f"layer {name}"
+            rows.append({"client": label, "path": path, "CPU µs/text": cpu})
     try:
         per_batch = min(asyncio.run(_scheduler_alone(texts)) for _ in range(rounds))
         rows.append(
             {
-                "client": "layer 5. scheduler alone (instant in-process send, no HTTP)",
+                "client": "layer 4. scheduler alone (instant in-process send, no HTTP)",
                 "path": "any",
                 "CPU µs/text": per_batch / BATCH * 1e6,
             }
