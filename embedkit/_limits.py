@@ -183,11 +183,13 @@ class LearnedRate:
     """A request pace learned from 429s, for clients whose quota nobody told them.
 
     Unpaced until the first 429; then requests are paced (a token bucket, no burst) at a
-    little under the success rate just observed, the rate the server really admits. Each
-    success raises the pace by 0.01 request/s, i.e. about 1% a second whatever the rate, so
-    the client keeps probing for more; the next 429 sets it back under what got through.
-    While the estimate rests on few samples (the first 429s), the pace grows ten times
-    faster: an overestimate corrects itself at the next 429, an underestimate would not.
+    little under the success rate observed over the last two seconds, the rate the server
+    really admits. Each success raises the pace by 0.02 request/s, i.e. about 2% a second
+    whatever the rate, so the client keeps probing for more; the next 429 sets it back under
+    what got through.
+    While the estimate rests on few samples (the first 429s), the pace grows fifty times
+    faster (about +100% a second, a slow start): an overestimate corrects itself at the next
+    429, an underestimate would not.
     As with concurrency, one cut per round trip, and never a cut to a pace above the
     current one.
     """
@@ -199,7 +201,7 @@ class LearnedRate:
         sleep: Sleep = anyio.sleep,
         window: float = 2.0,
         backoff: float = 0.97,
-        growth: float = 0.01,
+        growth: float = 0.02,
     ) -> None:
         self.bucket: TokenBucket | None = None
         self.cuts = 0
@@ -221,8 +223,8 @@ class LearnedRate:
         """A request was answered: remember when, and probe for a little more."""
         self._ok.append(self._clock())
         if self.bucket is not None:
-            # ten times faster while the pace rests on a handful of samples
-            self.bucket.rate += self._growth if self._confident else 10 * self._growth
+            # about +100%/s while the pace rests on a handful of samples (a slow start)
+            self.bucket.rate += self._growth if self._confident else 50 * self._growth
 
     def on_rate_limited(self, ticket: int, issued: int) -> None:
         """A request was refused with 429: pace at what the server let through."""
@@ -240,8 +242,10 @@ class LearnedRate:
         current = self.bucket.rate if self.bucket is not None else math.inf
         if observed > 0:
             new = max(0.1, observed * self._backoff)  # just under what the server let through
+        elif self.bucket is None:
+            return  # refusals came back before any success: nothing to learn from yet
         else:
-            new = current / 2 if math.isfinite(current) else 1.0
+            new = current / 2
         if new >= current:
             return  # already slower than that: this 429 was the server's jitter, not our pace
         self.cuts += 1
