@@ -319,6 +319,10 @@ def versions() -> dict[str, str | None]:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
+    if out["embedkit"] is None:  # running from a checkout that is not installed
+        import embedkit
+
+        out["embedkit"] = f"{embedkit.__version__} (source tree)"
     return out
 
 

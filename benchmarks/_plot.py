@@ -193,7 +193,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.set_yticks(y, [_label(lbl) for lbl in labels], fontsize=7)
         ax.axvline(95, color="k", ls="--", lw=0.8)
         ax.margins(x=0.2)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2)
         ax.set_title(s["title"], fontsize=9)
     else:
         _empty(ax, "Rate-limited", "not run")

@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -181,20 +183,22 @@ def _process(argv: list[str], env: dict[str, str], log: Path, health: str) -> It
 
 def real_part(opts: Any, scenario: Scenario) -> None:
     servers: list[tuple[str, Callable[[], contextlib.AbstractContextManager[str]], int]] = []
+    logs = Path(tempfile.mkdtemp(prefix="embedkit-bench-logs-"))
     if opts.infinity:
-        servers.append(("Infinity (minilm, CPU)", lambda: infinity(opts.infinity, opts.out), 64))
+        servers.append(("Infinity (minilm, CPU)", lambda: infinity(opts.infinity, logs), 64))
     else:
         scenario.notes.append(
             "Infinity skipped: no infinity_emb found "
             "(set EMBEDKIT_INFINITY or pass --infinity PATH)"
         )
     if _has_serve():
-        servers.append(("embedkit serve (minilm, CPU)", lambda: embedkit_serve(opts.out), 32))
+        servers.append(("embedkit serve (minilm, CPU)", lambda: embedkit_serve(logs), 32))
     else:
         scenario.notes.append("embedkit serve skipped: embedkit.serve is not importable")
     sweep_n = 300 if opts.smoke else 1000
     final_n = 600 if opts.smoke else 1000
     rounds = 1 if opts.smoke else 3
+    failed = False
     for label, start, max_batch in servers:
         opts.log(f"  real server: {label}")
         try:
@@ -202,8 +206,11 @@ def real_part(opts: Any, scenario: Scenario) -> None:
                 best = sweep(opts, scenario, label, base, max_batch, sweep_n)
                 compare(opts, scenario, label, base, best, final_n, rounds)
         except Exception as exc:  # a real server that fails to start must not sink the suite
-            scenario.notes.append(f"{label}: failed: {exc}")
-            opts.log(f"    failed: {exc}")
+            failed = True
+            scenario.notes.append(f"{label}: failed: {exc} (server logs in {logs})")
+            opts.log(f"    failed: {exc} (server logs in {logs})")
+    if not failed:
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 def _has_serve() -> bool:
