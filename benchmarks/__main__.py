@@ -118,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     # On a shared machine, hold each measurement until other processes are quiet (full runs
     # only, at most this many seconds in all); results.json records what they used anyway.
     NEIGHBOURS.budget = 0.0 if args.smoke else float(args.quiet_budget)
-    command = "python -m benchmarks" + (
-        "" if argv == [] else " " + shlex.join(sys.argv[1:] if argv is None else argv)
-    )
+    command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
     started = time.perf_counter()
     report: dict[str, Any] = {
         "command": command,
