@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     checks = [c for s in scenarios for c in s.checks]
     print("\n== headline: targets vs measured")
+    if args.smoke:
+        print("(smoke sizes: this run checks that the suite works; its verdicts mean little)")
     print(headline(checks))
     print(f"\ntotal {report['seconds']:.0f} s")
     (out / "results.md").write_text(markdown(report), encoding="utf-8")
