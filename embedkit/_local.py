@@ -13,11 +13,12 @@ a worker thread in `start()`, so `import embedkit` stays light.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import anyio
@@ -198,7 +199,8 @@ class LocalModel:
                     f'api="local" needs the optional extra: {INSTALL_HINT} ({exc})'
                 ) from exc
             # A folder: sentence-transformers reads it without any network access.
-            st_model = SentenceTransformer(path, device=device, local_files_only=True)
+            with _quiet_loading():
+                st_model = SentenceTransformer(path, device=device, local_files_only=True)
             loaded = cls(st_model, model_id=model_id, device=device)
             _LOADED[key] = loaded
             return loaded
@@ -411,3 +413,20 @@ class LocalBackend:
         """Let go of the model (it is freed once no other backend holds it)."""
         self._model = None
         self._limiter = None
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Keep transformers' "Loading weights" progress bar out of the caller's terminal."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - sentence-transformers always brings it
+        yield
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
