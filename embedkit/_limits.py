@@ -94,13 +94,6 @@ class AdaptiveConcurrency:
             self._before_probe = self.limit
             self.limit = 1.0
 
-    def set_maximum(self, maximum: int) -> None:
-        """Lower (or raise) the ceiling, e.g. after reading a server's own limits."""
-        self.maximum = max(1, maximum)
-        self.minimum = min(self.minimum, self.maximum)
-        self.limit = min(self.limit, float(self.maximum))
-        self._notify()
-
 
 class TokenBucket:
     """A reserving token bucket: `acquire(n)` takes n tokens now and sleeps off any debt.
@@ -158,10 +151,6 @@ class Cooldown:
         if until > self.until:
             self.until = until
             self.count += 1
-
-    def remaining(self) -> float:
-        """Seconds left in the current pause (0 when not paused)."""
-        return max(0.0, self.until - self.clock())
 
     async def wait(self) -> None:
         """Return once no pause is in force.

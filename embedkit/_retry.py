@@ -26,7 +26,6 @@ import anyio
 import tenacity
 
 from ._errors import (
-    EmbedkitError,
     ModelLoadingError,
     RateLimitError,
     ServerError,
@@ -218,6 +217,4 @@ def describe(exc: BaseException) -> str:
     """A short cause label for statistics and logs."""
     if isinstance(exc, StatusError):
         return str(exc.status_code)
-    if isinstance(exc, EmbedkitError):
-        return type(exc).__name__
     return type(exc).__name__
