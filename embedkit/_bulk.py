@@ -32,7 +32,6 @@ import dataclasses
 import logging
 import math
 import queue
-import threading
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -151,7 +150,9 @@ async def embed_each(scheduler: Scheduler, texts: list[str]) -> list[Matrix | In
     return results
 
 
-async def _isolate(scheduler: Scheduler, texts: list[str]) -> tuple[Matrix, list[tuple[int, InputError]]]:
+async def _isolate(
+    scheduler: Scheduler, texts: list[str]
+) -> tuple[Matrix, list[tuple[int, InputError]]]:
     results = await embed_each(scheduler, texts)
     refused = [(k, r) for k, r in enumerate(results) if isinstance(r, InputError)]
     good = [r for r in results if not isinstance(r, InputError)]
@@ -302,10 +303,14 @@ def astream(
 ) -> AsyncGenerator[tuple[int, Matrix], None]:
     """The body of `AsyncEmbedder.embed_stream` (see there)."""
     source = IterSource(texts, block_size=block_size)
-    return _pairs(stream(scheduler, source, depth=depth, sort_by_length=sort_by_length, dedup=dedup))
+    return _pairs(
+        stream(scheduler, source, depth=depth, sort_by_length=sort_by_length, dedup=dedup)
+    )
 
 
-async def _pairs(blocks: AsyncGenerator[Done[int], None]) -> AsyncGenerator[tuple[int, Matrix], None]:
+async def _pairs(
+    blocks: AsyncGenerator[Done[int], None],
+) -> AsyncGenerator[tuple[int, Matrix], None]:
     async with contextlib.aclosing(blocks):
         async for done in blocks:
             yield done.tag, done.matrix

@@ -1,4 +1,4 @@
-"""The `embedkit` command: `embed` a corpus into an .npy or .parquet, `serve` a local model, `bench`.
+"""The `embedkit` command: `embed` a corpus (into .npy or .parquet), `serve`, `bench`.
 
 `embedkit embed` parses its flags and calls `embed_file` (in `_files.py`, where the scan,
 probe, streaming and resumable commits live); here are only the flags, the messages on
@@ -253,7 +253,10 @@ def _logging_to(console: _Console, level: int, run_level: int) -> Iterator[None]
     """Send the "embedkit" logs (at `level`) and the run's own ("embedkit.files") to stderr."""
     handler = _ConsoleHandler(console)
     handler.setLevel(min(level, run_level))
-    loggers = [(logging.getLogger("embedkit"), level), (logging.getLogger("embedkit.files"), run_level)]
+    loggers = [
+        (logging.getLogger("embedkit"), level),
+        (logging.getLogger("embedkit.files"), run_level),
+    ]
     previous = [(log, log.level, log.propagate) for log, _ in loggers]
     loggers[0][0].addHandler(handler)
     for log, wanted in loggers:
@@ -272,7 +275,11 @@ def _clock(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "--:--"
     hours, rest = divmod(int(seconds), 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
+    return (
+        f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+        if hours
+        else f"{rest // 60:02d}:{rest % 60:02d}"
+    )
 
 
 class ProgressLines:

@@ -94,9 +94,10 @@ class Scan:
 
     def add_id(self, value: object) -> None:
         """Note one raw id (jsonl), to choose the id column's type: int64 if all are ints."""
-        if value is not None and self._ids_all_int:
-            if type(value) is not int or not -(2**63) <= value < 2**63:
-                self._ids_all_int = False
+        if (value is not None and self._ids_all_int) and (
+            type(value) is not int or not -(2**63) <= value < 2**63
+        ):
+            self._ids_all_int = False
 
     def add(self, record: Record) -> None:
         """Count one record."""
@@ -408,7 +409,7 @@ class ParquetCorpus(Corpus):
             ids = batch.column(1).to_pylist() if self.id_key is not None else [None] * len(values)
             if skip:
                 values, ids = values[skip:], ids[skip:]
-            yield from zip(values, ids)
+            yield from zip(values, ids, strict=False)
             skip = 0
 
     @staticmethod

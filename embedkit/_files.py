@@ -328,7 +328,9 @@ class _Run:
             started_with = resume.on_bad
             resume.on_bad = job.on_bad if started_with == "fail" else started_with
             sink = self.sink = await anyio.to_thread.run_sync(
-                functools.partial(self.open_sink, scan, dim, dataclasses.replace(resume, on_bad=started_with))
+                functools.partial(
+                    self.open_sink, scan, dim, dataclasses.replace(resume, on_bad=started_with)
+                )
             )
         else:
             dim = self.embedder.dimension or 0
@@ -421,7 +423,9 @@ class _Run:
                     if done.refused:
                         self._refused(block, done.refused)
                     rows, ok = self._rows(block, done.matrix, dim, done.refused)
-                    await anyio.to_thread.run_sync(self.sink.write, block.start, rows, ok, block.ids)
+                    await anyio.to_thread.run_sync(
+                        self.sink.write, block.start, rows, ok, block.ids
+                    )
                     bad_here += 0 if ok is None else int(ok.size - np.count_nonzero(ok))
                     if report is not None:
                         now = time.monotonic()
@@ -496,7 +500,8 @@ class _Run:
         self.state.save(self.sink.state_path)
 
     def _finish(self) -> None:
-        assert self.sink is not None and self.state is not None
+        assert self.sink is not None
+        assert self.state is not None
         self._commit()
         self.sink.finish()
         self.state.complete = True
@@ -521,7 +526,7 @@ def _progress(
     else:
         owned = False
     if hasattr(progress, "update") and hasattr(progress, "refresh"):  # a tqdm bar
-        bar = progress
+        bar: Any = progress
         if not owned:
             bar.reset(total=total)
             bar.update(initial)
@@ -548,7 +553,8 @@ def _progress(
 
         return call
     raise TypeError(
-        f"progress must be True, False, None, a tqdm bar or a callable, not {type(progress).__name__}"
+        "progress must be True, False, None, a tqdm bar or a callable, "
+        f"not {type(progress).__name__}"
     )
 
 
@@ -574,7 +580,9 @@ def _job(
     out = Path(output)
     suffix = out.suffix.lower()
     if suffix not in (".npy", ".parquet"):
-        raise ValueError(f"{out}: the output must end in .npy or .parquet, not {suffix or 'nothing'!r}")
+        raise ValueError(
+            f"{out}: the output must end in .npy or .parquet, not {suffix or 'nothing'!r}"
+        )
     kind: Literal["npy", "parquet"] = "npy" if suffix == ".npy" else "parquet"
     if on_bad not in ("fail", "skip"):
         raise ValueError(f"on_bad must be 'fail' or 'skip', not {on_bad!r}")

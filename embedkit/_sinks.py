@@ -113,7 +113,8 @@ class NpySink(Sink):
                 self.mask.write(first, np.ones(stop - first, dtype=np.bool_))
 
     def write(self, start: int, rows: Matrix, ok: Flags | None, ids: list[Any] | None) -> None:
-        assert self.data is not None and start == self.done
+        assert self.data is not None
+        assert start == self.done
         self.data.write(start, rows)
         if self.mask is not None:
             self.mask.write(start, ok if ok is not None else np.ones(len(rows), dtype=np.bool_))
@@ -177,7 +178,9 @@ def _arrow() -> tuple[Any, Any]:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as exc:
-        raise CorpusError("writing .parquet needs pyarrow: pip install 'embedkit[parquet]'") from exc
+        raise CorpusError(
+            "writing .parquet needs pyarrow: pip install 'embedkit[parquet]'"
+        ) from exc
     return pa, pq
 
 
@@ -243,11 +246,9 @@ class ParquetSink(Sink):
                 f"{parts.name} is missing; start over"
             )
         keep = -(-resume.committed // self.group)
-        for path in parts.iterdir():  # parts written after the last commit: redone
-            name = path.name
-            if not (name.startswith("part-") and name.endswith(".parquet")):
-                path.unlink()
-            elif int(name[5:-8]) >= keep:
+        wanted = {self.paths.part(index).name for index in range(keep)}
+        for path in parts.iterdir():  # parts written after the last commit are redone
+            if path.name not in wanted:
                 path.unlink()
         for index in range(keep):
             if not self.paths.part(index).exists():
@@ -258,9 +259,7 @@ class ParquetSink(Sink):
         if self.numbered or ids is None:
             return pa.array(np.arange(start, start + n, dtype=np.int64))
         if self.strings:
-            ids = [
-                v if v is None or isinstance(v, str) else orjson.dumps(v).decode() for v in ids
-            ]
+            ids = [v if v is None or isinstance(v, str) else orjson.dumps(v).decode() for v in ids]
         return pa.array(ids, type=self.id_type)
 
     def write(self, start: int, rows: Matrix, ok: Flags | None, ids: list[Any] | None) -> None:

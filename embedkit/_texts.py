@@ -43,7 +43,9 @@ def check_text(text: Any, name: str = "text") -> str:
     return text if type(text) is str else str(text)
 
 
-def first_bad(texts: list[Any], start: int = 0, name: str = "texts") -> tuple[int, Exception] | None:
+def first_bad(
+    texts: list[Any], start: int = 0, name: str = "texts"
+) -> tuple[int, Exception] | None:
     """The position of the first text `check_text` refuses in `texts`, and its error.
 
     The error names the text as `name[start + position]`.
