@@ -14,8 +14,8 @@ import pytest
 from embedkit import AsyncEmbedder, BackendInfo, Embedder, InputError
 from embedkit._bulk import embed_each, plan
 from embedkit._cli import ProgressLines, _Console
-from embedkit._files import FileProgress
 from embedkit._decode import Matrix
+from embedkit._files import FileProgress
 
 from .fakes import DIM, vectors_for
 

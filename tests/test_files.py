@@ -150,7 +150,7 @@ def test_bad_records_skip_null_embeddings_in_parquet_with_ids_aligned(tmp_path: 
 def test_refused_by_the_server_in_parquet(tmp_path: Path) -> None:
     corpus = write(tmp_path / "c.txt", TEXTS[:600])
     backend = FakeBackend(refuse=frozenset({TEXTS[450]}))
-    with pytest.raises(CorpusError, match="record 450 .*refused by the server"):
+    with pytest.raises(CorpusError, match=r"record 450 .*refused by the server"):
         embedkit.embed_file(
             corpus,
             tmp_path / "o.parquet",
@@ -195,7 +195,7 @@ def test_a_changed_input_or_option_is_refused_on_resume(tmp_path: Path) -> None:
             corpus, out, id_field="key", resume=True, normalize=False, backend=FakeBackend()
         )
     write(corpus, TEXTS[:101])
-    with pytest.raises(CorpusError, match="different input.*overwrite=True"):
+    with pytest.raises(CorpusError, match=r"different input.*overwrite=True"):
         embedkit.embed_file(corpus, out, id_field="key", resume=True, backend=FakeBackend())
     assert (
         embedkit.embed_file(corpus, out, id_field="key", overwrite=True, backend=FakeBackend()).rows
@@ -205,9 +205,9 @@ def test_a_changed_input_or_option_is_refused_on_resume(tmp_path: Path) -> None:
 
 def test_options_are_checked_before_anything_is_read(tmp_path: Path) -> None:
     corpus = write(tmp_path / "c.txt", ["one"])
-    with pytest.raises(ValueError, match="must end in .npy or .parquet"):
+    with pytest.raises(ValueError, match=r"must end in .npy or .parquet"):
         embedkit.embed_file(corpus, tmp_path / "o.csv", backend=FakeBackend())
-    with pytest.raises(ValueError, match="write a .parquet to keep the ids"):
+    with pytest.raises(ValueError, match=r"write a .parquet to keep the ids"):
         embedkit.embed_file(
             write(tmp_path / "c.csv", ["one"]),
             tmp_path / "o.npy",
@@ -218,9 +218,8 @@ def test_options_are_checked_before_anything_is_read(tmp_path: Path) -> None:
         embedkit.embed_file(corpus, tmp_path / "o.parquet", id_field="key", backend=FakeBackend())
     with pytest.raises(ValueError, match="on_bad"):
         embedkit.embed_file(corpus, tmp_path / "o.npy", on_bad="drop", backend=FakeBackend())  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="not both"):
-        with Embedder(backend=FakeBackend()) as emb:
-            embedkit.embed_file(corpus, tmp_path / "o.npy", embedder=emb, max_concurrency=2)
+    with pytest.raises(TypeError, match="not both"), Embedder(backend=FakeBackend()) as emb:
+        embedkit.embed_file(corpus, tmp_path / "o.npy", embedder=emb, max_concurrency=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.csv", "c.txt"]
 
 
@@ -262,7 +261,7 @@ async def test_aembed_file_with_an_open_async_embedder(tmp_path: Path) -> None:
 
 
 def test_kill_9_again_and_again_then_resume_gives_the_same_parquet(tmp_path: Path) -> None:
-    texts: list[str | None] = [t for t in TEXTS[:2_000]] + [f"tail {i}" for i in range(4_000)]
+    texts: list[str | None] = list(TEXTS[:2_000]) + [f"tail {i}" for i in range(4_000)]
     texts[17] = None
     (tmp_path / "c.jsonl").write_text(
         "".join(
@@ -334,7 +333,7 @@ async def test_a_lone_surrogate_is_refused_everywhere_before_anything_is_sent() 
 
 @pytest.mark.parametrize("timeout", [0, -1.0, httpx.Timeout(5.0, read=0)])
 def test_a_zero_or_negative_timeout_is_refused_at_construction(timeout: Any) -> None:
-    with pytest.raises(ValueError, match="timeout.* must be a positive number"):
+    with pytest.raises(ValueError, match=r"timeout.* must be a positive number"):
         AsyncEmbedder("m", api="tei", url="http://127.0.0.1:1", timeout=timeout)
     with pytest.raises(ValueError, match="timeout"):
         Embedder("m", api="tei", url="http://127.0.0.1:1", timeout=timeout)
