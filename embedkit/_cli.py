@@ -13,9 +13,7 @@ import functools
 import importlib
 import importlib.util
 import logging
-import math
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,16 +24,51 @@ from ._corpus import FORMATS, CorpusError, ResumeState
 
 __all__ = ["main"]
 
-logger = logging.getLogger("embedkit")
-
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-_SHOWN_BAD = 20
 
 
 # ------------------------------------------------------------------------------ parser
+
+
+_HELP = {
+    "input": "a file, or - to read stdin",
+    "--output": "the file to write: .npy (vectors only) or .parquet (ids and vectors)",
+    "--api": "where embeddings come from (default: local, the packaged all-MiniLM-L6-v2)",
+    "--url": "server URL (tei: the root; hf, openai: optional)",
+    "--model": "model id (or a folder, for --api local)",
+    "--field": "the JSON field that holds the text (jsonl; default text)",
+    "--column": "the column that holds the text (csv, tsv, parquet)",
+    "--id-field": "the field (jsonl) or column (csv, tsv, parquet) holding each record's id, "
+    "written as the id column of a .parquet (default: the record number, as 'id')",
+    "--format": "the input format (default: from the file name)",
+    "--batch-size": "texts per request at most (default 32)",
+    "--concurrency": "requests in flight at most (default 8)",
+    "--rps": "requests per second at most",
+    "--cache-size": "remember the last N vectors, so repeats further apart than a block are "
+    "not sent again (default 0; repeats within a block are always sent once)",
+    "--resume": "continue an interrupted run of the same command",
+    "--force": "start over, replacing OUT and its state",
+    "--on-bad": "a bad record (empty, missing field, not a string, refused by the server): "
+    "fail the run (default) or write a zero row and mark it False in OUT.mask.npy (a null "
+    "embedding in a .parquet)",
+    "--normalize": "unit vectors",
+    "--no-normalize": "raw vectors",
+    "--prompt-name": "a prompt the model defines (hf, tei, local)",
+    "--dimensions": "Matryoshka output size",
+    "--truncate": "let the server cut long texts",
+    "--no-sort": "send texts in input order (default: sort each block by length, so requests "
+    "hold texts of similar length; rows are always in input order)",
+    "--block-size": "records per block (default 1024)",
+    "--row-group-size": "rows per Parquet row group, the unit a .parquet run resumes from "
+    "(default 8192)",
+    "--commit-interval": "fsync and record progress this often (default 2; 0: after every block)",
+    "--progress-interval": "when stderr is not a terminal, log progress this often (default 10)",
+    "--quiet": "print only errors",
+    "--verbose": "log retries and requests",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,104 +91,40 @@ def build_parser() -> argparse.ArgumentParser:
             "environment only: HF_TOKEN for hf and tei, OPENAI_API_KEY for openai."
         ),
     )
-    embed.add_argument("input", metavar="INPUT", help="a file, or - to read stdin")
-    embed.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        metavar="OUT.npy|OUT.parquet",
-        help="the file to write: .npy (vectors only) or .parquet (ids and vectors)",
-    )
-    embed.add_argument(
-        "--api",
-        choices=["hf", "tei", "openai", "local"],
-        default="local",
-        help="where embeddings come from (default: local, the packaged all-MiniLM-L6-v2)",
-    )
-    embed.add_argument("--url", help="server URL (tei: the root; hf, openai: optional)")
-    embed.add_argument("--model", help="model id (or a folder, for --api local)")
+
+    def add(group: Any, *flags: str, **options: Any) -> None:
+        group.add_argument(*flags, help=_HELP[flags[-1]], **options)
+
+    add(embed, "input", metavar="INPUT")
+    add(embed, "-o", "--output", required=True, metavar="OUT.npy|OUT.parquet")
+    add(embed, "--api", choices=["hf", "tei", "openai", "local"], default="local")
+    add(embed, "--url")
+    add(embed, "--model")
     key = embed.add_mutually_exclusive_group()
-    key.add_argument("--field", help="the JSON field that holds the text (jsonl; default text)")
-    key.add_argument("--column", help="the column that holds the text (csv, tsv, parquet)")
-    embed.add_argument(
-        "--id-field",
-        metavar="NAME",
-        help="the field (jsonl) or column (csv, tsv, parquet) holding each record's id, "
-        "written as the id column of a .parquet (default: the record number, as 'id')",
-    )
-    embed.add_argument(
-        "--format", choices=FORMATS, help="the input format (default: from the file name)"
-    )
-    embed.add_argument("--batch-size", type=int, help="texts per request at most (default 32)")
-    embed.add_argument("--concurrency", type=int, help="requests in flight at most (default 8)")
-    embed.add_argument("--rps", type=float, help="requests per second at most")
-    embed.add_argument(
-        "--cache-size",
-        type=int,
-        default=0,
-        metavar="N",
-        help="remember the last N vectors, so repeats further apart than a block are not "
-        "sent again (default 0; repeats within a block are always sent once)",
-    )
-    embed.add_argument(
-        "--resume", action="store_true", help="continue an interrupted run of the same command"
-    )
-    embed.add_argument(
-        "--force", action="store_true", help="start over, replacing OUT and its state"
-    )
-    embed.add_argument(
-        "--on-bad",
-        choices=["fail", "skip"],
-        default="fail",
-        help="a bad record (empty, missing field, not a string, refused by the server): fail "
-        "the run (default) or write a zero row and mark it False in OUT.mask.npy (a null "
-        "embedding in a .parquet)",
-    )
+    add(key, "--field")
+    add(key, "--column")
+    add(embed, "--id-field", metavar="NAME")
+    add(embed, "--format", choices=FORMATS)
+    add(embed, "--batch-size", type=int)
+    add(embed, "--concurrency", type=int)
+    add(embed, "--rps", type=float)
+    add(embed, "--cache-size", type=int, default=0, metavar="N")
+    add(embed, "--resume", action="store_true")
+    add(embed, "--force", action="store_true")
+    add(embed, "--on-bad", choices=["fail", "skip"], default="fail")
     normalize = embed.add_mutually_exclusive_group()
-    normalize.add_argument(
-        "--normalize", dest="normalize", action="store_true", default=None, help="unit vectors"
-    )
-    normalize.add_argument(
-        "--no-normalize", dest="normalize", action="store_false", help="raw vectors"
-    )
-    embed.add_argument("--prompt-name", help="a prompt the model defines (hf, tei, local)")
-    embed.add_argument("--dimensions", type=int, help="Matryoshka output size")
-    embed.add_argument(
-        "--truncate", action="store_true", default=None, help="let the server cut long texts"
-    )
-    embed.add_argument(
-        "--no-sort",
-        dest="sort",
-        action="store_false",
-        help="send texts in input order (default: sort each block by length, so requests "
-        "hold texts of similar length; rows are always in input order)",
-    )
-    embed.add_argument(
-        "--block-size", type=int, default=1024, help="records per block (default 1024)"
-    )
-    embed.add_argument(
-        "--row-group-size",
-        type=int,
-        default=8192,
-        metavar="ROWS",
-        help="rows per Parquet row group, the unit a .parquet run resumes from (default 8192)",
-    )
-    embed.add_argument(
-        "--commit-interval",
-        type=float,
-        default=2.0,
-        metavar="SECONDS",
-        help="fsync and record progress this often (default 2; 0: after every block)",
-    )
-    embed.add_argument(
-        "--progress-interval",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="when stderr is not a terminal, log progress this often (default 10)",
-    )
-    embed.add_argument("-q", "--quiet", action="store_true", help="print only errors")
-    embed.add_argument("-v", "--verbose", action="store_true", help="log retries and requests")
+    add(normalize, "--normalize", dest="normalize", action="store_true", default=None)
+    add(normalize, "--no-normalize", dest="normalize", action="store_false")
+    add(embed, "--prompt-name")
+    add(embed, "--dimensions", type=int)
+    add(embed, "--truncate", action="store_true", default=None)
+    add(embed, "--no-sort", dest="sort", action="store_false")
+    add(embed, "--block-size", type=int, default=1024)
+    add(embed, "--row-group-size", type=int, default=8192, metavar="ROWS")
+    add(embed, "--commit-interval", type=float, default=2.0, metavar="SECONDS")
+    add(embed, "--progress-interval", type=float, default=10.0, metavar="SECONDS")
+    add(embed, "-q", "--quiet", action="store_true")
+    add(embed, "-v", "--verbose", action="store_true")
 
     commands.add_parser(
         "serve",
@@ -224,11 +193,11 @@ def _bench(rest: list[str]) -> int:
 # ------------------------------------------------------------------------------ embed
 
 
-class _Console:
-    """Messages on stderr, prefixed, that do not tear the progress bar."""
+class _Console(logging.Handler):
+    """Messages (and log records) on stderr, prefixed, that do not tear the progress bar."""
 
-    def __init__(self, *, quiet: bool, stream: TextIO | None = None) -> None:
-        self.quiet = quiet
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__()
         self.stream = stream if stream is not None else sys.stderr
         self.progress: Any = None
 
@@ -237,84 +206,36 @@ class _Console:
             self.progress.clear()
         print(f"embedkit: {message}", file=self.stream, flush=True)
 
-
-class _ConsoleHandler(logging.Handler):
-    def __init__(self, console: _Console) -> None:
-        super().__init__()
-        self.console = console
-
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):
-            self.console.error(self.format(record))
+            self.error(self.format(record))
 
 
 @contextlib.contextmanager
 def _logging_to(console: _Console, level: int, run_level: int) -> Iterator[None]:
     """Send the "embedkit" logs (at `level`) and the run's own ("embedkit.files") to stderr."""
-    handler = _ConsoleHandler(console)
+    handler = console
     handler.setLevel(min(level, run_level))
-    loggers = [
-        (logging.getLogger("embedkit"), level),
-        (logging.getLogger("embedkit.files"), run_level),
-    ]
-    previous = [(log, log.level, log.propagate) for log, _ in loggers]
-    loggers[0][0].addHandler(handler)
-    for log, wanted in loggers:
-        log.setLevel(wanted)
-    loggers[0][0].propagate = False
+    root, run = logging.getLogger("embedkit"), logging.getLogger("embedkit.files")
+    previous = (root.level, root.propagate, run.level)
+    root.addHandler(handler)
+    root.setLevel(level)
+    run.setLevel(run_level)
+    root.propagate = False
     try:
         yield
     finally:
-        loggers[0][0].removeHandler(handler)
-        for log, old_level, old_propagate in previous:
-            log.setLevel(old_level)
-            log.propagate = old_propagate
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "--:--"
-    hours, rest = divmod(int(seconds), 3600)
-    return (
-        f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
-        if hours
-        else f"{rest // 60:02d}:{rest % 60:02d}"
-    )
-
-
-class ProgressLines:
-    """Progress as a plain line every `interval` s, for logs (stderr is not a terminal).
-
-    `embedkit: 1,000/3,000 (33.3%) · 950 texts/s · ETA 00:02 · retries 0`
-    """
-
-    def __init__(self, console: _Console, interval: float) -> None:
-        self.console = console
-        self.interval = interval
-        self.last = -math.inf
-
-    @staticmethod
-    def line(update: Any) -> str:
-        rate = update.rate
-        eta = (update.total - update.done) / rate if rate > 0 else None
-        pct = 100.0 * update.done / update.total if update.total else 100.0
-        return (
-            f"{update.done:,}/{update.total:,} ({pct:.1f}%) · {rate:,.0f} texts/s · "
-            f"ETA {_clock(eta)} · retries {update.retries}"
-        )
-
-    def __call__(self, update: Any) -> None:
-        now = time.monotonic()
-        if now - self.last >= self.interval:
-            self.last = now
-            self.console.error(self.line(update))
+        root.removeHandler(handler)
+        root.setLevel(previous[0])
+        root.propagate = previous[1]
+        run.setLevel(previous[2])
 
 
 def _embed(args: argparse.Namespace) -> int:
     from ._errors import EmbedkitError
-    from ._files import Words, run_file
+    from ._files import ProgressLines, Words, run_file
 
-    console = _Console(quiet=args.quiet)
+    console = _Console()
     level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
     for name in ("batch_size", "concurrency", "block_size", "dimensions", "row_group_size"):
         value = getattr(args, name)
@@ -331,17 +252,10 @@ def _embed(args: argparse.Namespace) -> int:
         console.error("--url is for --api hf, tei or openai; --api local runs the model here")
         return EXIT_USAGE
     options: dict[str, Any] = {"model": args.model, "api": args.api, "url": args.url}
-    optional = {
-        "normalize": args.normalize,
-        "prompt_name": args.prompt_name,
-        "dimensions": args.dimensions,
-        "truncate": args.truncate,
-        "max_batch_size": args.batch_size,
-        "max_concurrency": args.concurrency,
-        "requests_per_second": args.rps,
-        "cache_size": args.cache_size or None,
-    }
-    options.update({k: v for k, v in optional.items() if v is not None})
+    names = {"batch_size": "max_batch_size", "concurrency": "max_concurrency"}
+    names.update(rps="requests_per_second", cache_size="cache_size")
+    names.update({name: name for name in ("normalize", "prompt_name", "dimensions", "truncate")})
+    options.update({names[k]: getattr(args, k) for k in names if getattr(args, k) is not None})
     progress: Any = None
     if not args.quiet:
         if console.stream.isatty():
@@ -349,7 +263,7 @@ def _embed(args: argparse.Namespace) -> int:
 
             progress = console.progress = progress_bar(0, file=console.stream, mininterval=0.1)
         else:
-            progress = ProgressLines(console, args.progress_interval)
+            progress = ProgressLines(console.error, args.progress_interval)
     words = Words(
         resume="--resume",
         force="--force",
@@ -402,5 +316,7 @@ def _embed(args: argparse.Namespace) -> int:
         console.error(f"interrupted: {saved:,} rows are saved; --resume continues from there")
         return EXIT_INTERRUPTED
     finally:
-        console.progress = None
+        if console.progress is not None:
+            console.progress.close()
+            console.progress = None
     return EXIT_OK

@@ -13,9 +13,9 @@ import pytest
 
 from embedkit import AsyncEmbedder, BackendInfo, Embedder, InputError
 from embedkit._bulk import embed_each, plan
-from embedkit._cli import ProgressLines, _Console
+from embedkit._cli import _Console
 from embedkit._decode import Matrix
-from embedkit._files import FileProgress
+from embedkit._files import FileProgress, ProgressLines
 
 from .fakes import DIM, vectors_for
 
@@ -310,10 +310,10 @@ def test_blocking_encode_and_its_progress_bar(capsys: pytest.CaptureFixture[str]
 
 def test_progress_lines_for_logs_show_count_rate_eta_and_retries() -> None:
     log = io.StringIO()
-    lines = ProgressLines(_Console(quiet=False, stream=log), interval=0.0)
+    lines = ProgressLines(_Console(stream=log).error, interval=0.0)
     lines(FileProgress(done=7, total=10, bad=0, seconds=1.5, initial=4, retries=3))
     assert log.getvalue() == "embedkit: 7/10 (70.0%) · 2 texts/s · ETA 00:01 · retries 3\n"
-    quiet = ProgressLines(_Console(quiet=False, stream=log), interval=3600.0)
+    quiet = ProgressLines(_Console(stream=log).error, interval=3600.0)
     quiet(FileProgress(done=8, total=10, bad=0, seconds=2.0, initial=4, retries=3))
     quiet(FileProgress(done=9, total=10, bad=0, seconds=2.5, initial=4, retries=3))
     assert log.getvalue().count("\n") == 2  # the first update, then nothing for an hour
