@@ -19,10 +19,7 @@ def problem(text: object) -> tuple[type[Exception], str] | None:
     if not isinstance(text, str):
         return TypeError, f"is {type(text).__name__}, expected str"
     if not text:
-        return ValueError, (
-            "is an empty string; embedding servers reject empty inputs "
-            "(TEI answers 400, OpenAI 400), so embedkit refuses them before sending"
-        )
+        return ValueError, "is an empty string; embedding servers reject empty inputs"
     if not text.isascii():
         try:
             text.encode("utf-8")
