@@ -63,7 +63,7 @@ _HELP = {
     "hold texts of similar length; rows are always in input order)",
     "--block-size": "records per block (default 1024)",
     "--row-group-size": "rows per Parquet row group, the unit a .parquet run resumes from "
-    "(default 8192)",
+    "(default: about 4 MiB of vectors, 2048 rows at 384 dimensions)",
     "--commit-interval": "fsync and record progress this often (default 2; 0: after every block)",
     "--progress-interval": "when stderr is not a terminal, log progress this often (default 10)",
     "--quiet": "print only errors",
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(embed, "--truncate", action="store_true", default=None)
     add(embed, "--no-sort", dest="sort", action="store_false")
     add(embed, "--block-size", type=int, default=1024)
-    add(embed, "--row-group-size", type=int, default=8192, metavar="ROWS")
+    add(embed, "--row-group-size", type=int, metavar="ROWS")
     add(embed, "--commit-interval", type=float, default=2.0, metavar="SECONDS")
     add(embed, "--progress-interval", type=float, default=10.0, metavar="SECONDS")
     add(embed, "-q", "--quiet", action="store_true")

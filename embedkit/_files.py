@@ -45,7 +45,7 @@ from ._client import AsyncEmbedder, Embedder, identity
 from ._corpus import Bad, Corpus, CorpusError, ResumeState, Scan, guess_format, open_corpus, spool
 from ._decode import Matrix
 from ._errors import EmbedkitError
-from ._sinks import DEFAULT_ROW_GROUP_SIZE, NpySink, ParquetSink, Sink
+from ._sinks import NpySink, ParquetSink, Sink
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -195,7 +195,7 @@ class _Job:
     block_size: int
     commit_interval: float
     sort_by_length: bool
-    row_group_size: int
+    row_group_size: int | None
     progress: ProgressArg
     words: Words
 
@@ -620,7 +620,7 @@ def _job(
     block_size: int,
     commit_interval: float,
     sort_by_length: bool,
-    row_group_size: int,
+    row_group_size: int | None,
     progress: ProgressArg,
     words: Words,
     spooled: list[Path],
@@ -636,7 +636,7 @@ def _job(
         raise ValueError(f"on_bad must be 'fail' or 'skip', not {on_bad!r}")
     if block_size < 1:
         raise ValueError("block_size must be at least 1")
-    if row_group_size < 1:
+    if row_group_size is not None and row_group_size < 1:
         raise ValueError("row_group_size must be at least 1")
     if not commit_interval >= 0:
         raise ValueError("commit_interval must be at least 0 seconds")
@@ -717,7 +717,7 @@ async def aembed_file(
     block_size: int = 1024,
     commit_interval: float = 2.0,
     sort_by_length: bool = True,
-    row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+    row_group_size: int | None = None,
     embedder: AsyncEmbedder | None = None,
     **options: Unpack[EmbedderOptions],
 ) -> FileResult:
@@ -757,7 +757,7 @@ def embed_file(
     block_size: int = 1024,
     commit_interval: float = 2.0,
     sort_by_length: bool = True,
-    row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+    row_group_size: int | None = None,
     embedder: Embedder | None = None,
     **options: Unpack[EmbedderOptions],
 ) -> FileResult:
@@ -788,7 +788,8 @@ def embed_file(
         commit_interval: seconds between commits (fsync + state); 0 commits every block.
             Parquet commits at row-group boundaries.
         sort_by_length: group texts of similar length into requests (rows stay in order).
-        row_group_size: rows per Parquet row group (and per resumable part).
+        row_group_size: rows per Parquet row group (and per resumable part); default about
+            4 MiB of vectors (2048 rows at 384 dimensions).
         embedder: an open `Embedder` to use (else one is made from `options` and closed).
         **options: any `AsyncEmbedder` argument (`api=`, `url=`, `model=`, `max_concurrency=`...).
 

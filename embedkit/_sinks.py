@@ -33,12 +33,34 @@ import orjson
 from ._corpus import CorpusError, NpyWriter, OutputPaths, ResumeState, fsync_dir
 from ._decode import Matrix
 
-__all__ = ["DEFAULT_ROW_GROUP_SIZE", "NpySink", "ParquetPaths", "ParquetSink", "Sink"]
+__all__ = [
+    "ROW_GROUP_BYTES",
+    "NpySink",
+    "ParquetPaths",
+    "ParquetSink",
+    "Sink",
+    "group_rows",
+]
 
-#: Rows per Parquet row group (and per part file while the run goes): ~12 MiB at dim 384.
-DEFAULT_ROW_GROUP_SIZE = 8192
+#: Bytes of vectors per Parquet row group when `row_group_size` is not given (see `group_rows`).
+ROW_GROUP_BYTES = 4 << 20
+
+
+def group_rows(dim: int) -> int:
+    """The default rows per row group: a power of two near 4 MiB of float32 vectors.
+
+    2048 rows at 384 dimensions, 512 at 1536. Writing a group costs a few times its size in
+    memory (Parquet's repetition levels, pages), so groups stay small; readers do not mind.
+    """
+    rows = ROW_GROUP_BYTES // (4 * max(dim, 1))
+    return int(min(65536, max(256, 1 << max(rows, 1).bit_length() - 1)))
+
 
 Flags = npt.NDArray[np.bool_]
+
+# Float vectors do not repeat and hardly compress: a dictionary or snappy costs memory and time
+# for nothing, and plain pages keep the file quick to scan.
+_WRITE: dict[str, Any] = {"use_dictionary": False, "compression": "none"}
 
 
 class Sink:
@@ -203,7 +225,7 @@ class ParquetSink(Sink):
         *,
         id_name: str,
         id_type: Any,
-        row_group_size: int,
+        row_group_size: int | None,
         resume: ResumeState | None,
     ) -> None:
         self.pa, self.pq = _arrow()
@@ -212,7 +234,7 @@ class ParquetSink(Sink):
         self.output = out
         self.state_path = self.paths.state
         self.rows, self.dim = rows, dim
-        self.group = row_group_size
+        self.group = row_group_size or group_rows(dim)
         self.id_name = id_name
         self.numbered = id_type is None  # ids are the record numbers
         self.strings = id_type == "string"
@@ -317,7 +339,9 @@ class ParquetSink(Sink):
         index = start // self.group
         final = self.paths.part(index)
         tmp = final.with_name(final.name + ".tmp")
-        pq.write_table(table, tmp, row_group_size=self.group)
+        pq.write_table(table, tmp, row_group_size=self.group, **_WRITE)
+        del table, embedding, values
+        pa.default_memory_pool().release_unused()
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -339,9 +363,12 @@ class ParquetSink(Sink):
             return  # assembled and cleaned up by an earlier run
         self.sync()
         parts = -(-self.rows // self.group) if self.rows else 0
-        with self.pq.ParquetWriter(paths.partial, self.schema) as writer:
+        with self.pq.ParquetWriter(paths.partial, self.schema, **_WRITE) as writer:
             for index in range(parts):
-                writer.write_table(self.pq.read_table(paths.part(index)), row_group_size=self.group)
+                part = self.pq.ParquetFile(paths.part(index), memory_map=False, pre_buffer=False)
+                writer.write_table(part.read_row_group(0, use_threads=False), self.group)
+                del part
+                self.pa.default_memory_pool().release_unused()
         with open(paths.partial, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(paths.partial, paths.data)
