@@ -26,11 +26,11 @@ from ._errors import ResponseError as ResponseError
 from ._errors import ServerError as ServerError
 from ._errors import StatusError as StatusError
 from ._errors import TransportError as TransportError
-from ._files import FileProgress as FileProgress
 from ._files import FileResult as FileResult
 from ._files import aembed_file as aembed_file
 from ._files import embed_file as embed_file
 from ._http import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
+from ._progress import FileProgress as FileProgress
 from ._retry import DEFAULT_RETRY as DEFAULT_RETRY
 from ._retry import RetryPolicy as RetryPolicy
 from ._scheduler import SchedulerStats as SchedulerStats

@@ -451,6 +451,8 @@ async def encode(
     # As sentence-transformers does: the whole input sorted by length, then put back.
     sent, gather = plan(texts, sort_by_length=True, dedup=True)
     depth = default_depth(batch_size, max_concurrency, scheduler.max_batch_size)
+    from ._progress import progress_bar
+
     bar = progress_bar(len(sent)) if show_progress_bar and len(texts) > 1 else None
     out: Matrix | None = None
     source = IterSource(sent, block_size=batch_size)
@@ -478,21 +480,3 @@ async def encode(
         row: Matrix = result[0]
         return row
     return result
-
-
-# ----------------------------------------------------------------------------- progress
-
-
-def progress_bar(total: int, *, initial: int = 0, **options: Any) -> Any:
-    """A tqdm bar for `total` texts on stderr (tqdm: the bar the ML ecosystem already uses)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        unit="text",
-        unit_scale=False,
-        desc="embedkit",
-        dynamic_ncols=True,
-        **options,
-    )

@@ -233,7 +233,8 @@ def _logging_to(console: _Console, level: int, run_level: int) -> Iterator[None]
 
 def _embed(args: argparse.Namespace) -> int:
     from ._errors import EmbedkitError
-    from ._files import ProgressLines, Words, run_file
+    from ._files import Words, run_file
+    from ._progress import ProgressLines
 
     console = _Console()
     level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
@@ -259,7 +260,7 @@ def _embed(args: argparse.Namespace) -> int:
     progress: Any = None
     if not args.quiet:
         if console.stream.isatty():
-            from ._bulk import progress_bar
+            from ._progress import progress_bar
 
             progress = console.progress = progress_bar(0, file=console.stream, mininterval=0.1)
         else:

@@ -27,11 +27,9 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
@@ -40,11 +38,12 @@ import anyio.from_thread
 import anyio.to_thread
 import numpy as np
 
-from ._bulk import default_depth, progress_bar, stream
+from ._bulk import default_depth, stream
 from ._client import AsyncEmbedder, Embedder, identity
 from ._corpus import Bad, Corpus, CorpusError, ResumeState, Scan, guess_format, open_corpus, spool
 from ._decode import Matrix
 from ._errors import EmbedkitError
+from ._progress import FileProgress, ProgressArg, reporter
 from ._sinks import NpySink, ParquetSink, Sink
 
 if TYPE_CHECKING:
@@ -53,9 +52,7 @@ if TYPE_CHECKING:
     from ._client import EmbedderOptions
 
 __all__ = [
-    "FileProgress",
     "FileResult",
-    "ProgressLines",
     "Words",
     "aembed_file",
     "embed_file",
@@ -91,74 +88,6 @@ class FileResult:
     embedded: int
     resumed_from: int
     mask: Path | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class FileProgress:
-    """What a progress callback receives after every block.
-
-    Attributes:
-        done: rows written so far (including those of an earlier, interrupted run).
-        total: rows in all.
-        bad: bad rows among `done` written by this call.
-        seconds: since this call started streaming.
-        initial: rows already done when this call started.
-        retries: retries so far (all causes).
-    """
-
-    done: int
-    total: int
-    bad: int
-    seconds: float
-    initial: int
-    retries: int
-
-    @property
-    def rate(self) -> float:
-        """Rows per second in this call."""
-        return (self.done - self.initial) / self.seconds if self.seconds > 0 else 0.0
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "--:--"
-    hours, rest = divmod(int(seconds), 3600)
-    return (
-        f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
-        if hours
-        else f"{rest // 60:02d}:{rest % 60:02d}"
-    )
-
-
-class ProgressLines:
-    """Progress as a plain line every `interval` s, for logs (the CLI off a terminal).
-
-    `embedkit: 1,000/3,000 (33.3%) · 950 texts/s · ETA 00:02 · retries 0`
-    """
-
-    def __init__(self, write: Callable[[str], object], interval: float) -> None:
-        self.write = write
-        self.interval = interval
-        self.last = -math.inf
-
-    @staticmethod
-    def line(update: FileProgress) -> str:
-        rate = update.rate
-        eta = (update.total - update.done) / rate if rate > 0 else None
-        pct = 100.0 * update.done / update.total if update.total else 100.0
-        return (
-            f"{update.done:,}/{update.total:,} ({pct:.1f}%) · {rate:,.0f} texts/s · "
-            f"ETA {_clock(eta)} · retries {update.retries}"
-        )
-
-    def __call__(self, update: FileProgress) -> None:
-        now = time.monotonic()
-        if now - self.last >= self.interval:
-            self.last = now
-            self.write(self.line(update))
-
-
-ProgressArg = bool | Callable[[FileProgress], object] | Any | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,7 +380,7 @@ class _Run:
             f"embedding {_count(scan.records - first, 'record')} into {job.output} with "
             f"{embedder.describe()}" + (f", from record {first:,}" if first else "")
         )
-        report = _progress(job.progress, scan.records, first)
+        report = reporter(job.progress, scan.records, first)
         started = last_commit = time.monotonic()
         bad_here = 0
         source = _FileSource(job.corpus, first, job.block_size)
@@ -560,50 +489,6 @@ class _Run:
 
 def _state_path(job: _Job) -> Path:
     return job.output.with_name(job.output.name + ".state.json")
-
-
-def _progress(
-    progress: ProgressArg, total: int, initial: int
-) -> Callable[[FileProgress | None], None] | None:
-    """A function called with each update, then with None at the end."""
-    if progress is None or progress is False:
-        return None
-    if progress is True:
-        progress = progress_bar(total, initial=initial)
-        owned = True
-    else:
-        owned = False
-    if hasattr(progress, "update") and hasattr(progress, "refresh"):  # a tqdm bar
-        bar: Any = progress
-        if not owned:
-            bar.reset(total=total)
-            bar.update(initial)
-        seen = [initial]
-
-        def tick(update: FileProgress | None) -> None:
-            if update is None:
-                if owned:
-                    bar.close()
-                else:
-                    bar.refresh()
-                return
-            bar.set_postfix(retries=update.retries, refresh=False)
-            bar.update(update.done - seen[0])
-            seen[0] = update.done
-
-        return tick
-    if callable(progress):
-        callback = progress
-
-        def call(update: FileProgress | None) -> None:
-            if update is not None:
-                callback(update)
-
-        return call
-    raise TypeError(
-        "progress must be True, False, None, a tqdm bar or a callable, "
-        f"not {type(progress).__name__}"
-    )
 
 
 def _job(

@@ -15,7 +15,7 @@ from embedkit import AsyncEmbedder, BackendInfo, Embedder, InputError
 from embedkit._bulk import embed_each, plan
 from embedkit._cli import _Console
 from embedkit._decode import Matrix
-from embedkit._files import FileProgress, ProgressLines
+from embedkit._progress import FileProgress, ProgressLines
 
 from .fakes import DIM, vectors_for
 
