@@ -339,7 +339,11 @@ class _Run:
         finally:
             sink.close()
         result = self._result(self.state, started, resumed_from=first)
-        summary = f"wrote {job.output} ({self.state.rows:,} × {self.state.dim} float32)"
+        shape = f"{self.state.rows:,} × {self.state.dim} float32"
+        if job.kind == "parquet":
+            id_name = job.corpus.id_key or "id"
+            shape = f"{self.state.rows:,} rows: {id_name}, embedding float32[{self.state.dim}]"
+        summary = f"wrote {job.output} ({shape})"
         if result.embedded:
             summary += (
                 f" in {result.seconds:.1f} s, {result.embedded / max(result.seconds, 1e-9):,.0f}"

@@ -8,6 +8,7 @@ import inspect
 import io
 import json
 import signal
+import subprocess
 import typing
 from pathlib import Path
 from typing import Any
@@ -365,3 +366,62 @@ def test_embedder_and_embed_file_take_exactly_the_async_embedders_arguments() ->
         p for p in asynchronous if p[0] != "embedder"
     ]
     assert [p[0] for p in sync] == [p[0] for p in asynchronous]
+
+
+def test_progress_true_draws_a_tqdm_bar_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = write(tmp_path / "c.txt", TEXTS[:700])
+    embedkit.embed_file(corpus, tmp_path / "o.npy", progress=True, backend=FakeBackend())
+    err = capsys.readouterr().err
+    assert "embedkit: 100%" in err
+    assert "700/700" in err
+
+
+def test_ctrl_c_commits_what_is_written_and_resume_finishes_the_parquet(tmp_path: Path) -> None:
+    corpus = write(tmp_path / "c.txt", [f"line {i}" for i in range(6_000)])
+    state = tmp_path / "o.parquet.state.json"
+    with HashServer.running(dim=8) as server:
+        server.hold_after = 3_000  # then requests hang: the run waits for its Ctrl-C
+        args = [corpus, "-o", "o.parquet", "--api", "tei", "--url", server.url]
+        args += ["--row-group-size", "500", "--commit-interval", "0"]
+        process = spawn(args, cwd=tmp_path, stderr=subprocess.PIPE)
+        try:
+            wait_for_state(state, lambda s: s["committed"] >= 1_500, process)
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=30)
+        finally:
+            kill(process)
+        assert process.returncode == 130
+        saved = json.loads(state.read_bytes())["committed"]
+        assert f"interrupted: {saved:,} rows are saved" in err.decode()
+        assert saved % 500 == 0
+        server.resume()
+        result = embedkit.embed_file(
+            corpus,
+            tmp_path / "o.parquet",
+            resume=True,
+            row_group_size=500,
+            api="tei",
+            url=server.url,
+        )
+    assert result.resumed_from == saved
+    table = pq.read_table(tmp_path / "o.parquet")
+    assert table.column("id").to_pylist() == list(range(6_000))
+    rows = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+    assert np.array_equal(rows, vectors_for([f"line {i}" for i in range(6_000)], 8))
+
+
+@pytest.mark.asyncio
+async def test_the_scheduler_hands_out_tickets() -> None:
+    from embedkit._scheduler import Ticket
+
+    backend = FakeBackend()
+    async with AsyncEmbedder(backend=backend) as emb:
+        scheduler = emb._open_scheduler()
+        kept, dropped = scheduler.enqueue(["a", "b"]), scheduler.enqueue(["never sent"])
+        assert isinstance(kept, Ticket)
+        assert (len(kept), len(dropped)) == (2, 1)
+        dropped.discard()
+        assert np.array_equal(await kept.result(), vectors_for(["a", "b"]))
+    assert "never sent" not in backend.sent
