@@ -584,6 +584,8 @@ class NpyWriter:
     def write(self, row: int, block: npt.NDArray[Any]) -> None:
         """Write `block` (rows `row` to `row + len(block)`) in place."""
         block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.size == 0:
+            return  # nothing to write (zero rows, or rows of dimension 0)
         self._write_all(block.data.cast("B"), len(self.header) + row * self.row_bytes)
 
     def sync(self) -> None:

@@ -249,7 +249,7 @@ class ParquetSink(Sink):
         self.buffered = 0
         self.committed = resume.committed if resume else 0
         self.committed_bad = resume.bad if resume else 0
-        self.bad = self.committed_bad
+        self.bad = self._written_bad = self.committed_bad
         self.written = self.committed  # rows in part files (fsync of the folder pending)
         self.done = self.committed
         parts = self.paths.parts
@@ -355,7 +355,7 @@ class ParquetSink(Sink):
             return
         fsync_dir(self.paths.parts)
         self.committed = self.written
-        self.committed_bad = getattr(self, "_written_bad", self.committed_bad)
+        self.committed_bad = self._written_bad
 
     def finish(self) -> None:
         paths = self.paths

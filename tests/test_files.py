@@ -425,3 +425,21 @@ async def test_the_scheduler_hands_out_tickets() -> None:
         dropped.discard()
         assert np.array_equal(await kept.result(), vectors_for(["a", "b"]))
     assert "never sent" not in backend.sent
+
+
+@pytest.mark.parametrize("out", ["npy", "parquet"])
+def test_an_empty_input_and_an_input_with_no_good_record(tmp_path: Path, out: str) -> None:
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "bad.txt").write_text("\n\n\n")
+    empty = embedkit.embed_file(
+        tmp_path / "empty.txt", tmp_path / f"e.{out}", backend=FakeBackend()
+    )
+    assert (empty.rows, empty.bad) == (0, 0)
+    bad = embedkit.embed_file(
+        tmp_path / "bad.txt", tmp_path / f"b.{out}", on_bad="skip", backend=FakeBackend()
+    )
+    assert (bad.rows, bad.bad) == (3, 3)
+    if out == "parquet":
+        assert pq.read_table(bad.output).column("embedding").null_count == 3
+    else:
+        assert np.load(bad.mask).tolist() == [False] * 3
