@@ -443,3 +443,18 @@ def test_an_empty_input_and_an_input_with_no_good_record(tmp_path: Path, out: st
         assert pq.read_table(bad.output).column("embedding").null_count == 3
     else:
         assert np.load(bad.mask).tolist() == [False] * 3
+
+
+def test_aembed_file_runs_on_trio(tmp_path: Path) -> None:
+    import functools
+
+    import trio
+
+    corpus = write(tmp_path / "c.jsonl", TEXTS[:400])
+    run = functools.partial(
+        embedkit.aembed_file, corpus, tmp_path / "o.parquet", id_field="key", backend=FakeBackend()
+    )
+    result = trio.run(run)
+    ids, matrix, _ = read_parquet(result.output)
+    assert ids == [f"doc-{i}" for i in range(400)]
+    assert np.array_equal(matrix, vectors_for(TEXTS[:400]))
