@@ -111,7 +111,7 @@ class _Block:
 
 
 @dataclasses.dataclass
-class _Job:
+class _Settings:
     """Everything one run needs, checked."""
 
     corpus: Corpus
@@ -171,7 +171,7 @@ def _count(n: int, noun: str) -> str:
 
 
 class _Run:
-    def __init__(self, job: _Job, embedder: AsyncEmbedder) -> None:
+    def __init__(self, job: _Settings, embedder: AsyncEmbedder) -> None:
         self.job = job
         self.embedder = embedder
         self.sink: Sink | None = None
@@ -491,7 +491,7 @@ class _Run:
             self.sink.cleanup()
 
 
-def _state_path(job: _Job) -> Path:
+def _state_path(job: _Settings) -> Path:
     return job.output.with_name(job.output.name + ".state.json")
 
 
@@ -513,7 +513,7 @@ def _job(
     progress: ProgressArg,
     words: Words,
     spooled: list[Path],
-) -> _Job:
+) -> _Settings:
     out = Path(output)
     suffix = out.suffix.lower()
     if suffix not in (".npy", ".parquet"):
@@ -546,7 +546,7 @@ def _job(
         corpus = open_corpus(spooled[0], format=fmt, field=field, column=column, id_field=id_field)
         name = getattr(stream_in, "name", "<stream>")
         source = "stdin" if name in ("<stdin>", 0) else str(name)
-    return _Job(
+    return _Settings(
         corpus=corpus,
         source=source,
         output=out,
