@@ -307,6 +307,7 @@ def test_kill_9_again_and_again_then_resume_gives_the_same_parquet(tmp_path: Pat
         pq.read_table(tmp_path / "full.parquet"),
     )
     assert resumed.equals(full)  # row for row, and the same row groups
+    assert (tmp_path / "out.parquet").read_bytes() == (tmp_path / "full.parquet").read_bytes()
     assert pq.ParquetFile(tmp_path / "out.parquet").metadata.num_row_groups == 12
     assert resumed.column("id").to_pylist() == [f"k{i}" for i in range(6_000)]
     assert not (tmp_path / "out.parquet.parts").exists()
