@@ -30,9 +30,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-# ------------------------------------------------------------------------------ parser
-
-
 _HELP = {
     "input": "a file, or - to read stdin",
     "--output": "the file to write: .npy (vectors only) or .parquet (ids and vectors)",
@@ -151,18 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _embed(args)
 
 
-# ------------------------------------------------------------------------ serve, bench
-
-
 def _serve(rest: list[str]) -> int:
     try:
         from . import serve
     except ImportError as exc:
-        print(
-            f"embedkit serve needs the serve and local extras: pip install 'embedkit[serve,local]' "
-            f"({exc})",
-            file=sys.stderr,
-        )
+        _Console().error(f"serve needs the extras: pip install 'embedkit[serve,local]' ({exc})")
         return EXIT_FAILED
     try:
         serve.main(rest)
@@ -214,21 +204,24 @@ class _Console(logging.Handler):
 @contextlib.contextmanager
 def _logging_to(console: _Console, level: int, run_level: int) -> Iterator[None]:
     """Send the "embedkit" logs (at `level`) and the run's own ("embedkit.files") to stderr."""
-    handler = console
-    handler.setLevel(min(level, run_level))
+    console.setLevel(min(level, run_level))
     root, run = logging.getLogger("embedkit"), logging.getLogger("embedkit.files")
     previous = (root.level, root.propagate, run.level)
-    root.addHandler(handler)
+    root.addHandler(console)
     root.setLevel(level)
     run.setLevel(run_level)
     root.propagate = False
     try:
         yield
     finally:
-        root.removeHandler(handler)
+        root.removeHandler(console)
         root.setLevel(previous[0])
-        root.propagate = previous[1]
         run.setLevel(previous[2])
+        root.propagate = previous[1]
+
+
+#: Flags handed to `embed_file` under their own names.
+_PASSED = "field column id_field format resume on_bad block_size commit_interval row_group_size"
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -238,19 +231,20 @@ def _embed(args: argparse.Namespace) -> int:
 
     console = _Console()
     level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
-    for name in ("batch_size", "concurrency", "block_size", "dimensions", "row_group_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            console.error(f"--{name.replace('_', '-')} must be at least 1")
-            return EXIT_USAGE
-    if args.cache_size < 0:
-        console.error("--cache-size must be at least 0")
-        return EXIT_USAGE
-    if args.rps is not None and not args.rps > 0:
-        console.error("--rps must be a positive number")
-        return EXIT_USAGE
+    at_least_1 = ("batch_size", "concurrency", "block_size", "dimensions", "row_group_size")
+    mistakes = [
+        f"--{name.replace('_', '-')} must be at least 1"
+        for name in at_least_1
+        if getattr(args, name) is not None and getattr(args, name) < 1
+    ]
+    mistakes += ["--cache-size must be at least 0"] if args.cache_size < 0 else []
+    mistakes += (
+        ["--rps must be a positive number"] if args.rps is not None and args.rps <= 0 else []
+    )
     if args.url and args.api == "local":
-        console.error("--url is for --api hf, tei or openai; --api local runs the model here")
+        mistakes.append("--url is for --api hf, tei or openai; --api local runs the model here")
+    if mistakes:
+        console.error(mistakes[0])
         return EXIT_USAGE
     options: dict[str, Any] = {"model": args.model, "api": args.api, "url": args.url}
     names = {"batch_size": "max_batch_size", "concurrency": "max_concurrency"}
@@ -266,12 +260,9 @@ def _embed(args: argparse.Namespace) -> int:
         else:
             progress = ProgressLines(console.error, args.progress_interval)
     words = Words(
-        resume="--resume",
-        force="--force",
-        skip="--on-bad skip",
-        fail=f"--on-bad {args.on_bad}",
-        again="run the same command with",
+        "--resume", "--force", "--on-bad skip", "--on-bad fail", "run the same command with"
     )
+    settings = {name: getattr(args, name) for name in _PASSED.split()}
     out = Path(args.output)
     try:
         with _logging_to(console, level, logging.ERROR if args.quiet else logging.INFO):
@@ -282,18 +273,10 @@ def _embed(args: argparse.Namespace) -> int:
                 embedder=None,
                 options=options,
                 words=words,
-                field=args.field,
-                column=args.column,
-                id_field=args.id_field,
-                format=args.format,
-                resume=args.resume,
                 overwrite=args.force,
-                on_bad=args.on_bad,
-                block_size=args.block_size,
-                commit_interval=args.commit_interval,
                 sort_by_length=args.sort,
-                row_group_size=args.row_group_size,
                 progress=progress,
+                **settings,
             )
             anyio.run(run)
     except CorpusError as exc:
