@@ -1,8 +1,9 @@
 """`AsyncEmbedder` and `Embedder`: configuration, life cycle and wiring.
 
 An embedder owns a backend (HTTP or local) and a scheduler that feeds it. Everything that
-embeds — `embed`, `embed_many`, `embed_stream`, `encode`, the CLI, `embedkit serve` — goes
-through the same scheduler, so coalescing, limits and retries apply everywhere.
+embeds — `embed`, `embed_many`, `embed_stream`, `encode`, `embed_file` and the CLI,
+`embedkit serve` — goes through the same scheduler, so coalescing, limits and retries apply
+everywhere. Texts are checked by `_texts.check_text` before they reach it.
 """
 
 from __future__ import annotations
@@ -401,8 +402,9 @@ class AsyncEmbedder:
         to keep every concurrency slot busy), so a generator over a huge file is never read
         further than the embedder can use, and neither the input nor the output is held.
         Duplicates within a block are sent once; `sort_by_length` groups texts of similar
-        length into the same requests (then restores the order). A non-str or empty text
-        raises `TypeError`/`ValueError` naming its index, after the blocks before it.
+        length into the same requests (then restores the order). A non-str, empty or
+        invalid (lone surrogate) text raises `TypeError`/`ValueError` naming its index, after
+        the blocks before it.
 
         A plain iterable is read on the event loop, a block at a time: if reading it can
         block for long (a network disk), pass an async iterable, or use `Embedder.embed_stream`,
