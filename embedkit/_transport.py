@@ -540,21 +540,12 @@ class FastTransport(httpx.AsyncBaseTransport):
     async def _connect(self, conn: _Conn, request: httpx.Request, timeouts: _Timeouts) -> None:
         scheme, host, port = conn.key
         conn.reused = False
+        sni = request.extensions.get("sni_hostname") or host
+        if isinstance(sni, bytes):
+            sni = sni.decode("ascii")
         try:
             with anyio.fail_after(timeouts.get("connect")):
-                if scheme == "http":
-                    conn.stream = await anyio.connect_tcp(host, port)
-                else:
-                    sni = request.extensions.get("sni_hostname") or host
-                    if isinstance(sni, bytes):
-                        sni = sni.decode("ascii")
-                    conn.stream = await anyio.connect_tcp(
-                        host,
-                        port,
-                        ssl_context=self._tls_context(),
-                        tls_hostname=sni,
-                        tls_standard_compatible=False,
-                    )
+                conn.stream = await self._open_stream(scheme, host, port, sni)
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(
                 f"Timed out connecting to {host}:{port}", request=request
@@ -564,6 +555,20 @@ class FastTransport(httpx.AsyncBaseTransport):
                 f"Failed to connect to {host}:{port}: {exc}", request=request
             ) from exc
         conn.message = _Message()
+
+    async def _open_stream(
+        self, scheme: str, host: str, port: int, sni: str
+    ) -> anyio.abc.ByteStream:
+        """A connected byte stream: the seam the differential tests script bytes through."""
+        if scheme == "http":
+            return await anyio.connect_tcp(host, port)
+        return await anyio.connect_tcp(
+            host,
+            port,
+            ssl_context=self._tls_context(),
+            tls_hostname=sni,
+            tls_standard_compatible=False,
+        )
 
     def _tls_context(self) -> ssl.SSLContext:
         context = self._ssl_context

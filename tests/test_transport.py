@@ -25,6 +25,7 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import httpx
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
@@ -526,11 +527,11 @@ async def test_reused_connection_the_server_had_reset_is_resent_once_and_counted
         async with client_for(transport) as client:
             assert (await client.post(server.url, content=b"1")).status_code == 200
             while server.connections < 1 or not transport.num_idle_connections:
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
             idle = transport._idle[("http", "127.0.0.1", server.port)][0]
             with anyio.fail_after(5):  # the RST has arrived once the socket is readable
                 while not idle.readable():
-                    await anyio.sleep(0)
+                    await anyio.lowlevel.checkpoint()
             monkeypatch.setattr(_transport._Conn, "is_dead", lambda self: False)
             assert (await client.post(server.url, content=b"2")).status_code == 200
             assert transport.resent_requests == 1
@@ -555,7 +556,7 @@ async def test_idle_connection_closed_by_server_is_replaced(how: str) -> None:
                 # the server's close reaches us before the next request: wait for it
                 with anyio.fail_after(5):
                     while not transport._idle[("http", "127.0.0.1", server.port)][0].readable():
-                        await anyio.sleep(0)
+                        await anyio.lowlevel.checkpoint()
         assert server.connections == 3
         assert len(server.requests) == 3
         assert transport.resent_requests == 0  # found dead in the pool, never sent on
