@@ -339,7 +339,8 @@ def responses(draw: st.DrawFn) -> tuple[list[bytes], str]:
     if draw(st.booleans()):
         wire = wire[: draw(st.integers(0, len(wire)))]  # cut short
     cuts = sorted(draw(st.sets(st.integers(1, max(1, len(wire) - 1)), max_size=5)))
-    pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)]) if wire[a:b]]
+    bounds = zip([0, *cuts], [*cuts, len(wire)], strict=True)
+    pieces = [wire[a:b] for a, b in bounds if wire[a:b]]
     return pieces, method
 
 
