@@ -734,6 +734,31 @@ async def test_bytes_after_the_body_make_the_connection_unusable() -> None:
 
 
 @pytest.mark.asyncio
+async def test_an_early_answer_to_a_large_body_is_read_not_lost() -> None:
+    """A proxy refuses a body by its Content-Length before reading it (nginx's 413) and
+    reads no more of it: the client must hear the 413 between pieces of the body, not sit
+    in a write that cannot finish (the write timeout would turn it into a TransportError)."""
+    early = (
+        b"HTTP/1.1 413 Request Entity Too Large\r\n"
+        b"Connection: close\r\nContent-Length: 9\r\n\r\ntoo large"
+    )
+
+    async def handler(server: Server, conn: Conn) -> None:
+        await conn.buffer.receive_until(b"\r\n\r\n", 65536)  # the head only
+        await conn.send(early)
+        await anyio.sleep_forever()  # never reads the body
+
+    async with serve(handler) as server:
+        transport = FastTransport()
+        timeout = httpx.Timeout(5.0, write=2.0)
+        async with client_for(transport, timeout=timeout) as client:
+            response = await client.post(server.url, content=bytes(64 * 1024 * 1024))
+            assert response.status_code == 413
+            assert response.content == b"too large"
+            assert transport.num_connections == 0  # the body was cut short: not reusable
+
+
+@pytest.mark.asyncio
 async def test_write_timeout_when_server_does_not_read() -> None:
     # The kernel completes the handshake for a listener that never accepts; with
     # nobody reading, the socket buffers fill up and the client has to wait.
@@ -1136,6 +1161,41 @@ async def test_https(tmp_path: Path) -> None:
         async with client_for(FastTransport()) as client:  # default context: untrusted cert
             with pytest.raises(httpx.ConnectError):
                 await client.get(f"{base}/")
+
+
+@pytest.mark.asyncio
+async def test_an_idle_tls_connection_the_server_closed_is_checked_and_replaced(
+    tmp_path: Path,
+) -> None:
+    cert, key = _make_cert(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    closed = anyio.Event()
+
+    async def handler(server: Server, conn: Conn) -> None:
+        tls = await TLSStream.wrap(
+            conn.stream, server_side=True, ssl_context=server_context, standard_compatible=False
+        )
+        tls_conn = Conn(tls, conn.index)
+        await server.next_request(tls_conn)
+        await tls_conn.send(OK)  # keep-alive promised, then closed while idle
+        await tls.aclose()
+        closed.set()
+
+    async with serve(handler) as server:
+        transport = FastTransport(ssl_context=ssl.create_default_context(cafile=str(cert)))
+        url = f"https://localhost:{server.port}/"
+        async with client_for(transport) as client:
+            for _ in range(3):
+                closed = anyio.Event()
+                assert (await client.get(url)).content == b"[]"
+                await closed.wait()
+                idle = transport._idle[("https", "localhost", server.port)][0]
+                with anyio.fail_after(5):
+                    while not idle.readable():  # the close has reached our socket
+                        await anyio.lowlevel.checkpoint()
+        assert server.connections == 3
+        assert transport.resent_requests == 0  # found closed before use: never written to
 
 
 def test_trio_backend() -> None:
