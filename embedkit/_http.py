@@ -7,7 +7,6 @@ exceptions (`raise ... from exc`), so nothing above it handles httpx types.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import AsyncIterator
 
 import httpx
 
@@ -22,7 +21,7 @@ from ._errors import (
     error_from_response,
 )
 from ._protocols import BackendInfo, WireProtocol
-from ._route import CertTypes, VerifyTypes, build_client
+from ._route import CertTypes, VerifyTypes, build_client, send_limited
 from ._transport import FastTransport, ResponseTooLarge
 from ._version import __version__ as _version
 
@@ -44,29 +43,6 @@ def _safe_url(url: str) -> str:
             host += f":{parts.port}"
         parts = parts._replace(netloc=host)
     return urllib.parse.urlunsplit(parts._replace(query=""))
-
-
-class _Limited(httpx.AsyncByteStream):
-    """A response stream that refuses to run past ``limit`` bytes (as received)."""
-
-    def __init__(self, inner: httpx.AsyncByteStream | httpx.SyncByteStream, limit: int) -> None:
-        self._inner = inner
-        self._limit = limit
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        assert isinstance(self._inner, httpx.AsyncByteStream)
-        size = 0
-        async for chunk in self._inner:
-            size += len(chunk)
-            if size > self._limit:
-                raise ResponseTooLarge(
-                    f"Response body over the limit of {self._limit} bytes (max_response_size)"
-                )
-            yield chunk
-
-    async def aclose(self) -> None:
-        if isinstance(self._inner, httpx.AsyncByteStream):
-            await self._inner.aclose()
 
 
 class HttpBackend:
@@ -187,13 +163,7 @@ class HttpBackend:
         if limit is None:
             return await self._client.post(self._url, content=body, headers=self._headers)
         request = self._client.build_request("POST", self._url, content=body, headers=self._headers)
-        response = await self._client.send(request, stream=True)
-        try:
-            response.stream = _Limited(response.stream, limit)
-            await response.aread()
-        finally:
-            await response.aclose()
-        return response
+        return await send_limited(self._client, request, limit)
 
     async def start(self) -> BackendInfo:
         """Ask the server for its limits (TEI `/info`); other protocols learn nothing."""

@@ -18,12 +18,20 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import AsyncIterator
 
 import httpx
 
-from ._transport import FastTransport
+from ._transport import FastTransport, ResponseTooLarge
 
-__all__ = ["CertTypes", "VerifyTypes", "build_client", "proxy_applies", "ssl_context"]
+__all__ = [
+    "CertTypes",
+    "VerifyTypes",
+    "build_client",
+    "proxy_applies",
+    "send_limited",
+    "ssl_context",
+]
 
 #: ``verify=``: True (httpx's trust store), False (no verification: testing only), a CA
 #: bundle file or directory, or a ready `ssl.SSLContext`.
@@ -119,3 +127,40 @@ def build_client(
     elif isinstance(transport, FastTransport):
         direct = transport
     return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits), direct
+
+
+async def send_limited(
+    client: httpx.AsyncClient, request: httpx.Request, limit: int
+) -> httpx.Response:
+    """Send through ``client`` and read the body, refusing one over ``limit`` bytes as
+    received (`ResponseTooLarge`): the size limit for routes other than `FastTransport`."""
+    response = await client.send(request, stream=True)
+    try:
+        response.stream = _Limited(response.stream, limit)
+        await response.aread()
+    finally:
+        await response.aclose()
+    return response
+
+
+class _Limited(httpx.AsyncByteStream):
+    """A response stream that refuses to run past ``limit`` bytes (as received)."""
+
+    def __init__(self, inner: httpx.AsyncByteStream | httpx.SyncByteStream, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        assert isinstance(self._inner, httpx.AsyncByteStream)
+        size = 0
+        async for chunk in self._inner:
+            size += len(chunk)
+            if size > self._limit:
+                raise ResponseTooLarge(
+                    f"Response body over the limit of {self._limit} bytes (max_response_size)"
+                )
+            yield chunk
+
+    async def aclose(self) -> None:
+        if isinstance(self._inner, httpx.AsyncByteStream):
+            await self._inner.aclose()
