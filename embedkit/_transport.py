@@ -251,20 +251,19 @@ class _Message:
 class _Conn:
     """A pool slot: a (possibly not yet opened) connection to one origin."""
 
-    __slots__ = ("idle_since", "key", "message", "received", "reused", "stream")
+    __slots__ = ("idle_since", "key", "message", "received", "reused", "sock", "stream")
 
     def __init__(self, key: _PoolKey) -> None:
         self.key = key
         self.stream: anyio.abc.ByteStream | None = None
+        self.sock: Any = None  # the stream's socket, looked up once (anyio's lookup is slow)
         self.message: _Message | None = None
         self.idle_since = 0.0
         self.reused = False  # came from the idle pool (so the server may have closed it)
         self.received = False  # has any response byte arrived for the current request?
 
     def raw_socket(self) -> Any:
-        if self.stream is None:
-            return None
-        return self.stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        return self.sock if self.stream is not None else None
 
     def readable(self) -> bool:
         """Whether the socket has bytes (or EOF) waiting, without reading them."""
@@ -546,6 +545,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         try:
             with anyio.fail_after(timeouts.get("connect")):
                 conn.stream = await self._open_stream(scheme, host, port, sni)
+                conn.sock = conn.stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(
                 f"Timed out connecting to {host}:{port}", request=request
