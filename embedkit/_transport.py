@@ -37,8 +37,14 @@ What it does the way httpcore does
   not one response byte arrived.  Such re-sends are counted (`resent_requests`;
   embedkit reports them in ``stats().retries``).  Any other failure is raised, and
   the caller's retry policy decides.
-* **Early responses.**  When a write fails, the response the server may have sent
-  before closing (a proxy's 413 for a large body) is read and returned.
+* **Early responses.**  A large body is sent in 64 KiB pieces, and the socket is
+  checked between pieces: a server that answers before reading it all (a proxy's
+  413) is heard and its answer returned.  When a write fails, the response the
+  server may have sent before closing is read too.  Either way the connection is
+  not reused.
+* **Dead connections on asyncio.**  asyncio reports a failed send by closing the
+  socket rather than raising; a reused connection whose socket is found closed
+  right after the send counts as a failed write.
 * **Timeouts** come from ``request.extensions["timeout"]`` (httpx sets it):
   ``connect`` bounds connection setup, ``write`` each send, ``read`` each wait for
   response bytes, ``pool`` the wait for a connection.
@@ -52,6 +58,9 @@ Limits
   before `handle_async_request` returns; embedding answers are at most a few MB).
   embedkit routes through httpx's stock transport when any of these is needed.
 * Streamed request bodies are read into memory and sent as one chunk.
+* Where llhttp is stricter than h11 (obsolete header line folding, a repeated
+  Content-Length even with equal values, Content-Length with chunked), the response
+  is refused as a protocol error; ``tests/test_transport_differential.py`` pins it.
 * The connection that carried a HEAD request is not reused (llhttp cannot be told
   from Python that the answer to HEAD has no body; it is parsed up to its head).
 """
