@@ -9,6 +9,7 @@ everywhere. Texts are checked by `_texts.check_text` before they reach it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import math
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Iterator, Sequence
@@ -25,10 +26,11 @@ from ._auth import resolve_token
 from ._backend import Backend
 from ._decode import Matrix, Pooling
 from ._errors import ClientClosedError
-from ._http import DEFAULT_TIMEOUT, HttpBackend
+from ._http import DEFAULT_MAX_RESPONSE_SIZE, DEFAULT_TIMEOUT, HttpBackend
 from ._limits import AdaptiveConcurrency, Cooldown, TokenBucket
 from ._protocols import PROTOCOLS, BackendInfo, OpenAIProtocol, Options
 from ._retry import DEFAULT_RETRY, RetryPolicy
+from ._route import CertTypes, VerifyTypes
 from ._scheduler import Scheduler, SchedulerStats
 from ._texts import check_text, check_texts
 
@@ -104,6 +106,10 @@ class EmbedderOptions(TypedDict, total=False):
     cache_size: int
     backend: Backend | None
     device: str | None
+    verify: VerifyTypes
+    cert: CertTypes | None
+    http2: bool
+    max_response_size: int | None
 
 
 class AsyncEmbedder:
@@ -143,6 +149,12 @@ class AsyncEmbedder:
         cache_size: keep an LRU cache of this many recent vectors (0: none).
         backend: a ready `Backend` object (overrides api/url); the seam for custom backends.
         device: the torch device for `api="local"` (default "cpu").
+        verify: TLS verification as httpx takes it: True (httpx's trust store: certifi,
+            or `SSL_CERT_FILE`/`SSL_CERT_DIR`), False, a CA bundle path, or an `ssl.SSLContext`.
+        cert: a client certificate: a file, `(cert, key)` or `(cert, key, password)`.
+        http2: send over httpx's stock transport with HTTP/2 (`pip install embedkit[http2]`).
+        max_response_size: a response body larger than this (bytes as received) is a
+            `ResponseError`; None: no limit.
     """
 
     def __init__(
@@ -175,6 +187,10 @@ class AsyncEmbedder:
         cache_size: int = 0,
         backend: Backend | None = None,
         device: str | None = None,
+        verify: VerifyTypes = True,
+        cert: CertTypes | None = None,
+        http2: bool = False,
+        max_response_size: int | None = DEFAULT_MAX_RESPONSE_SIZE,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -246,6 +262,10 @@ class AsyncEmbedder:
                 max_connections=max(max_concurrency * 2, 16),
                 wait_for_model=wait_for_model,
                 use_cache=use_cache,
+                verify=verify,
+                cert=cert,
+                http2=http2,
+                max_response_size=max_response_size,
             )
         else:
             raise ValueError(f"api must be one of 'hf', 'tei', 'openai', 'local', not {api!r}")
@@ -380,8 +400,16 @@ class AsyncEmbedder:
         return await scheduler.submit(items)
 
     def stats(self) -> SchedulerStats:
-        """Counters, limits and latency percentiles (a frozen snapshot)."""
-        return self._open_scheduler().stats()
+        """Counters, limits and latency percentiles (a frozen snapshot).
+
+        `retries["stale connection"]` counts requests embedkit's transport sent again
+        because the server had closed a kept-alive connection before reading them.
+        """
+        stats = self._open_scheduler().stats()
+        if isinstance(self._backend, HttpBackend) and self._backend.resent_requests:
+            retries = {**stats.retries, "stale connection": self._backend.resent_requests}
+            stats = dataclasses.replace(stats, retries=retries)
+        return stats
 
     # ------------------------------------------------------------- bulk (in _bulk.py)
 
@@ -542,6 +570,10 @@ class Embedder:
         cache_size: int = 0,
         backend: Backend | None = None,
         device: str | None = None,
+        verify: VerifyTypes = True,
+        cert: CertTypes | None = None,
+        http2: bool = False,
+        max_response_size: int | None = DEFAULT_MAX_RESPONSE_SIZE,
     ) -> None:
         self._async = AsyncEmbedder(
             model,
@@ -571,6 +603,10 @@ class Embedder:
             cache_size=cache_size,
             backend=backend,
             device=device,
+            verify=verify,
+            cert=cert,
+            http2=http2,
+            max_response_size=max_response_size,
         )
         self._stack: contextlib.ExitStack | None = None
         self._portal: BlockingPortal | None = None

@@ -7,6 +7,7 @@ so if a mistake stops being caught, the check fails.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -85,6 +86,9 @@ async def async_api() -> None:
     AsyncEmbedder(api="tei", url="http://127.0.0.1:8080", retry=None)
     AsyncEmbedder("text-embedding-3-small", api="openai", encoding_format="float", dimensions=256)
     AsyncEmbedder("m", http_client=httpx.AsyncClient())
+    AsyncEmbedder(api="tei", url="https://tei", verify="/ca.pem", cert=("c.pem", "k.pem"))
+    AsyncEmbedder("m", verify=ssl.create_default_context(), http2=True, max_response_size=None)
+    AsyncEmbedder("m", verify=1.5)  # type: ignore[arg-type]
 
 
 def blocking_api() -> None:
