@@ -259,7 +259,10 @@ async def test_probe_loop_readmits_a_replica_that_comes_back() -> None:
 
 @pytest.mark.asyncio
 async def test_embedder_wiring_caps_sum_and_repr_lists_replicas() -> None:
-    urls = [Endpoint("http://127.0.0.1:1", max_concurrency=3, token="sekrit"), "http://127.0.0.1:2"]
+    urls: list[str | Endpoint] = [
+        Endpoint("http://127.0.0.1:1", max_concurrency=3, token="sekrit"),
+        "http://127.0.0.1:2",
+    ]
     emb = embedkit.AsyncEmbedder(api="tei", url=urls, max_concurrency=5, token="other")
     assert emb.max_concurrency == 8
     text = repr(emb)
