@@ -252,3 +252,58 @@ async def test_replicas_of_different_dimensions_are_refused_naming_the_odd_one()
             assert f"{second.url}/embed answered {second.dim}" in message
             odd = servers.index(first)
             assert emb.stats().endpoints[odd].errors["dimension"] >= 1
+
+
+# ------------------------------------------------------------------ nginx, the anchor
+
+
+@pytest.mark.asyncio
+async def test_nginx_round_robin_and_least_conn_over_the_same_replicas(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """What users deploy instead: nginx in front of the replicas. Through it, vectors are
+    exact too; but when a replica dies mid-run, nginx answers 502 for the POSTs it had sent
+    there (it does not pass a POST on), so the client must retry them itself."""
+    from devtools.nginx import running_nginx, upstream_conf
+
+    from .servers import free_port
+    from .test_real_servers import require_nginx
+
+    require_nginx()
+    corpus = texts(8000)
+    spec = {"slots": 2, "latency_ms": 8.0}
+    with replicas(spec, spec, spec) as servers:
+        hosts = [f"127.0.0.1:{s.port}" for s in servers]
+        rr, lc = free_port(), free_port()
+        body = (
+            upstream_conf("rr", hosts, rr)
+            + "\n"
+            + upstream_conf("lc", hosts, lc, method="least_conn")
+        )
+        with running_nginx(tmp_path_factory.mktemp("nginx-replicas"), body, [rr, lc]):
+            for port in (lc, rr):
+                async with embedkit.AsyncEmbedder(
+                    api="tei", url=f"http://127.0.0.1:{port}", max_concurrency=6,
+                    retry=fast_retry(),
+                ) as emb:  # fmt: skip
+                    result: list[np.ndarray] = []
+
+                    async def run(
+                        emb: embedkit.AsyncEmbedder = emb, result: list[np.ndarray] = result
+                    ) -> None:
+                        result.append(await emb.embed_many(corpus))
+
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(run)
+                        if port == rr:
+                            with anyio.fail_after(30):
+                                while emb.stats().texts_sent < 2000:
+                                    await anyio.sleep(0.01)
+                            servers[1].kill()
+                    stats = emb.stats()
+                np.testing.assert_array_equal(result[0], expected(corpus))
+                assert stats.failed_texts == 0
+                if port == lc:
+                    assert stats.retries == {}
+                else:  # the batches nginx had sent to the dead replica came back as 502
+                    assert stats.retries.get("502", 0) >= 1, stats.retries
