@@ -3,12 +3,15 @@
 The scheduler forms batches and calls `embed_batch` as it would on one server; this
 backend picks the replica that should finish the batch soonest, and hides a failing replica:
 
-* **Choice.** Among the replicas that are admitted and have a free slot under their own
-  cap, the one with the least expected work: `(texts in flight + texts in this batch) ×
-  EWMA seconds per text ÷ weight`. A replica 4× slower is chosen once the others hold 4×
-  its backlog, so under load each replica carries work in proportion to its speed. A
-  replica never measured is tried first; one left idle for `explore_after` seconds is tried
-  again (its estimate may be stale), so none is starved of probes forever.
+* **Choice.** The replica expected to finish the batch soonest: `(texts in flight + texts
+  in this batch) × EWMA seconds per text ÷ weight`, where seconds per text is the inverse
+  of its measured throughput (latency ÷ (texts × requests in flight there), Little's law).
+  If that replica is at its cap, the batch waits for one of its slots rather than queue
+  behind a slower replica's backlog; otherwise it goes to the soonest one with a free slot.
+  A replica 4× slower is chosen once the others hold 4× its backlog, so under load each
+  replica carries work in proportion to its speed. A replica never measured is tried
+  first; one left idle for `explore_after` seconds is tried again (its estimate may be
+  stale), so none is starved of probes forever.
 * **Per-replica limits.** Each replica has its own concurrency cap (AIMD: halved on its
   429s, grown back on success), its own 429 cooldown (its `Retry-After`), its own learned
   pace, and TEI `/info` limits read from it. A 429 from one replica pauses only that one.
@@ -200,6 +203,7 @@ class Replica:
         self.in_flight = 0
         self.texts_in_flight = 0
         self.per_text: float | None = None
+        self.basis = 1  # texts in the batches the estimate rests on
         self.last_sent = -math.inf
         # circuit breaker
         self.until = 0.0  # cooling: when it ends; ejected/loading: when to probe next
@@ -219,11 +223,15 @@ class Replica:
         """Requests it may have in flight now."""
         return max(1, int(self.concurrency.limit))
 
-    def available(self, now: float) -> bool:
-        """Admitted (a cooldown that ran out readmits) and under its cap."""
+    def admitted(self, now: float) -> bool:
+        """Taking work (a cooldown that ran out readmits), full or not."""
         if self.state is ReplicaState.COOLING and now >= self.until:
             self.state = ReplicaState.HEALTHY
-        return self.state is ReplicaState.HEALTHY and self.in_flight < self.cap
+        return self.state is ReplicaState.HEALTHY
+
+    def available(self, now: float) -> bool:
+        """Admitted and under its cap."""
+        return self.admitted(now) and self.in_flight < self.cap
 
     def down(self, now: float) -> bool:
         """Not worth waiting for: ejected, loading, or cooling for a while yet."""
@@ -238,12 +246,24 @@ class Replica:
 
     # -------------------------------------------------------------- outcomes
 
-    def on_success(self, n: int, seconds: float, alpha: float) -> None:
-        """An answer: update the estimate, the cap and the counters."""
-        per_text = seconds / max(1, n)
-        self.per_text = (
-            per_text if self.per_text is None else alpha * per_text + (1 - alpha) * self.per_text
-        )
+    def on_success(self, n: int, seconds: float, alpha: float, concurrent: int = 1) -> None:
+        """An answer: update the estimate, the cap and the counters.
+
+        The estimate is seconds per text *of the replica's throughput*: by Little's law, a
+        request that took `seconds` while `concurrent` requests were in flight there says
+        the replica gets through `n × concurrent / seconds` texts a second. So a replica
+        that serves requests in parallel is not mistaken for a slow one, and one that
+        queues them is not counted slow twice (its latency and its backlog).
+        """
+        per_text = seconds / max(1, n * concurrent)
+        if self.per_text is None or n >= 2 * self.basis:
+            # A request's fixed cost makes a small batch look slow per text: an estimate
+            # from small batches gives way at once to one from a batch twice as large.
+            self.per_text = per_text
+            self.basis = n
+        else:
+            weight = alpha * min(1.0, n / self.basis)
+            self.per_text = weight * per_text + (1 - weight) * self.per_text
         self.latencies.append(seconds)
         self.texts += n
         self.last_answer = self.clock()
@@ -286,6 +306,7 @@ class Replica:
             self.backoff = 0.0
             self.until = 0.0
             self.per_text = None  # measure it afresh: it may have come back different
+            self.basis = 1
             return
         self.backoff = min(max_backoff, max(self.backoff, 0.05) * 2)
         self.until = now + self.backoff
@@ -444,9 +465,15 @@ class BalancedBackend:
     # --------------------------------------------------------------- choice
 
     def pick(self, n: int, tried: set[int]) -> Replica | None:
-        """The replica to send a batch of `n` to now, or None if none has a free slot."""
+        """The replica to send a batch of `n` to now, or None to wait for a slot.
+
+        None also when a replica that is full now would still finish the batch sooner than
+        any with a free slot (by the estimates): then the batch waits for it, instead of
+        queueing behind a slow replica's backlog.
+        """
         now = self.clock()
-        candidates = [r for r in self.replicas if id(r) not in tried and r.available(now)]
+        admitted = [r for r in self.replicas if id(r) not in tried and r.admitted(now)]
+        candidates = [r for r in admitted if r.in_flight < r.cap]
         if not candidates:
             return None
         for replica in candidates:  # never measured, or idle long enough to re-measure
@@ -455,9 +482,13 @@ class BalancedBackend:
         for replica in candidates:
             if replica.in_flight == 0 and now - replica.last_sent >= self.explore_after:
                 return replica
-        known = [r.per_text for r in candidates if r.per_text is not None]
+        known = [r.per_text for r in admitted if r.per_text is not None]
         fallback = min(known) if known else 1.0
-        return min(candidates, key=lambda r: r.expected(n, fallback))
+        best = min(candidates, key=lambda r: r.expected(n, fallback))
+        soonest = min(admitted, key=lambda r: r.expected(n, fallback))
+        if soonest.expected(n, fallback) < best.expected(n, fallback):
+            return None  # wait for `soonest` to free a slot
+        return best
 
     async def _acquire(self, n: int, tried: set[int]) -> Replica | None:
         """Wait for a replica with a free slot; None when every untried replica is down."""
@@ -499,6 +530,7 @@ class BalancedBackend:
             replica.last_sent = now
             if replica.first_sent is None:
                 replica.first_sent = now
+            concurrent = replica.in_flight
             started = time.perf_counter()
             try:
                 matrix = await replica.backend.embed_batch(texts)
@@ -509,7 +541,8 @@ class BalancedBackend:
                 else:
                     replica.errors[describe(exc)] += 1
                 raise
-            replica.on_success(n, time.perf_counter() - started, self.alpha)
+            concurrent = max(1, (concurrent + replica.in_flight) // 2)  # at send and now
+            replica.on_success(n, time.perf_counter() - started, self.alpha, concurrent)
             return matrix
         finally:
             self._release(replica, n)

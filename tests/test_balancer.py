@@ -104,9 +104,13 @@ def test_choice_unmeasured_first_then_least_expected_work() -> None:
     assert b.pick(32, set()) is r_fast  # (64 + 32) x 1 ms = 96 ms < (0 + 32) x 4 ms
     r_fast.in_flight, r_fast.texts_in_flight = 3, 3 * 32 + 1
     assert b.pick(32, set()) is r_slow  # (97 + 32) x 1 ms > 128 ms
-    # A full replica is not chosen, whatever its estimate.
+    # A full replica is not chosen; the batch goes to a free one if that is sooner...
     r_fast.in_flight = 4
     assert b.pick(32, set()) is r_slow
+    # ...and waits for the full one if even that would finish it sooner.
+    r_fast.texts_in_flight = 64
+    assert b.pick(32, set()) is None
+    r_fast.texts_in_flight = 97
     r_slow.in_flight = 4
     assert b.pick(32, set()) is None
 
