@@ -1,0 +1,275 @@
+"""What the LangChain and LlamaIndex classes share: settings, and one embedder on its own loop.
+
+Frameworks call embedding models from anywhere: a sync method in a script, the same method in
+a Jupyter cell (inside a running event loop), an async method under `asyncio.run` — several
+times, each with a new loop — or from FastAPI's worker threads. An `AsyncEmbedder` belongs to
+the loop that opened it, so `SharedEmbedder` opens one on an event loop of its own, in a
+daemon thread, the first time it is used:
+
+* a sync call submits the work to that loop and blocks until its rows come back;
+* an async call submits the work the same way and awaits the result on the caller's loop
+  (`asyncio.wrap_future`), so callers on any loop share one scheduler: concurrent chains
+  coalesce into shared batches, and a caller's loop ending never breaks the embedder.
+
+`close()` (or `aclose()`) stops it; an object that is dropped, or still open when the
+interpreter exits, is closed by a `weakref.finalize`, so no thread or connection outlives it.
+`EmbedkitModel` is the pydantic base of both framework classes: one field per `AsyncEmbedder`
+option, and the shared embedder. This module is imported only by the framework modules,
+which bring pydantic along; `import embedkit` never loads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+import weakref
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Literal, TypeVar
+
+import anyio.from_thread
+import anyio.to_thread
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationInfo
+from pydantic import field_validator
+from typing_extensions import Self
+
+from ._backend import Backend
+from ._client import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CONCURRENCY, AsyncEmbedder
+from ._auth import resolve_token
+from ._decode import Matrix
+from ._errors import ClientClosedError
+from ._http import DEFAULT_TIMEOUT
+from ._retry import DEFAULT_RETRY, RetryPolicy
+from ._scheduler import SchedulerStats
+
+__all__ = ["EmbedkitModel", "SharedEmbedder"]
+
+T = TypeVar("T")
+
+
+class SharedEmbedder:
+    """One `AsyncEmbedder`, opened lazily on a private event loop, callable from anywhere.
+
+    Args:
+        embedder: the (unopened) embedder to run; it is opened on first use.
+        name: the loop thread's name, for debuggers and `threading.enumerate()`.
+    """
+
+    def __init__(self, embedder: AsyncEmbedder, *, name: str = "embedkit-shared") -> None:
+        self.embedder = embedder
+        self._name = name
+        self._lock = threading.Lock()
+        self._stack: contextlib.ExitStack | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def started(self) -> bool:
+        """True once the loop thread runs (after the first call, until `close()`)."""
+        return self._loop is not None
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None:
+            return loop
+        with self._lock:
+            if self._closed:
+                raise ClientClosedError("this embedder is closed")
+            if self._loop is not None:
+                return self._loop
+            stack = contextlib.ExitStack()
+            try:
+                # asyncio, whatever the caller runs: async callers are bridged with
+                # asyncio.run_coroutine_threadsafe, which needs an asyncio loop on this side.
+                portal = stack.enter_context(
+                    anyio.from_thread.start_blocking_portal("asyncio", name=self._name)
+                )
+                stack.enter_context(portal.wrap_async_context_manager(self.embedder))
+                loop = portal.call(_running_loop)
+                self._thread = portal.call(threading.current_thread)
+            except BaseException:
+                self._closed = True
+                stack.close()
+                raise
+            self._stack = stack
+            self._loop = loop
+            return loop
+
+    def submit(self, func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> Any:
+        """Run `func(*args)` on the embedder's loop; a `concurrent.futures.Future`."""
+        loop = self._start()
+        return asyncio.run_coroutine_threadsafe(func(*args), loop)
+
+    def call(self, func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """Run `func(*args)` on the embedder's loop and block until it is done.
+
+        Works in any thread, including one that runs an event loop (a Jupyter cell): the
+        work runs on the embedder's own loop, so blocking the caller's cannot deadlock it.
+        """
+        if self._thread is not None and threading.current_thread() is self._thread:
+            raise RuntimeError("a blocking call cannot run on the embedder's own loop thread")
+        future: concurrent.futures.Future[T] = self.submit(func, *args)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # KeyboardInterrupt in a notebook: drop the work, not the loop
+            raise
+
+    async def acall(self, func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """Run `func(*args)` on the embedder's loop and await it from the caller's loop.
+
+        Cancelling the caller cancels the work (its texts are dropped if not yet sent).
+        """
+        future: concurrent.futures.Future[T] = self.submit(func, *args)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # another event loop (trio): wait in a worker thread
+            pass
+        else:
+            return await asyncio.wrap_future(future)
+        try:
+            return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+        finally:
+            future.cancel()
+
+    def embed(self, text: str) -> Matrix:
+        """Blocking `AsyncEmbedder.embed`."""
+        return self.call(self.embedder.embed, text)
+
+    def embed_many(self, texts: list[str]) -> Matrix:
+        """Blocking `AsyncEmbedder.embed_many`."""
+        return self.call(self.embedder.embed_many, texts)
+
+    async def aembed(self, text: str) -> Matrix:
+        """`AsyncEmbedder.embed` from any event loop."""
+        return await self.acall(self.embedder.embed, text)
+
+    async def aembed_many(self, texts: list[str]) -> Matrix:
+        """`AsyncEmbedder.embed_many` from any event loop."""
+        return await self.acall(self.embedder.embed_many, texts)
+
+    def close(self) -> None:
+        """Close the embedder and stop its thread; later calls raise `ClientClosedError`."""
+        with self._lock:
+            self._closed = True
+            stack, self._stack = self._stack, None
+            self._loop = None
+        if stack is None:
+            return
+        if self._thread is not None and threading.current_thread() is self._thread:
+            # Dropped by code running on the loop itself: the loop cannot join its own
+            # thread, so a short-lived helper thread closes it.
+            threading.Thread(target=stack.close, name=f"{self._name}-close").start()
+            return
+        stack.close()
+
+    async def aclose(self) -> None:
+        """`close()` from async code, without blocking the caller's loop."""
+        await anyio.to_thread.run_sync(self.close)
+
+
+async def _running_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
+
+
+class EmbedkitModel(BaseModel):
+    """Every `AsyncEmbedder` option as a pydantic field, and one shared embedder behind them.
+
+    The base of the LangChain and LlamaIndex classes. `token` is a `SecretStr`, filled from
+    the environment as `AsyncEmbedder` does (`HF_TOKEN` or the huggingface CLI's token file
+    for hf/tei, `OPENAI_API_KEY` for openai) and never shown. Objects that only make sense in
+    this process (`retry`, `timeout`, `transport`, `http_client`, `backend`) are left out of
+    serialized forms.
+    """
+
+    # hide_input_in_errors: a validation error must never echo the token back.
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", hide_input_in_errors=True)
+
+    model: str | None = Field(default=None, description="Model id, or a folder for api='local'.")
+    url: str | None = Field(default=None, description="Server URL (hf: full URL; tei: root).")
+    api: Literal["hf", "tei", "openai", "local"] = "hf"
+    token: SecretStr | None = Field(
+        default=None, validate_default=True, description="API token (default: environment)."
+    )
+    normalize: bool | None = None
+    prompt_name: str | None = None
+    truncate: bool | None = None
+    truncation_direction: Literal["left", "right"] | None = None
+    dimensions: int | None = None
+    pooling: Literal["mean", "cls"] | None = None
+    encoding_format: Literal["base64", "float"] = "base64"
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_batch_chars: int | None = 500_000
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    adaptive_concurrency: bool = True
+    requests_per_second: float | None = None
+    inputs_per_second: float | None = None
+    retry: RetryPolicy | None = Field(default=DEFAULT_RETRY, exclude=True)
+    timeout: httpx.Timeout | float | None = Field(default=DEFAULT_TIMEOUT, exclude=True)
+    transport: httpx.AsyncBaseTransport | None = Field(default=None, exclude=True)
+    http_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
+    wait_for_model: bool | None = None
+    use_cache: bool | None = None
+    dedup: bool = True
+    cache_size: int = 0
+    backend: Backend | None = Field(default=None, exclude=True)
+    device: str | None = None
+
+    _shared: SharedEmbedder = PrivateAttr()
+
+    @field_validator("token", mode="after")
+    @classmethod
+    def _token_from_environment(cls, value: SecretStr | None, info: ValidationInfo) -> Any:
+        if value is not None or info.data.get("api") == "local":
+            return value
+        found = resolve_token(info.data.get("api", "hf"), None)
+        return SecretStr(found.reveal()) if found is not None else None
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Build the embedder now, so a bad option fails here, before anything is sent."""
+        super().model_post_init(context)
+        options = {name: getattr(self, name) for name in EmbedkitModel.model_fields}
+        token = options.pop("token")
+        options["token"] = token.get_secret_value() if token is not None else None
+        shared = SharedEmbedder(AsyncEmbedder(**options), name=f"embedkit-{type(self).__name__}")
+        self._shared = shared
+        weakref.finalize(self, shared.close)
+
+    def embed_matrix(self, texts: Sequence[str]) -> Matrix:
+        """The float32 matrix (len(texts), dim), row i for text i, with no list conversion."""
+        return self._shared.embed_many(list(texts))
+
+    async def aembed_matrix(self, texts: Sequence[str]) -> Matrix:
+        """`embed_matrix` from async code, through the same shared embedder."""
+        return await self._shared.aembed_many(list(texts))
+
+    def stats(self) -> SchedulerStats:
+        """The shared embedder's counters (`embedkit.SchedulerStats`)."""
+        return self._shared.call(_stats, self._shared.embedder)
+
+    def close(self) -> None:
+        """Close the embedder and stop its thread. Later calls raise `ClientClosedError`."""
+        self._shared.close()
+
+    async def aclose(self) -> None:
+        """`close()` for async code (it does not block the caller's event loop)."""
+        await self._shared.aclose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+async def _stats(embedder: AsyncEmbedder) -> SchedulerStats:
+    return embedder.stats()
