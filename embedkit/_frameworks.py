@@ -180,9 +180,9 @@ class EmbedkitModel(BaseModel):
 
     The base of the LangChain and LlamaIndex classes. `token` is a `SecretStr`, filled from
     the environment as `AsyncEmbedder` does (`HF_TOKEN` or the huggingface CLI's token file
-    for hf/tei, `OPENAI_API_KEY` for openai) and never shown. Objects that only make sense in
-    this process (`retry`, `timeout`, `transport`, `http_client`, `backend`) are left out of
-    serialized forms.
+    for hf/tei, `OPENAI_API_KEY` for openai) and never shown. The token and the objects that
+    only make sense in this process (`retry`, `timeout`, `transport`, `http_client`,
+    `backend`) are left out of serialized forms (`model_dump`, LlamaIndex's `to_json`).
     """
 
     # hide_input_in_errors: a validation error must never echo the token back.
@@ -192,7 +192,10 @@ class EmbedkitModel(BaseModel):
     url: str | None = Field(default=None, description="Server URL (hf: full URL; tei: root).")
     api: Literal["hf", "tei", "openai", "local"] = "hf"
     token: SecretStr | None = Field(
-        default=None, validate_default=True, description="API token (default: environment)."
+        default=None,
+        validate_default=True,
+        exclude=True,
+        description="API token (default: environment).",
     )
     normalize: bool | None = None
     prompt_name: str | None = None
