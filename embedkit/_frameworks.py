@@ -31,13 +31,20 @@ from typing import Any, Literal, TypeVar
 import anyio.from_thread
 import anyio.to_thread
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationInfo
-from pydantic import field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
 from typing_extensions import Self
 
+from ._auth import resolve_token
 from ._backend import Backend
 from ._client import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CONCURRENCY, AsyncEmbedder
-from ._auth import resolve_token
 from ._decode import Matrix
 from ._errors import ClientClosedError
 from ._http import DEFAULT_TIMEOUT
@@ -186,7 +193,9 @@ class EmbedkitModel(BaseModel):
     """
 
     # hide_input_in_errors: a validation error must never echo the token back.
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, extra="forbid", hide_input_in_errors=True
+    )
 
     model: str | None = Field(default=None, description="Model id, or a folder for api='local'.")
     url: str | None = Field(default=None, description="Server URL (hf: full URL; tei: root).")

@@ -1,4 +1,4 @@
-"""`EmbedkitEmbeddings`: embedkit as a LangChain embedding model (`pip install embedkit[langchain]`).
+"""`EmbedkitEmbeddings`: embedkit as a LangChain embedding model (extra: `embedkit[langchain]`).
 
     from embedkit.langchain import EmbedkitEmbeddings
 

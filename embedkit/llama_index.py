@@ -1,4 +1,4 @@
-"""`EmbedkitEmbedding`: embedkit as a LlamaIndex embedding model (`pip install embedkit[llamaindex]`).
+"""`EmbedkitEmbedding`: embedkit as a LlamaIndex embedding model (extra: `embedkit[llamaindex]`).
 
     from llama_index.core import Settings
     from embedkit.llama_index import EmbedkitEmbedding
@@ -17,6 +17,7 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from pydantic import ConfigDict
 
+from ._client import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CONCURRENCY
 from ._frameworks import EmbedkitModel
 
 __all__ = ["EmbedkitEmbedding"]
@@ -44,8 +45,8 @@ class EmbedkitEmbedding(EmbedkitModel, BaseEmbedding):
 
     def __init__(self, **data: Any) -> None:
         if "embed_batch_size" not in data:
-            batch = data.get("max_batch_size", EmbedkitModel.model_fields["max_batch_size"].default)
-            slots = data.get("max_concurrency", EmbedkitModel.model_fields["max_concurrency"].default)
+            batch = data.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)
+            slots = data.get("max_concurrency", DEFAULT_MAX_CONCURRENCY)
             if isinstance(batch, int) and isinstance(slots, int) and batch > 0 and slots > 0:
                 data["embed_batch_size"] = min(batch * slots, 2048)
         if "model_name" not in data and isinstance(data.get("model"), str):

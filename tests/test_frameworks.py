@@ -98,8 +98,9 @@ def test_never_closed_objects_exit_cleanly_without_warnings() -> None:
             return httpx.Response(200, json=[[float(len(t)), 1.0] for t in texts])
 
         logging.getLogger("embedkit").setLevel(logging.ERROR)  # "/info answered 404"
-        lc = EmbedkitEmbeddings(api="tei", url="http://tei.test", transport=httpx.MockTransport(tei))
-        li = EmbedkitEmbedding(api="tei", url="http://tei.test", transport=httpx.MockTransport(tei))
+        options = dict(api="tei", url="http://tei.test", transport=httpx.MockTransport(tei))
+        lc = EmbedkitEmbeddings(**options)
+        li = EmbedkitEmbedding(**options)
         assert lc.embed_query("abc") == [3.0, 1.0]
         assert asyncio.run(lc.aembed_documents(["a", "bb"])) == [[1.0, 1.0], [2.0, 1.0]]
         assert li.get_text_embedding_batch(["xyz"]) == [[3.0, 1.0]]

@@ -92,7 +92,9 @@ class Recorder:
             self.batches.append(texts)
         if self.status != 200:
             return httpx.Response(self.status, json={"error": "no", "error_type": "Validation"})
-        return httpx.Response(200, json=[[float(len(t)), float(i), 1.0] for i, t in enumerate(texts)])
+        return httpx.Response(
+            200, json=[[float(len(t)), float(i), 1.0] for i, t in enumerate(texts)]
+        )
 
 
 def make(recorder: Recorder, **options: Any) -> EmbedkitEmbeddings:
@@ -263,4 +265,3 @@ def test_a_vector_store_built_and_searched() -> None:
         store = InMemoryVectorStore.from_texts(texts, emb)
         found = store.similarity_search_by_vector(emb.embed_query("zzzz"), k=3)
     assert {d.page_content for d in found} == set(texts)
-
