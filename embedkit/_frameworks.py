@@ -7,9 +7,10 @@ the loop that opened it, so `SharedEmbedder` opens one on an event loop of its o
 daemon thread, the first time it is used:
 
 * a sync call submits the work to that loop and blocks until its rows come back;
-* an async call submits the work the same way and awaits the result on the caller's loop
-  (`asyncio.wrap_future`), so callers on any loop share one scheduler: concurrent chains
-  coalesce into shared batches, and a caller's loop ending never breaks the embedder.
+* an async call awaits a future on its own loop; the work is queued for the embedder's loop
+  (one wake-up for a burst of calls), runs there as a task, and its result is handed back with
+  `call_soon_threadsafe`. Callers on any loop share one scheduler — concurrent chains coalesce
+  into shared batches — and a caller's loop ending never breaks the embedder.
 
 `close()` (or `aclose()`) stops it; an object that is dropped, or still open when the
 interpreter exits, is closed by a `weakref.finalize`, so no thread or connection outlives it.
@@ -21,12 +22,13 @@ which bring pydantic along; `import embedkit` never loads it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import anyio.from_thread
 import anyio.to_thread
@@ -72,6 +74,9 @@ class SharedEmbedder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._inbox: collections.deque[_Call[Any]] = collections.deque()
+        self._inbox_lock = threading.Lock()
+        self._inbox_posted = False
 
     @property
     def started(self) -> bool:
@@ -130,17 +135,47 @@ class SharedEmbedder:
 
         Cancelling the caller cancels the work (its texts are dropped if not yet sent).
         """
-        future: concurrent.futures.Future[T] = self.submit(func, *args)
         try:
-            asyncio.get_running_loop()
+            caller = asyncio.get_running_loop()
         except RuntimeError:  # another event loop (trio): wait in a worker thread
-            pass
-        else:
-            return await asyncio.wrap_future(future)
+            future: concurrent.futures.Future[T] = self.submit(func, *args)
+            try:
+                return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+            finally:
+                future.cancel()
+        call = _Call(func, args, caller)
+        self._post(call)
         try:
-            return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
-        finally:
-            future.cancel()
+            return await call.future
+        except asyncio.CancelledError:
+            task, loop = call.task, self._loop
+            if task is not None and loop is not None:
+                with contextlib.suppress(RuntimeError):  # the embedder was closed meanwhile
+                    loop.call_soon_threadsafe(task.cancel)
+            raise
+
+    def _post(self, call: _Call[Any]) -> None:
+        """Queue a call for the embedder's loop: one wake-up for a burst of calls."""
+        loop = self._start()
+        with self._inbox_lock:
+            self._inbox.append(call)
+            if self._inbox_posted:
+                return
+            self._inbox_posted = True
+        loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        """On the embedder's loop: start a task for every queued call."""
+        with self._inbox_lock:
+            calls = list(self._inbox)
+            self._inbox.clear()
+            self._inbox_posted = False
+        loop = asyncio.get_running_loop()
+        for call in calls:
+            if call.future.cancelled():
+                continue
+            call.task = loop.create_task(call.func(*call.args))
+            call.task.add_done_callback(call.finished)
 
     def embed(self, text: str) -> Matrix:
         """Blocking `AsyncEmbedder.embed`."""
@@ -176,6 +211,42 @@ class SharedEmbedder:
     async def aclose(self) -> None:
         """`close()` from async code, without blocking the caller's loop."""
         await anyio.to_thread.run_sync(self.close)
+
+
+class _Call(Generic[T]):
+    """One async call: made on the caller's loop, run on the embedder's, answered back.
+
+    Results go back with one `call_soon_threadsafe` per call; the caller's future is only
+    touched on the caller's loop.
+    """
+
+    __slots__ = ("args", "caller", "func", "future", "task")
+
+    def __init__(
+        self,
+        func: Callable[..., Coroutine[Any, Any, T]],
+        args: tuple[Any, ...],
+        caller: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.func = func
+        self.args = args
+        self.caller = caller
+        self.future: asyncio.Future[T] = caller.create_future()
+        self.task: asyncio.Task[T] | None = None
+
+    def finished(self, task: asyncio.Task[T]) -> None:
+        with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody waits
+            self.caller.call_soon_threadsafe(self._resolve, task)
+
+    def _resolve(self, task: asyncio.Task[T]) -> None:
+        if self.future.done():
+            return
+        if task.cancelled():
+            self.future.cancel()
+        elif (error := task.exception()) is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(task.result())
 
 
 async def _running_loop() -> asyncio.AbstractEventLoop:
