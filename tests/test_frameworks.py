@@ -37,10 +37,6 @@ def tei(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, json=[[float(len(t)), 1.0] for t in texts])
 
 
-def embedkit_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("embedkit-")]
-
-
 def run_python(code: str) -> subprocess.CompletedProcess[str]:
     """Run `code` in a fresh interpreter with warnings as errors and dev mode on."""
     return subprocess.run(
@@ -115,19 +111,20 @@ def test_never_closed_objects_exit_cleanly_without_warnings() -> None:
 
 
 def test_a_dropped_object_stops_its_thread() -> None:
-    before = len(embedkit_threads())
     emb = EmbedkitEmbeddings(api="tei", url="http://tei.test", transport=httpx.MockTransport(tei))
     assert emb.embed_query("abc") == [3.0, 1.0]
-    assert len(embedkit_threads()) == before + 1
+    thread = emb._shared._thread
+    assert thread is not None
+    assert thread.is_alive()
     del emb
     gc.collect()
-    assert len(embedkit_threads()) == before
+    assert not thread.is_alive()  # the finalizer closed the embedder and joined its thread
 
 
 def test_no_thread_until_first_use() -> None:
-    before = len(embedkit_threads())
     emb = EmbedkitEmbedding(api="tei", url="http://tei.test", transport=httpx.MockTransport(tei))
-    assert len(embedkit_threads()) == before
+    assert emb._shared._thread is None
+    assert not emb._shared.started
     emb.close()
     with pytest.raises(embedkit.ClientClosedError):
         emb.get_query_embedding("closed before it was ever used")
