@@ -77,6 +77,7 @@ class SharedEmbedder:
         self._inbox: collections.deque[_Call[Any]] = collections.deque()
         self._inbox_lock = threading.Lock()
         self._inbox_posted = False
+        self._owners = 0
 
     @property
     def started(self) -> bool:
@@ -192,6 +193,20 @@ class SharedEmbedder:
     async def aembed_many(self, texts: list[str]) -> Matrix:
         """`AsyncEmbedder.embed_many` from any event loop."""
         return await self.acall(self.embedder.embed_many, texts)
+
+    def adopt(self, owner: object) -> None:
+        """Count `owner` as a user: the last one garbage-collected (or interpreter exit)
+        closes the embedder. Copies of a framework object share its embedder this way."""
+        with self._lock:
+            self._owners += 1
+        weakref.finalize(owner, self._release)
+
+    def _release(self) -> None:
+        with self._lock:
+            self._owners -= 1
+            last = self._owners <= 0
+        if last:
+            self.close()
 
     def close(self) -> None:
         """Close the embedder and stop its thread; later calls raise `ClientClosedError`."""
@@ -319,7 +334,19 @@ class EmbedkitModel(BaseModel):
         options["token"] = token.get_secret_value() if token is not None else None
         shared = SharedEmbedder(AsyncEmbedder(**options), name=f"embedkit-{type(self).__name__}")
         self._shared = shared
-        weakref.finalize(self, shared.close)
+        shared.adopt(self)
+
+    def __copy__(self) -> Self:
+        copy = super().__copy__()
+        self._shared.adopt(copy)
+        return copy
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        memo = {} if memo is None else memo
+        memo[id(self._shared)] = self._shared  # a copy shares the embedder, not a clone of it
+        copy = super().__deepcopy__(memo)
+        self._shared.adopt(copy)
+        return copy
 
     def embed_matrix(self, texts: Sequence[str]) -> Matrix:
         """The float32 matrix (len(texts), dim), row i for text i, with no list conversion."""

@@ -36,7 +36,8 @@ class EmbedkitEmbeddings(EmbedkitModel, Embeddings):
     embedder. Errors are embedkit's (`embedkit.RateLimitError`, `TypeError` for a non-str, …).
 
     Close it with `close()` / `await aclose()` (or `with` / `async with`); one that is never
-    closed is closed when it is garbage-collected or when the interpreter exits.
+    closed is closed when it is garbage-collected or when the interpreter exits. Copies
+    (`model_copy`, `copy.deepcopy`) share its embedder, and closing one closes it for all.
     """
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:

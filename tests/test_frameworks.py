@@ -9,6 +9,7 @@ exit behind, and that callers on other loops (trio included) and cancelled calle
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import json
 import subprocess
@@ -191,3 +192,21 @@ def test_a_blocking_call_from_the_embedders_own_loop_is_refused() -> None:
             shared.call(inside)
     finally:
         emb.close()
+
+
+def test_copies_share_the_embedder_until_the_last_one_goes() -> None:
+    emb = EmbedkitEmbeddings(api="tei", url="http://tei.test", transport=httpx.MockTransport(tei))
+    shallow = emb.model_copy()
+    deep = copy.deepcopy(emb)
+    assert shallow._shared is emb._shared
+    assert deep._shared is emb._shared
+    assert deep.embed_query("abc") == [3.0, 1.0]
+    thread = emb._shared._thread
+    assert thread is not None
+    del emb, shallow
+    gc.collect()
+    assert thread.is_alive()  # `deep` still uses it
+    assert deep.embed_query("four") == [4.0, 1.0]
+    del deep
+    gc.collect()
+    assert not thread.is_alive()
