@@ -127,6 +127,8 @@ class SharedEmbedder:
         future: concurrent.futures.Future[T] = self.submit(func, *args)
         try:
             return future.result()
+        except concurrent.futures.CancelledError:  # the embedder's loop stopped: a close
+            raise ClientClosedError("the embedder was closed") from None
         except BaseException:
             future.cancel()  # KeyboardInterrupt in a notebook: drop the work, not the loop
             raise
@@ -256,8 +258,8 @@ class _Call(Generic[T]):
     def _resolve(self, task: asyncio.Task[T]) -> None:
         if self.future.done():
             return
-        if task.cancelled():
-            self.future.cancel()
+        if task.cancelled():  # not by this caller (that cancels `future` first): a close
+            self.future.set_exception(ClientClosedError("the embedder was closed"))
         elif (error := task.exception()) is not None:
             self.future.set_exception(error)
         else:

@@ -210,3 +210,63 @@ def test_copies_share_the_embedder_until_the_last_one_goes() -> None:
     del deep
     gc.collect()
     assert not thread.is_alive()
+
+
+def test_closing_while_calls_wait_fails_them_instead_of_hanging() -> None:
+    reached = threading.Event()
+
+    async def hangs(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/info":
+            return httpx.Response(404)
+        reached.set()
+        await anyio.sleep(60)  # a server that never answers; close() must not wait for it
+        return tei(request)
+
+    emb = EmbedkitEmbeddings(
+        api="tei",
+        url="http://tei.test",
+        transport=httpx.MockTransport(hangs),
+        max_concurrency=1,
+        retry=None,
+    )
+
+    async def main() -> list[BaseException | list[float]]:
+        calls = [asyncio.ensure_future(emb.aembed_query(f"text {i}")) for i in range(20)]
+        assert await anyio.to_thread.run_sync(reached.wait, 10)
+        with anyio.fail_after(10):
+            await emb.aclose()
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert len(outcomes) == 20
+    # the caller's tasks were not cancelled: each gets a typed error, not CancelledError
+    assert all(isinstance(o, embedkit.ClientClosedError) for o in outcomes)
+
+
+def test_closing_fails_a_blocked_sync_call_with_a_typed_error() -> None:
+    reached = threading.Event()
+
+    async def hangs(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/info":
+            return httpx.Response(404)
+        reached.set()
+        await anyio.sleep(60)
+        return tei(request)
+
+    emb = EmbedkitEmbedding(api="tei", url="http://tei.test", transport=httpx.MockTransport(hangs))
+    outcome: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            emb.get_query_embedding("waits")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    assert reached.wait(10)
+    emb.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], embedkit.ClientClosedError)
