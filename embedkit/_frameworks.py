@@ -25,6 +25,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
@@ -78,6 +79,8 @@ class SharedEmbedder:
         self._inbox_lock = threading.Lock()
         self._inbox_posted = False
         self._owners = 0
+        # touched only on the embedder's loop
+        self._replies: dict[asyncio.AbstractEventLoop, list[_Call[Any]]] = {}
 
     @property
     def started(self) -> bool:
@@ -158,14 +161,30 @@ class SharedEmbedder:
             raise
 
     def _post(self, call: _Call[Any]) -> None:
-        """Queue a call for the embedder's loop: one wake-up for a burst of calls."""
+        """Queue a call for the embedder's loop.
+
+        Calls made in one iteration of the caller's loop (an `asyncio.gather` of a thousand
+        queries) cross to the embedder's loop together, with one wake-up: waking another
+        thread costs far more than a call does.
+        """
         loop = self._start()
         with self._inbox_lock:
             self._inbox.append(call)
             if self._inbox_posted:
                 return
             self._inbox_posted = True
-        loop.call_soon_threadsafe(self._drain)
+        call.caller.call_soon(self._wake, loop)
+
+    def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # closed meanwhile: fail what was queued, here on the caller's loop
+            with self._inbox_lock:
+                calls = list(self._inbox)
+                self._inbox.clear()
+                self._inbox_posted = False
+            for call in calls:
+                call.fail(ClientClosedError("the embedder was closed"))
 
     def _drain(self) -> None:
         """On the embedder's loop: start a task for every queued call."""
@@ -178,7 +197,19 @@ class SharedEmbedder:
             if call.future.cancelled():
                 continue
             call.task = loop.create_task(call.func(*call.args))
-            call.task.add_done_callback(call.finished)
+            call.task.add_done_callback(functools.partial(self._finished, call))
+
+    def _finished(self, call: _Call[Any], task: asyncio.Task[Any]) -> None:
+        """On the embedder's loop: queue the answer; one wake-up per caller loop per burst."""
+        replies = self._replies.setdefault(call.caller, [])
+        replies.append(call)
+        if len(replies) == 1:
+            asyncio.get_running_loop().call_soon(self._reply, call.caller)
+
+    def _reply(self, caller: asyncio.AbstractEventLoop) -> None:
+        calls = self._replies.pop(caller, [])
+        with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody waits
+            caller.call_soon_threadsafe(_resolve_all, calls)
 
     def embed(self, text: str) -> Matrix:
         """Blocking `AsyncEmbedder.embed`."""
@@ -233,8 +264,8 @@ class SharedEmbedder:
 class _Call(Generic[T]):
     """One async call: made on the caller's loop, run on the embedder's, answered back.
 
-    Results go back with one `call_soon_threadsafe` per call; the caller's future is only
-    touched on the caller's loop.
+    Calls cross between the loops in bursts (one wake-up each way for many calls); the
+    caller's future is only touched on the caller's loop.
     """
 
     __slots__ = ("args", "caller", "func", "future", "task")
@@ -251,12 +282,14 @@ class _Call(Generic[T]):
         self.future: asyncio.Future[T] = caller.create_future()
         self.task: asyncio.Task[T] | None = None
 
-    def finished(self, task: asyncio.Task[T]) -> None:
-        with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody waits
-            self.caller.call_soon_threadsafe(self._resolve, task)
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
 
-    def _resolve(self, task: asyncio.Task[T]) -> None:
-        if self.future.done():
+    def resolve(self) -> None:
+        """On the caller's loop: hand the task's outcome to the waiting caller."""
+        task = self.task
+        if self.future.done() or task is None:
             return
         if task.cancelled():  # not by this caller (that cancels `future` first): a close
             self.future.set_exception(ClientClosedError("the embedder was closed"))
@@ -264,6 +297,11 @@ class _Call(Generic[T]):
             self.future.set_exception(error)
         else:
             self.future.set_result(task.result())
+
+
+def _resolve_all(calls: list[_Call[Any]]) -> None:
+    for call in calls:
+        call.resolve()
 
 
 async def _running_loop() -> asyncio.AbstractEventLoop:
