@@ -77,7 +77,7 @@ class SharedEmbedder:
         self._closed = False
         self._inbox: collections.deque[_Call[Any]] = collections.deque()
         self._inbox_lock = threading.Lock()
-        self._inbox_posted = False
+        self._waking: set[asyncio.AbstractEventLoop] = set()  # caller loops with a wake-up due
         self._owners = 0
         # touched only on the embedder's loop
         self._replies: dict[asyncio.AbstractEventLoop, list[_Call[Any]]] = {}
@@ -98,8 +98,8 @@ class SharedEmbedder:
                 return self._loop
             stack = contextlib.ExitStack()
             try:
-                # asyncio, whatever the caller runs: async callers are bridged with
-                # asyncio.run_coroutine_threadsafe, which needs an asyncio loop on this side.
+                # asyncio, whatever the caller runs: calls are bridged with asyncio's
+                # thread-safe primitives, which need an asyncio loop on this side.
                 portal = stack.enter_context(
                     anyio.from_thread.start_blocking_portal("asyncio", name=self._name)
                 )
@@ -168,22 +168,26 @@ class SharedEmbedder:
         thread costs far more than a call does.
         """
         loop = self._start()
+        caller = call.caller
         with self._inbox_lock:
             self._inbox.append(call)
-            if self._inbox_posted:
+            if caller in self._waking:
                 return
-            self._inbox_posted = True
-        call.caller.call_soon(self._wake, loop)
+            self._waking.add(caller)
+        caller.call_soon(self._wake, caller, loop)
 
-    def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _wake(self, caller: asyncio.AbstractEventLoop, loop: asyncio.AbstractEventLoop) -> None:
+        """On a caller's loop, at the end of its iteration: wake the embedder's loop once."""
+        with self._inbox_lock:
+            self._waking.discard(caller)
         try:
             loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:  # closed meanwhile: fail what was queued, here on the caller's loop
+        except RuntimeError:  # closed meanwhile: nobody will drain; fail this loop's calls
             with self._inbox_lock:
-                calls = list(self._inbox)
-                self._inbox.clear()
-                self._inbox_posted = False
-            for call in calls:
+                mine = [c for c in self._inbox if c.caller is caller]
+                for call in mine:
+                    self._inbox.remove(call)
+            for call in mine:
                 call.fail(ClientClosedError("the embedder was closed"))
 
     def _drain(self) -> None:
@@ -191,7 +195,6 @@ class SharedEmbedder:
         with self._inbox_lock:
             calls = list(self._inbox)
             self._inbox.clear()
-            self._inbox_posted = False
         loop = asyncio.get_running_loop()
         for call in calls:
             if call.future.cancelled():
