@@ -26,7 +26,16 @@ from typing import Any
 
 import orjson
 
-from . import bulk, coalescing, latency, memory, overhead, ratelimit, replicas
+from . import (
+    bulk,
+    coalescing,
+    frameworks,
+    latency,
+    memory,
+    overhead,
+    ratelimit,
+    replicas,
+)
 from ._common import (
     NEIGHBOURS,
     ROOT,
@@ -43,6 +52,7 @@ from ._report import markdown
 
 SCENARIOS = {m.NAME: m for m in (coalescing, bulk, overhead, latency, memory, ratelimit, replicas)}
 RESULTS = Path(__file__).resolve().parent / "results"
+SCENARIOS[frameworks.NAME] = frameworks
 
 
 @dataclasses.dataclass

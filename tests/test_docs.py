@@ -45,6 +45,7 @@ RUNNABLE = [
     "guides/batching.md",
     "guides/testing.md",
     "guides/replicas.md",
+    "guides/frameworks.md",
     "api.md",
     "exceptions.md",
     "architecture.md",

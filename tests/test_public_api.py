@@ -19,8 +19,8 @@ import embedkit
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "embedkit"
 
-#: Subpackages that are public by design (optional extras users import by name).
-PUBLIC_SUBPACKAGES = {"serve"}
+#: Subpackages and modules that are public by design (optional extras users import by name).
+PUBLIC_SUBPACKAGES = {"serve", "langchain", "llama_index"}
 
 
 def isort_key(name: str) -> tuple[int, str]:
@@ -136,7 +136,9 @@ def test_public_classes_have_readable_reprs() -> None:
 
 
 HEAVY = ["torch", "sentence_transformers", "starlette", "uvicorn", "pyarrow", "matplotlib"]
+HEAVY += ["langchain_core", "llama_index", "pydantic"]
 OPTIONAL = ["embedkit._local", "embedkit._cli", "embedkit.serve", "embedkit._bulk_cli"]
+OPTIONAL += ["embedkit.langchain", "embedkit.llama_index", "embedkit._frameworks"]
 
 
 def test_import_stays_light() -> None:
