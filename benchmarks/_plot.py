@@ -72,9 +72,9 @@ def _empty(ax: Any, title: str, why: str) -> None:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    fig = plt.figure(figsize=(14, 19.5))
-    grid = fig.add_gridspec(5, 2, height_ratios=[1, 1, 1, 1, 0.45])
-    panels = iter([fig.add_subplot(grid[r, c]) for r in range(4) for c in range(2)])
+    fig = plt.figure(figsize=(14, 24))
+    grid = fig.add_gridspec(6, 2, height_ratios=[1, 1, 1, 1, 1, 0.5])
+    panels = iter([fig.add_subplot(grid[r, c]) for r in range(5) for c in range(2)])
 
     ax = next(panels)
     s = _scenario(report, "coalescing")
@@ -218,7 +218,32 @@ def plot(report: dict[str, Any], path: Path) -> None:
     else:
         _empty(ax, "Memory", "not run")
 
-    ax = fig.add_subplot(grid[4, :])
+    ax = next(panels)
+    s = _scenario(report, "replicas")
+    if s:
+        rows = [r for r in s["rows"] if "killed" not in r["client"]]
+        labels = [r["client"].replace("embedkit embed_many() ", "embedkit ") for r in rows]
+        _barh(ax, labels, [r["texts/s"] for r in rows])
+        total = s["setup"].get("sum_of_singles")
+        if total:
+            ax.axvline(total, color="k", ls="--", lw=0.8)
+            ax.text(total, -0.9, " sum of singles", fontsize=7, va="center")
+        killed = [r for r in s["rows"] if "killed" in r["client"]]
+        lost = ", ".join(
+            f"{r['client'].split(' (')[0].replace('embedkit embed_many()', 'embedkit')}"
+            f"{' via nginx' if 'nginx' in r['client'] else ''}: {r['failed texts']} lost"
+            for r in killed
+        )
+        ax.set_xlabel(
+            "texts/s" + (f"; a replica killed mid-run: {lost}" if lost else ""), fontsize=7
+        )
+        ax.set_title(s["title"], fontsize=9)
+    else:
+        _empty(ax, "Replicas", "not run")
+    for ax in panels:
+        ax.set_axis_off()
+
+    ax = fig.add_subplot(grid[5, :])
     checks = [c for sc in report["scenarios"] for c in sc["checks"]]
     ax.set_axis_off()
     ax.set_title("Targets", fontsize=9)
