@@ -34,7 +34,7 @@ import embedkit
 from devtools.nginx import nginx_path, running_nginx, upstream_conf
 
 from ._common import Scenario, Server, at_least, at_most, free_port, sentences, server
-from ._measure import WARM_UP, measure
+from ._measure import WARM_UP, head_to_head, measure
 from ._peers import Client, EmbedkitMany, HttpxBatched
 
 NAME = "replicas"
@@ -260,11 +260,15 @@ def _throughput(
                 ),
             )
         )
-    results = {}
-    for key, make in makers:
-        result = measure(make, corpus, check=check)
-        opts.log(f"    {result['client']}: {result['texts_per_s']:,.0f} texts/s")
-        results[key] = result
+    # Alternating rounds (median kept): on a shared machine, drift hits every row alike.
+    measured = head_to_head(
+        [make for _, make in makers],
+        corpus,
+        rounds=1 if opts.smoke else 3,
+        check=check,
+        log=opts.log,
+    )
+    results = {key: result for (key, _), result in zip(makers, measured, strict=True)}
     rows = [_row(results[k], total) for k, _ in makers] + [_row(r, total) for r in singles]
     nginx_rates = [r["texts_per_s"] for key, r in results.items() if key.startswith("nginx")]
     best_nginx = max(nginx_rates) if nginx_rates else None

@@ -4,8 +4,8 @@ The scheduler forms batches and calls `embed_batch` as it would on one server; t
 backend picks the replica that should finish the batch soonest, and hides a failing replica:
 
 * **Choice.** The replica expected to finish the batch soonest: `(texts in flight + texts
-  in this batch) × EWMA seconds per text ÷ weight`, where seconds per text is the inverse
-  of its measured throughput (latency ÷ (texts × requests in flight there), Little's law).
+  in this batch) × EWMA seconds per text ÷ weight`, where seconds per text is its recent
+  latency per text (which rises with a replica's queue: peak-EWMA-like).
   If that replica is at its cap, the batch waits for one of its slots rather than queue
   behind a slower replica's backlog; otherwise it goes to the soonest one with a free slot.
   A replica 4× slower is chosen once the others hold 4× its backlog, so under load each
@@ -246,16 +246,16 @@ class Replica:
 
     # -------------------------------------------------------------- outcomes
 
-    def on_success(self, n: int, seconds: float, alpha: float, concurrent: int = 1) -> None:
+    def on_success(self, n: int, seconds: float, alpha: float) -> None:
         """An answer: update the estimate, the cap and the counters.
 
-        The estimate is seconds per text *of the replica's throughput*: by Little's law, a
-        request that took `seconds` while `concurrent` requests were in flight there says
-        the replica gets through `n × concurrent / seconds` texts a second. So a replica
-        that serves requests in parallel is not mistaken for a slow one, and one that
-        queues them is not counted slow twice (its latency and its backlog).
+        The estimate is the request's latency per text. A replica that queues requests
+        answers them later, so its estimate rises with its backlog and it gets fewer; one
+        that serves them in parallel keeps a low estimate and gets more, up to its cap.
+        (Latency, not throughput: throughput measured at the concurrency a replica was given
+        would keep a replica given little looking slow.)
         """
-        per_text = seconds / max(1, n * concurrent)
+        per_text = seconds / max(1, n)
         if self.per_text is None or n >= 2 * self.basis:
             # A request's fixed cost makes a small batch look slow per text: an estimate
             # from small batches gives way at once to one from a batch twice as large.
@@ -530,7 +530,6 @@ class BalancedBackend:
             replica.last_sent = now
             if replica.first_sent is None:
                 replica.first_sent = now
-            concurrent = replica.in_flight
             started = time.perf_counter()
             try:
                 matrix = await replica.backend.embed_batch(texts)
@@ -541,8 +540,7 @@ class BalancedBackend:
                 else:
                     replica.errors[describe(exc)] += 1
                 raise
-            concurrent = max(1, (concurrent + replica.in_flight) // 2)  # at send and now
-            replica.on_success(n, time.perf_counter() - started, self.alpha, concurrent)
+            replica.on_success(n, time.perf_counter() - started, self.alpha)
             return matrix
         finally:
             self._release(replica, n)
