@@ -278,3 +278,25 @@ async def test_embedder_wiring_caps_sum_and_repr_lists_replicas() -> None:
         embedkit.AsyncEmbedder(api="tei", url=["http://a", "http://a"])
     with pytest.raises(ValueError, match="empty"):
         embedkit.AsyncEmbedder(api="tei", url=[])
+
+
+@pytest.mark.asyncio
+async def test_each_replicas_tei_limits_are_read_and_obeyed_per_replica() -> None:
+    class Limited(FakeReplica):
+        def __init__(self, name: str, info: BackendInfo) -> None:
+            super().__init__(name)
+            self.info = info
+
+        async def start(self) -> BackendInfo:
+            return self.info
+
+    small = Limited("small", BackendInfo(model_id="m", max_batch_size=16, max_inputs_in_flight=64))
+    big = Limited("big", BackendInfo(model_id="m", max_batch_size=64, max_inputs_in_flight=4096))
+    plain = Limited("plain", BackendInfo())
+    b = balanced(small, big, plain, cap=8)
+    info = await b.start()
+    assert info.max_batch_size == 16  # the smallest: every batch must fit every replica
+    assert info.model_id == "m"
+    total = b.fit_caps(info.max_batch_size)
+    assert [r.concurrency.maximum for r in b.replicas] == [4, 8, 8]  # 64 inputs / 16 a batch
+    assert total == 20  # the scheduler's concurrency: the sum of the replicas' caps
