@@ -272,8 +272,9 @@ class ServerModel:
     * `fixed` and `per_text`: the server's unqueued cost, seconds per request and per text
       (the lower envelope of latency against batch size, over a sliding window);
     * `parallel`: how many requests it serves at once. An answer that came back in about
-      the unqueued time with n in flight shows parallel >= n; one that took over 1.5x that
-      shows it queued, so parallel < n. It probes one higher after 64 clean answers;
+      the unqueued time is no proof (a slot may have freed just in time), but one that took
+      over 1.5x that shows it queued: parallel < n. It starts at the concurrency limit and
+      probes one higher after 64 clean answers with `parallel` requests out;
     * the arrival rate of texts, over the last `window` seconds.
 
     A full batch is always sent (it cannot get cheaper). A sub-full batch is sent at once
@@ -342,12 +343,11 @@ class ServerModel:
             bucket[0], bucket[1], bucket[4] = math.inf, 0.0, 0.0
         self._fit()
         assert self.fixed is not None
-        if seconds > 1.5 * (self.fixed + self.per_text * texts) + 0.001:
+        if seconds > 1.25 * (self.fixed + self.per_text * texts) + 0.0005:
             self.queued_answers += 1
             self.parallel = max(1, min(self.parallel, in_flight - 1))
             self._clean = 0
         elif in_flight >= self.parallel:
-            self.parallel = in_flight
             self._clean += 1
             if self._clean >= 64:
                 self.parallel += 1  # probe: the server may serve more at once than we saw

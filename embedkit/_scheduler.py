@@ -36,7 +36,6 @@ import copy
 import dataclasses
 import logging
 import math
-import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -278,7 +277,8 @@ class Scheduler:
         When these texts complete a full batch and a slot is free, this task sends it at once.
         """
         job = self.enqueue(texts)
-        if self._queued >= self.max_batch_size:
+        concurrency = self.concurrency
+        if self._queued >= self.max_batch_size and concurrency.in_flight < concurrency.limit:
             await self._send_eagerly()
         return await self.result(job)
 
@@ -572,6 +572,7 @@ class Scheduler:
         texts = batch.texts
         concurrency = self.concurrency
         learned = self._learned
+        clock = self.model.clock
         paced = True  # the dispatcher paced the first attempt before forming the batch
 
         async def attempt() -> Matrix:
@@ -587,7 +588,7 @@ class Scheduler:
             self._requests += 1
             self._sending += 1
             out = self._sending
-            started = time.perf_counter()
+            started = clock()
             try:
                 matrix = await self._send(texts)
             except EmbedkitError as exc:
@@ -603,7 +604,7 @@ class Scheduler:
                 self._wake()
             if matrix.shape[0] != len(texts):
                 raise ResponseError(f"sent {len(texts)} texts, got {matrix.shape[0]} rows")
-            seconds = time.perf_counter() - started
+            seconds = clock() - started
             self._latencies.append(seconds)
             self.model.observe(len(texts), seconds, out)
             concurrency.on_success()
