@@ -133,21 +133,29 @@ class _Job:
         self.at = 0.0  # when it was queued (ServerModel clock)
 
     def deliver(self, row: int, vector: Matrix) -> None:
+        self.deliver_rows(row, vector.reshape(1, -1))
+
+    def deliver_rows(self, start: int, rows: Matrix) -> None:
+        """Rows `start`, `start + 1`, ... of this job's matrix (copied: `rows` may be shared)."""
         if self.finished:
             return
         out = self.out
         if out is None:
-            out = self.out = np.empty((self.n, vector.shape[0]), dtype=np.float32)
-        elif out.shape[1] != vector.shape[0]:
+            out = self.out = np.empty((self.n, rows.shape[1]), dtype=np.float32)
+        elif out.shape[1] != rows.shape[1]:
             self.fail(
                 ResponseError(
                     f"embedding dimension changed between batches ({out.shape[1]} then "
-                    f"{vector.shape[0]}): is the server switching models?"
+                    f"{rows.shape[1]}): is the server switching models?"
                 )
             )
             return
-        out[row] = vector
-        self.pending -= 1
+        k = rows.shape[0]
+        if k == 1:
+            out[start] = rows[0]
+        else:
+            out[start : start + k] = rows
+        self.pending -= k
         if self.pending == 0:
             self.finished = True
             self.done.set()
@@ -636,12 +644,22 @@ class Scheduler:
             self.dimension = int(matrix.shape[1])
         inflight = self._inflight
         cache = self._cache
-        for position, waiters in enumerate(batch.waiters):
+        every = batch.waiters
+        if _one_block(every):  # consecutive rows of one job (embed_many): one copy
+            job, start = every[0][0]
+            job.deliver_rows(start, matrix)
+            if cache is None:
+                for text, waiters in zip(batch.texts, every, strict=True):
+                    if inflight.get(text) is waiters:
+                        del inflight[text]
+                return
+            every = [[] for _ in every]  # rows delivered; the loop below keeps the books
+        for position, waiters in enumerate(every):
             vector = matrix[position]
             for job, row in waiters:
                 job.deliver(row, vector)
             text = batch.texts[position]
-            if inflight.get(text) is waiters:
+            if inflight.get(text) is batch.waiters[position]:
                 del inflight[text]
             if cache is not None:
                 cache[text] = vector.copy()
@@ -715,6 +733,22 @@ class Scheduler:
             latency_p90=pct(0.9),
             latency_p99=pct(0.99),
         )
+
+
+def _one_block(every: list[_Waiters]) -> bool:
+    """Whether each text has one waiter, all of one job, on consecutive rows."""
+    head = every[0]
+    if len(head) != 1:
+        return False
+    job, row = head[0]
+    for waiters in every:
+        if len(waiters) != 1:
+            return False
+        other, other_row = waiters[0]
+        if other is not job or other_row != row:
+            return False
+        row += 1
+    return True
 
 
 def _copy_error(error: BaseException) -> BaseException:
