@@ -241,7 +241,7 @@ def test_place_by_index_rejects(items: list[Any], n: int, needle: str | None) ->
 
 @pytest.mark.parametrize(
     "body",
-    [b"[[true, 0.5]]", b"[[false, 0.5]]", b"[[null, 0.5]]", b'[["1", "2"]]', b"[[1e400, 0.5]]"],
+    [b"[[true, false]]", b"[[null, 0.5]]", b'[["1", "2"]]', b"[[1e400, 0.5]]"],
 )
 def test_the_fast_numbers_only_path_still_refuses_what_is_not_a_number(body: bytes) -> None:
     protocol = HFProtocol(model=None, url="http://127.0.0.1:1/embed", options=Options())
