@@ -271,10 +271,13 @@ class ServerModel:
 
     * `fixed` and `per_text`: the server's unqueued cost, seconds per request and per text
       (the lower envelope of latency against batch size, over a sliding window);
-    * `parallel`: how many requests it serves at once. An answer that came back in about
-      the unqueued time is no proof (a slot may have freed just in time), but one that took
-      over 1.5x that shows it queued: parallel < n. It starts at the concurrency limit and
-      probes one higher after 64 clean answers with `parallel` requests out;
+    * `parallel`: how many requests it serves at once. For each number of requests out when
+      a request left, a moving average of its latency over the unqueued cost of its size:
+      the first level at which that slowdown is over 1.15x the least slowdown of any level
+      is where requests started to queue in the server. Comparing levels with each other,
+      not with the floor, keeps a busy event loop (which slows every answer alike) from
+      passing for a queueing server. Until some level shows it, `parallel` is the
+      concurrency limit;
     * the arrival rate of texts, over the last `window` seconds.
 
     A full batch is always sent (it cannot get cheaper). A sub-full batch is sent at once
@@ -305,11 +308,14 @@ class ServerModel:
         self.utilisation = utilisation
         self.window = window
         self.queued_answers = 0
+        self._maximum = self.parallel
+        # requests out when one was sent -> moving average of its latency over the unqueued
+        # cost of its batch size (1.0: no queueing; the event loop's own delays lift all alike)
+        self._slowdown: dict[int, float] = {}
         # batch-size bucket (bit length) -> [min s, its size, previous window's min s, its size, n]
         self._floor: dict[int, list[float]] = {}
         self._arrivals: deque[tuple[float, int]] = deque()
         self._arrived = 0
-        self._clean = 0
 
     # ---------------------------------------------------------------- what it learns
 
@@ -343,15 +349,22 @@ class ServerModel:
             bucket[0], bucket[1], bucket[4] = math.inf, 0.0, 0.0
         self._fit()
         assert self.fixed is not None
-        if seconds > 1.25 * (self.fixed + self.per_text * texts) + 0.0005:
+        base = self.fixed + self.per_text * texts
+        if base <= 0:
+            return
+        ratio = seconds / base
+        slowdown = self._slowdown
+        old = slowdown.get(in_flight)
+        slowdown[in_flight] = ratio if old is None else old + 0.1 * (ratio - old)
+        levels = sorted(slowdown)
+        reference = min(slowdown.values())
+        if ratio > 1.15 * reference:
             self.queued_answers += 1
-            self.parallel = max(1, min(self.parallel, in_flight - 1))
-            self._clean = 0
-        elif in_flight >= self.parallel:
-            self._clean += 1
-            if self._clean >= 64:
-                self.parallel += 1  # probe: the server may serve more at once than we saw
-                self._clean = 0
+        self.parallel = self._maximum
+        for level in levels:
+            if slowdown[level] > 1.15 * reference:
+                self.parallel = max(1, level - 1)
+                break
 
     def _fit(self) -> None:
         points = []
@@ -380,7 +393,7 @@ class ServerModel:
         if in_flight >= self.parallel:
             return math.inf
         fixed = self.fixed
-        if fixed is None or waited >= fixed:
+        if fixed is None or waited >= fixed - 1e-6:  # (a µs early: clocks round)
             return None
         rate = self.rate(now)
         room = self.utilisation * self.parallel - rate * self.per_text

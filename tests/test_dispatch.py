@@ -47,13 +47,22 @@ def test_an_answer_that_queued_in_the_server_lowers_its_parallelism() -> None:
     assert model.queued_answers == 1
 
 
-def test_the_model_probes_for_more_parallelism_after_clean_answers() -> None:
-    model = learned(parallel=4)
-    for _ in range(63):
-        model.observe(8, FIXED + 8 * PER_TEXT, 4)
+def test_a_busy_event_loop_that_slows_every_answer_is_not_a_queueing_server() -> None:
+    model = learned(parallel=8)
+    for _ in range(60):
+        for out in range(1, 9):  # every level 1.6x slower than the floor, alike
+            model.observe(16, 1.6 * (FIXED + 16 * PER_TEXT), out)
+    assert model.parallel == 8
+
+
+def test_parallelism_rises_again_when_the_level_stops_queueing() -> None:
+    model = learned(parallel=8)
+    model.observe(16, FIXED + 16 * PER_TEXT, 4)
+    model.observe(16, 2 * (FIXED + 16 * PER_TEXT), 5)
     assert model.parallel == 4
-    model.observe(8, FIXED + 8 * PER_TEXT, 4)
-    assert model.parallel == 5
+    for _ in range(40):  # the server got more slots: 5 out no longer queue
+        model.observe(16, FIXED + 16 * PER_TEXT, 5)
+    assert model.parallel == 8
 
 
 def test_an_idle_pipe_never_holds_a_text_back() -> None:
