@@ -277,7 +277,8 @@ class ServerModel:
       is where requests started to queue in the server. Comparing levels with each other,
       not with the floor, keeps a busy event loop (which slows every answer alike) from
       passing for a queueing server. Until some level shows it, `parallel` is the
-      concurrency limit;
+      concurrency limit; it is never inferred below 2 (one noisy level must not turn the
+      client into a one-request-at-a-time Nagle);
     * the arrival rate of texts, over the last `window` seconds.
 
     A full batch is always sent (it cannot get cheaper). A sub-full batch is sent at once
@@ -363,7 +364,7 @@ class ServerModel:
         self.parallel = self._maximum
         for level in levels:
             if slowdown[level] > 1.15 * reference:
-                self.parallel = max(1, level - 1)
+                self.parallel = max(min(2, self._maximum), level - 1)
                 break
 
     def _fit(self) -> None:
