@@ -25,7 +25,8 @@
    bisected until only the bad text fails. Other errors go to the batch's callers.
 5. A caller wakes when its last row lands (or its first error), and gets its matrix. A caller
    that is cancelled marks its job finished: its queued texts are skipped, rows still in
-   flight are dropped on arrival, and no slot is held by a caller, so none can leak.
+   flight are dropped on arrival. A caller holds a slot only while it sends a full batch
+   itself (step 2), and gives it back when that send ends or is handed over, so none can leak.
 
 Nothing here knows about HTTP: `send` is any `async (list[str]) -> (n, dim) float32`.
 """
