@@ -32,6 +32,7 @@ from . import (
     frameworks,
     latency,
     memory,
+    openloop,
     overhead,
     ratelimit,
     replicas,
@@ -50,7 +51,9 @@ from ._common import (
 )
 from ._report import markdown
 
-SCENARIOS = {m.NAME: m for m in (coalescing, bulk, overhead, latency, memory, ratelimit, replicas)}
+SCENARIOS = {
+    m.NAME: m for m in (coalescing, openloop, bulk, overhead, latency, memory, ratelimit, replicas)
+}
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS[frameworks.NAME] = frameworks
 
