@@ -1,0 +1,601 @@
+"""Embed a Ray Dataset with a fleet of embedders that share one quota.
+
+    import ray, embedkit.ray
+    ds = ray.data.read_parquet("s3://bucket/docs/")
+    out = embedkit.ray.embed_dataset(ds, api="tei", url="http://gpu-0:8080", workers=16,
+                                     requests_per_second=200)   # 200/s for the whole fleet
+    out.write_parquet("s3://bucket/embedded/")
+
+How a row travels:
+
+1. `embed_dataset` adds a `map_batches` stage to the dataset: a pool of `workers` Ray actors
+   (`ActorPoolStrategy`), each holding one long-lived `AsyncEmbedder`, opened on the actor's
+   event loop by its first batch and kept for the actor's life. Ray calls the actor's async
+   `__call__` with a pyarrow batch (up to 4 at once per actor), so the embedder's scheduler
+   coalesces the texts of several batches into full requests, as in one process.
+2. The texts of a batch are checked (`on_bad`), embedded with `embed_many`, and the batch
+   comes back with every input column and the vectors as a `fixed_size_list<float>[dim]`
+   column, which pyarrow, pandas, DuckDB and LanceDB read without Ray.
+3. Every embedder's scheduler asks a `FleetQuota` for permits instead of its own buckets.
+   The `FleetQuota` leases them in small blocks from one named Ray actor (`QuotaActor`),
+   which holds the token buckets, the pause after a 429, and the pace learned from 429s
+   for the whole fleet. A lease is one actor call for several requests, never one per
+   request.
+
+Ray restarts an actor that dies and runs its batches again (`max_restarts`,
+`max_task_retries`), and a batch's output replaces its input as a whole: every row comes
+out once, next to the columns it came in with.
+
+The token is resolved in the driver and travels to the actors inside `Secret`, which never
+shows it in a repr, and whose pickled form does not hold it verbatim.
+
+Import this module only with the `ray` extra installed (`pip install 'embedkit[ray]'`);
+`import embedkit` never imports Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+import numpy as np
+import pyarrow as pa
+
+from ._auth import Secret, resolve_token
+from ._client import AsyncEmbedder
+from ._errors import EmbedkitError, InputError
+
+if TYPE_CHECKING:
+    import ray.data
+
+__all__ = ["BadRowError", "FleetQuota", "QuotaActor", "embed_dataset"]
+
+#: Seconds of the fleet's request rate one lease covers (a worker's block of permits).
+LEASE_SECONDS = 0.1
+#: The largest block of permits one lease hands out.
+MAX_LEASE = 64
+#: While unpaced (no rate given, no 429 yet), how often a worker asks for news.
+REFRESH_SECONDS = 0.25
+#: After the fleet's learned pace is cut, 429s reported within this long are ignored
+#: (they answer requests sent before every worker heard of the cut).
+CUT_HOLD_SECONDS = 0.5
+#: The fleet's learned pace is cut to just under the answers of this many recent seconds
+#: (shorter than one process's 2 s: successes arrive in reports, and a pace that just
+#: doubled through a slow start would be underestimated over a longer window).
+LEARN_WINDOW_SECONDS = 0.5
+#: A permit not used within this long after it fell due is dropped, not spent in a burst.
+STALE_SECONDS = 1.0
+#: CPUs an HTTP worker asks Ray for: a fraction, since it waits on the network, and a
+#: whole CPU per actor can starve the read tasks of a small cluster (ray#44687).
+HTTP_WORKER_CPUS = 0.25
+
+OnBad = Literal["fail", "skip"]
+
+
+class BadRowError(EmbedkitError, ValueError):
+    """A row's text cannot be embedded (`on_bad="fail"`): empty, missing, not a string, or
+    refused by the server.
+
+    Attributes:
+        row: the row's other columns (values clipped), to find it in the input.
+        reason: why it cannot be embedded.
+    """
+
+    def __init__(self, row: dict[str, str], reason: str) -> None:
+        self.row = row
+        self.reason = reason
+        where = ", ".join(f"{k}={v}" for k, v in row.items()) or "a row without other columns"
+        super().__init__(f"row ({where}): {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.row, self.reason))
+
+
+# ----------------------------------------------------------------------- the quota
+
+
+class _Reservations:
+    """A reserving token bucket on the actor: permits are handed out with the time each is due."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.last = now
+
+    def take(self, n: int, now: float) -> list[float]:
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        dues = []
+        for _ in range(n):
+            self.tokens -= 1.0
+            dues.append(max(0.0, -self.tokens / self.rate))
+        return dues
+
+    def debt(self, seconds: float, now: float) -> None:
+        """Nothing is due before `seconds` from now (a pause)."""
+        self.take(0, now)
+        self.tokens = min(self.tokens, -seconds * self.rate)
+
+
+class QuotaActor:
+    """The fleet's quota, run as one named Ray actor (its methods run one at a time).
+
+    It holds a request bucket (`requests_per_second`, or a pace learned from the 429s any
+    worker reports, as `LearnedRate` does for one process), an input bucket
+    (`inputs_per_second`), and the pause after a 429. `sync` is the only call a worker
+    makes: it reports what happened since its last call and leases permits in one round
+    trip. Times cross the wire as seconds from now, so the workers' clocks never matter.
+    """
+
+    def __init__(
+        self,
+        *,
+        requests_per_second: float | None = None,
+        inputs_per_second: float | None = None,
+        learn_rate: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from ._limits import LearnedRate
+
+        self._clock = clock
+        now = clock()
+        self._requests: _Reservations | None = None
+        if requests_per_second is not None:
+            self._requests = _Reservations(
+                requests_per_second, max(1.0, requests_per_second / 10.0), now
+            )
+        self._inputs: _Reservations | None = None
+        if inputs_per_second is not None:
+            self._inputs = _Reservations(
+                inputs_per_second, max(1.0, inputs_per_second / 10.0), now
+            )
+        self._learned = (
+            LearnedRate(clock=clock, window=LEARN_WINDOW_SECONDS)
+            if requests_per_second is None and learn_rate
+            else None
+        )
+        self._until = 0.0
+        self._pauses = 0
+        self._last_cut = -math.inf
+        self._reports = 0
+        self.requests = 0
+        self.rate_limited = 0
+
+    def sync(
+        self,
+        requests: int = 0,
+        inputs: int = 0,
+        successes: int = 0,
+        rate_limited: int = 0,
+        pause: float = 0.0,
+    ) -> tuple[list[float], list[float], float, float | None, int]:
+        """Report, then lease: `(request dues, input dues, pause left, rate, pauses)`.
+
+        Request dues are empty while the fleet is unpaced (send freely).
+        """
+        now = self._clock()
+        self.requests += successes + rate_limited
+        self.rate_limited += rate_limited
+        learned = self._learned
+        if learned is not None:
+            for _ in range(successes):
+                learned.on_success()
+            if rate_limited and now - self._last_cut >= CUT_HOLD_SECONDS:
+                cuts = learned.cuts
+                self._reports += 1
+                learned.on_rate_limited(self._reports, self._reports)
+                if learned.cuts != cuts:
+                    self._last_cut = now
+            rate = learned.rate
+            if rate is not None:
+                if self._requests is None:
+                    self._requests = _Reservations(rate, 1.0, now)
+                self._requests.rate = rate
+        if pause > 0 and now + pause > self._until:
+            self._until = now + pause
+            self._pauses += 1
+            for bucket in (self._requests, self._inputs):
+                if bucket is not None:
+                    bucket.debt(pause, now)
+        left = max(0.0, self._until - now)
+        request_dues: list[float] = []
+        if requests and self._requests is not None:
+            request_dues = [max(due, left) for due in self._requests.take(requests, now)]
+        input_dues: list[float] = []
+        if inputs and self._inputs is not None:
+            input_dues = [max(due, left) for due in self._inputs.take(inputs, now)]
+        rate_now = self._requests.rate if self._requests is not None else None
+        return request_dues, input_dues, left, rate_now, self._pauses
+
+    def counters(self) -> dict[str, Any]:
+        """What the fleet reported: requests answered, 429s, pauses, the pace in force."""
+        return {
+            "requests": self.requests,
+            "rate_limited": self.rate_limited,
+            "pauses": self._pauses,
+            "rate": self._requests.rate if self._requests is not None else None,
+            "learned_cuts": self._learned.cuts if self._learned is not None else 0,
+        }
+
+
+class FleetQuota:
+    """One worker's side of the fleet quota: a `Quota` whose permits come from a `QuotaActor`.
+
+    Request permits are leased a block at a time (about `LEASE_SECONDS` of the fleet's rate)
+    and spent at the times the actor gave them. Successes and 429s are counted here and
+    reported with the next lease; a 429 or a pause forces that lease to come soon.
+    Must run on asyncio (Ray's event loop): it awaits Ray object refs.
+    """
+
+    def __init__(self, actor: Any, *, inputs: bool = False) -> None:
+        self._actor = actor
+        self._inputs = inputs
+        self._permits: collections.deque[float] = collections.deque()
+        self._input_permits: collections.deque[float] = collections.deque()
+        self._until = 0.0
+        self._paced = False
+        self._rate: float | None = None
+        self._pauses = 0
+        self._synced = -math.inf
+        self._successes = 0
+        self._lock = anyio.Lock()
+
+    async def _sync(self, requests: int = 0, inputs: int = 0) -> None:
+        successes, self._successes = self._successes, 0
+        try:
+            dues, input_dues, left, rate, pauses = await self._actor.sync.remote(
+                requests, inputs, successes
+            )
+        except BaseException:
+            self._successes += successes  # report them next time
+            raise
+        now = time.monotonic()
+        self._synced = now
+        self._permits.extend(now + due for due in dues)
+        self._input_permits.extend(now + due for due in input_dues)
+        self._until = max(self._until, now + left)
+        self._rate = rate
+        self._paced = rate is not None
+        self._pauses = pauses
+
+    def _block(self) -> int:
+        rate = self._rate or 1.0
+        return max(1, min(MAX_LEASE, math.ceil(rate * LEASE_SECONDS)))
+
+    async def wait(self) -> None:
+        """Return once no pause is in force (a pause any worker started)."""
+        while True:
+            left = self._until - time.monotonic()
+            if left <= 0:
+                return
+            await anyio.sleep(left)
+
+    async def pace(self) -> None:
+        """Take one request permit; unpaced until the fleet has a rate."""
+        now = time.monotonic()
+        if not self._paced and not self._permits:
+            if now - self._synced >= REFRESH_SECONDS:
+                async with self._lock:
+                    if time.monotonic() - self._synced >= REFRESH_SECONDS:
+                        await self._sync()
+            if not self._paced:
+                return
+        due = await self._take(self._permits, lambda: self._sync(requests=self._block()))
+        left = due - time.monotonic()
+        if left > 0:
+            await anyio.sleep(left)
+
+    async def take_inputs(self, n: int) -> None:
+        """Take `n` input permits (when the fleet has an inputs-per-second limit)."""
+        if not self._inputs:
+            return
+        due = 0.0
+        for _ in range(n):  # a lease covers two batches of this size
+            due = await self._take(self._input_permits, lambda: self._sync(inputs=2 * n))
+        left = due - time.monotonic()
+        if left > 0:
+            await anyio.sleep(left)
+
+    async def _take(self, permits: collections.deque[float], lease: Callable[[], Any]) -> float:
+        while True:
+            now = time.monotonic()
+            while permits and permits[0] < now - STALE_SECONDS:
+                permits.popleft()  # due long ago and never used: not a licence to burst
+            if permits:
+                return permits.popleft()
+            async with self._lock:
+                if not permits:
+                    await lease()
+
+    def on_success(self) -> None:
+        """Count a success, for the fleet's learned pace."""
+        self._successes += 1
+
+    def on_rate_limited(self, ticket: int, issued: int) -> None:
+        """Report a 429 to the fleet now (with the successes since the last lease)."""
+        successes, self._successes = self._successes, 0
+        self._actor.sync.remote(0, 0, successes, 1)  # the answer is not needed
+        self._synced = -math.inf  # hear the new pace at the next permit
+
+    def pause(self, seconds: float) -> None:
+        """Pause here at once, and every worker from its next lease."""
+        if seconds <= 0:
+            return
+        self._until = max(self._until, time.monotonic() + seconds)
+        self._actor.sync.remote(0, 0, 0, 0, seconds)
+        self._synced = -math.inf
+        self._permits.clear()  # leased before the pause: the actor re-leases after it
+
+    @property
+    def rate(self) -> float | None:
+        """The fleet's request pace, as of the last lease."""
+        return self._rate
+
+    @property
+    def pauses(self) -> int:
+        """Pauses the fleet started, as of the last lease."""
+        return self._pauses
+
+
+# ------------------------------------------------------------------------ the workers
+
+
+def _clip(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _EmbedBatches:
+    """The callable class Ray runs in each actor of the pool: one embedder per actor."""
+
+    def __init__(
+        self,
+        *,
+        column: str,
+        output_column: str,
+        flag_column: str | None,
+        on_bad: OnBad,
+        options: dict[str, Any],
+        token: Secret | None,
+        quota: Any,
+        inputs_quota: bool,
+    ) -> None:
+        self._column = column
+        self._output = output_column
+        self._flag = flag_column
+        self._on_bad = on_bad
+        self._options = options
+        self._token = token
+        self._quota_actor = quota
+        self._inputs_quota = inputs_quota
+        self._embedder: AsyncEmbedder | None = None
+        self._opening: asyncio.Future[AsyncEmbedder] | None = None
+        self._holder: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<embedkit worker column={self._column!r} api={self._options.get('api')!r}>"
+
+    async def _open(self) -> AsyncEmbedder:
+        """The actor's embedder, opened once on this event loop and kept open.
+
+        A holder task keeps the embedder's `async with` open for the actor's life, so
+        batches (each its own task) share one scheduler, connection pool and quota.
+        """
+        if self._embedder is not None:
+            return self._embedder
+        if self._opening is None:
+            loop = asyncio.get_running_loop()
+            self._opening = loop.create_future()
+            self._holder = loop.create_task(self._hold(self._opening))
+        embedder = await asyncio.shield(self._opening)
+        self._embedder = embedder
+        return embedder
+
+    async def _hold(self, opened: asyncio.Future[AsyncEmbedder]) -> None:
+        token = self._token.reveal() if self._token is not None else None
+        try:
+            embedder = AsyncEmbedder(token=token, **self._options)
+            if self._quota_actor is not None:
+                embedder._quota = FleetQuota(self._quota_actor, inputs=self._inputs_quota)
+            async with embedder:
+                opened.set_result(embedder)
+                await asyncio.Event().wait()  # until the actor ends
+        except BaseException as exc:
+            if not opened.done():
+                opened.set_exception(exc)
+            raise
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        embedder = await self._open()
+        texts = batch.column(self._column).to_pylist()
+        good: list[int] = []
+        bad: dict[int, str] = {}
+        for k, text in enumerate(texts):
+            if not isinstance(text, str):
+                bad[k] = f"the {self._column!r} value is {type(text).__name__}, not a string"
+            elif not text:
+                bad[k] = f"the {self._column!r} value is an empty string"
+            else:
+                good.append(k)
+        if bad and self._on_bad == "fail":
+            k = min(bad)
+            raise BadRowError(self._describe(batch, k), bad[k])
+        rows: dict[int, np.ndarray] = {}
+        matrix: np.ndarray | None = None
+        if good:
+            sent = [texts[k] for k in good]
+            try:
+                matrix = await embedder.embed_many(sent)
+            except InputError:
+                matrix = None
+                for k, result in zip(good, await self._one_by_one(embedder, sent)):
+                    if isinstance(result, InputError):
+                        reason = f"refused by the server: {result.message or result}"
+                        if self._on_bad == "fail":
+                            raise BadRowError(self._describe(batch, k), reason) from result
+                        bad[k] = reason
+                    else:
+                        rows[k] = result
+        dim = embedder.dimension
+        if dim is None:  # nothing embedded yet by this actor: learn the size
+            dim = int((await embedder.embed("dimension probe")).shape[0])
+        values = np.zeros((len(texts), dim), dtype=np.float32)
+        if matrix is not None:
+            values[good] = matrix
+        for k, vector in rows.items():
+            values[k] = vector
+        mask = None
+        if bad:
+            missing = np.zeros(len(texts), dtype=bool)
+            missing[list(bad)] = True
+            mask = pa.array(missing)
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim, mask=mask)
+        out = batch.append_column(self._output, vectors)
+        if self._flag is not None:
+            flags = np.ones(len(texts), dtype=bool)
+            flags[list(bad)] = False
+            out = out.append_column(self._flag, pa.array(flags))
+        return out
+
+    async def _one_by_one(self, embedder: AsyncEmbedder, texts: list[str]) -> list[Any]:
+        """After an `InputError`: embed each text alone, to find which ones are refused."""
+        from ._bulk import embed_each
+
+        return await embed_each(embedder._open_scheduler(), texts)
+
+    def _describe(self, batch: pa.Table, k: int) -> dict[str, str]:
+        others = [name for name in batch.column_names if name != self._column][:4]
+        row = {name: _clip(batch.column(name)[k].as_py()) for name in others}
+        if not row:
+            row = {self._column: _clip(batch.column(self._column)[k].as_py())}
+        return row
+
+
+# ---------------------------------------------------------------------- the public face
+
+
+def embed_dataset(
+    ds: ray.data.Dataset,
+    column: str = "text",
+    output_column: str = "embedding",
+    *,
+    workers: int = 4,
+    requests_per_second: float | None = None,
+    inputs_per_second: float | None = None,
+    on_bad: OnBad = "fail",
+    flag_column: str | None = None,
+    batch_size: int = 1024,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    max_restarts: int = 4,
+    **options: Any,
+) -> ray.data.Dataset:
+    """Add an embedding stage to a Ray Dataset: `column` in, `output_column` out.
+
+    A pool of `workers` Ray actors, each with one long-lived `AsyncEmbedder` built from
+    `options` (any `AsyncEmbedder` argument: `api`, `url`, `model`, `token`,
+    `max_batch_size`, `max_concurrency`, `retry`…), embeds the dataset's batches. Every
+    input column is kept; the vectors come as `fixed_size_list<float>[dim]`.
+
+    Args:
+        ds: the dataset; nothing runs until it is consumed (`write_parquet`, `take`…).
+        column: the column holding the texts.
+        output_column: the column the vectors go to.
+        workers: actors in the pool (each keeps `max_concurrency` requests in flight).
+        requests_per_second: a request rate for the whole fleet, not per worker.
+        inputs_per_second: a texts-per-second rate for the whole fleet.
+        on_bad: a row whose text is missing, empty, not a string or refused by the server:
+            "fail" raises `BadRowError` naming the row; "skip" gives it a null vector and
+            False in `flag_column`.
+        flag_column: with `on_bad="skip"`, the bool column saying whether a row was
+            embedded (default: `output_column + "_ok"`).
+        batch_size: rows per Ray batch (an actor works on up to 4 batches at once).
+        num_cpus: CPUs per actor (default: 0.25 for HTTP backends, 1 for `api="local"`).
+        num_gpus: GPUs per actor (for `api="local"` on a GPU node).
+        max_restarts: how often Ray restarts a dead actor (its batches are redone).
+        **options: `AsyncEmbedder` arguments; the token (argument or environment) is
+            resolved here, in the driver, and sent to the actors as a `Secret`.
+
+    With no rate given, the fleet is unpaced until a server answers 429: then the pace
+    learned from that 429 holds for every worker. The 429 pause (Retry-After) holds for
+    every worker too.
+    """
+    import ray
+    import ray.data
+
+    if not isinstance(column, str) or not isinstance(output_column, str):
+        raise TypeError("column and output_column must be column names (str)")
+    if on_bad not in ("fail", "skip"):
+        raise ValueError("on_bad must be 'fail' or 'skip'")
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    for name in ("backend", "transport", "http_client"):
+        if options.get(name) is not None:
+            raise ValueError(f"{name}= cannot be sent to Ray actors; pass api=, url= instead")
+    for name, rate in (
+        ("requests_per_second", requests_per_second),
+        ("inputs_per_second", inputs_per_second),
+    ):
+        if rate is not None and not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"{name} must be a positive number")
+    api = options.setdefault("api", "hf")
+    token = options.pop("token", None)
+    # checks every option here, where the mistake is made, not in a remote actor
+    AsyncEmbedder(**options, token=token if api != "local" else None)
+    secret: Secret | None = resolve_token(api, token) if api != "local" else None
+    if on_bad == "skip" and flag_column is None:
+        flag_column = f"{output_column}_ok"
+    if on_bad == "fail":
+        flag_column = None
+
+    learn = bool(options.get("adaptive_concurrency", True))
+    quota = (
+        ray.remote(QuotaActor)
+        .options(
+            name=f"embedkit-quota-{uuid.uuid4().hex[:12]}",
+            num_cpus=0,
+            max_restarts=-1,
+            max_concurrency=1,
+        )
+        .remote(
+            requests_per_second=requests_per_second,
+            inputs_per_second=inputs_per_second,
+            learn_rate=learn,
+        )
+    )
+    if num_cpus is None:
+        num_cpus = 1.0 if api == "local" and not num_gpus else HTTP_WORKER_CPUS
+        if api == "local" and num_gpus:
+            num_cpus = HTTP_WORKER_CPUS
+    remote_args: dict[str, Any] = {"max_restarts": max_restarts, "max_task_retries": -1}
+    if num_gpus:
+        remote_args["num_gpus"] = num_gpus
+    return ds.map_batches(
+        _EmbedBatches,
+        fn_constructor_kwargs={
+            "column": column,
+            "output_column": output_column,
+            "flag_column": flag_column,
+            "on_bad": on_bad,
+            "options": options,
+            "token": secret,
+            "quota": quota,
+            "inputs_quota": inputs_per_second is not None,
+        },
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        num_cpus=num_cpus,
+        zero_copy_batch=True,
+        **remote_args,
+    )
+
