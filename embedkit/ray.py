@@ -22,8 +22,8 @@ How a row travels:
    for the whole fleet. A lease is one actor call for several requests, never one per
    request.
 
-Ray restarts an actor that dies and runs its batches again (`max_restarts`,
-`max_task_retries`), and a batch's output replaces its input as a whole: every row comes
+Ray restarts an actor that dies and runs its batches again (Ray Data's actor pools set
+`max_restarts=-1`, `max_task_retries=-1`), and a batch's output replaces its input as a whole: every row comes
 out once, next to the columns it came in with.
 
 The token is resolved in the driver and travels to the actors inside `Secret`, which never
@@ -494,7 +494,6 @@ def embed_dataset(
     batch_size: int = 1024,
     num_cpus: float | None = None,
     num_gpus: float | None = None,
-    max_restarts: int = 4,
     **options: Any,
 ) -> ray.data.Dataset:
     """Add an embedding stage to a Ray Dataset: `column` in, `output_column` out.
@@ -519,9 +518,11 @@ def embed_dataset(
         batch_size: rows per Ray batch (an actor works on up to 4 batches at once).
         num_cpus: CPUs per actor (default: 0.25 for HTTP backends, 1 for `api="local"`).
         num_gpus: GPUs per actor (for `api="local"` on a GPU node).
-        max_restarts: how often Ray restarts a dead actor (its batches are redone).
         **options: `AsyncEmbedder` arguments; the token (argument or environment) is
             resolved here, in the driver, and sent to the actors as a `Secret`.
+
+    A worker that dies is restarted and its batches are redone (Ray Data's actor pools
+    restart actors and retry their tasks without limit by default).
 
     With no rate given, the fleet is unpaced until a server answers 429: then the pace
     learned from that 429 holds for every worker. The 429 pause (Retry-After) holds for
@@ -576,9 +577,6 @@ def embed_dataset(
         num_cpus = 1.0 if api == "local" and not num_gpus else HTTP_WORKER_CPUS
         if api == "local" and num_gpus:
             num_cpus = HTTP_WORKER_CPUS
-    remote_args: dict[str, Any] = {"max_restarts": max_restarts, "max_task_retries": -1}
-    if num_gpus:
-        remote_args["num_gpus"] = num_gpus
     return ds.map_batches(
         _EmbedBatches,
         fn_constructor_kwargs={
@@ -595,7 +593,7 @@ def embed_dataset(
         batch_size=batch_size,
         batch_format="pyarrow",
         num_cpus=num_cpus,
+        num_gpus=num_gpus,
         zero_copy_batch=True,
-        **remote_args,
     )
 
