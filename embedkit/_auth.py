@@ -39,11 +39,11 @@ class Secret:
         # This hides it from accidents, not from someone who unpickles it.
         data = self._value.encode("utf-8")
         pad = secrets.token_bytes(len(data))
-        return (_unmask, (bytes(a ^ b for a, b in zip(data, pad)), pad))
+        return (_unmask, (bytes(a ^ b for a, b in zip(data, pad, strict=True)), pad))
 
 
 def _unmask(masked: bytes, pad: bytes) -> Secret:
-    return Secret(bytes(a ^ b for a, b in zip(masked, pad)).decode("utf-8"))
+    return Secret(bytes(a ^ b for a, b in zip(masked, pad, strict=True)).decode("utf-8"))
 
 
 def _hf_token_file() -> Path:

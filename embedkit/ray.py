@@ -23,8 +23,8 @@ How a row travels:
    request.
 
 Ray restarts an actor that dies and runs its batches again (Ray Data's actor pools set
-`max_restarts=-1`, `max_task_retries=-1`), and a batch's output replaces its input as a whole: every row comes
-out once, next to the columns it came in with.
+`max_restarts=-1`, `max_task_retries=-1`), and a batch's output replaces its input as a
+whole: every row comes out once, next to the columns it came in with.
 
 The token is resolved in the driver and travels to the actors inside `Secret`, which never
 shows it in a repr, and whose pickled form does not hold it verbatim.
@@ -61,7 +61,7 @@ LEASE_SECONDS = 0.1
 #: The largest block of permits one lease hands out.
 MAX_LEASE = 64
 #: While unpaced (no rate given, no 429 yet), how often a worker asks for news.
-REFRESH_SECONDS = 0.25
+REFRESH_SECONDS = 0.1
 #: After the fleet's learned pace is cut, 429s reported within this long are ignored
 #: (they answer requests sent before every worker heard of the cut).
 CUT_HOLD_SECONDS = 0.5
@@ -153,9 +153,7 @@ class QuotaActor:
             )
         self._inputs: _Reservations | None = None
         if inputs_per_second is not None:
-            self._inputs = _Reservations(
-                inputs_per_second, max(1.0, inputs_per_second / 10.0), now
-            )
+            self._inputs = _Reservations(inputs_per_second, max(1.0, inputs_per_second / 10.0), now)
         self._learned = (
             LearnedRate(clock=clock, window=LEARN_WINDOW_SECONDS)
             if requests_per_second is None and learn_rate
@@ -435,7 +433,7 @@ class _EmbedBatches:
                 matrix = await embedder.embed_many(sent)
             except InputError:
                 matrix = None
-                for k, result in zip(good, await self._one_by_one(embedder, sent)):
+                for k, result in zip(good, await self._one_by_one(embedder, sent), strict=True):
                     if isinstance(result, InputError):
                         reason = f"refused by the server: {result.message or result}"
                         if self._on_bad == "fail":
@@ -596,4 +594,3 @@ def embed_dataset(
         num_gpus=num_gpus,
         zero_copy_batch=True,
     )
-

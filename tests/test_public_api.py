@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "embedkit"
 
 #: Subpackages that are public by design (optional extras users import by name).
-PUBLIC_SUBPACKAGES = {"serve"}
+PUBLIC_SUBPACKAGES = {"serve", "ray"}
 
 
 def isort_key(name: str) -> tuple[int, str]:
@@ -135,8 +135,14 @@ def test_public_classes_have_readable_reprs() -> None:
     assert "state=unopened" in repr(emb)
 
 
-HEAVY = ["torch", "sentence_transformers", "starlette", "uvicorn", "pyarrow", "matplotlib"]
-OPTIONAL = ["embedkit._local", "embedkit._cli", "embedkit.serve", "embedkit._bulk_cli"]
+HEAVY = ["torch", "sentence_transformers", "starlette", "uvicorn", "pyarrow", "matplotlib", "ray"]
+OPTIONAL = [
+    "embedkit._local",
+    "embedkit._cli",
+    "embedkit.serve",
+    "embedkit._bulk_cli",
+    "embedkit.ray",
+]
 
 
 def test_import_stays_light() -> None:

@@ -20,21 +20,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
+import ray.data
 
-ray = pytest.importorskip("ray")
+import embedkit.ray
 
-import ray.data  # noqa: E402
-
-import embedkit.ray  # noqa: E402
-from benchmarks._common import server as bench_server  # noqa: E402
-
-from .fakes import vectors_for  # noqa: E402
-from .hashserver import HashServer  # noqa: E402
+from .fakes import vectors_for
+from .hashserver import HashServer
+from .servers import stop
 
 pytestmark = [
     pytest.mark.integration,
@@ -99,7 +98,9 @@ class RecordingHashServer(HashServer):
         super().__init__(**kwargs)
         self.authorizations: set[str] = set()
 
-    async def respond(self, request_line: bytes, headers: dict[str, str], body: bytes, writer: Any) -> bool:
+    async def respond(
+        self, request_line: bytes, headers: dict[str, str], body: bytes, writer: Any
+    ) -> bool:
         self.authorizations.add(headers.get("authorization", ""))
         return await super().respond(request_line, headers, body, writer)
 
@@ -175,14 +176,49 @@ def test_a_worker_killed_mid_run_loses_and_repeats_no_row(cluster: Path, tmp_pat
 # ---------------------------------------------------------------------- shared quota
 
 
+@contextlib.contextmanager
+def quota_server(rate: float) -> Iterator[str]:
+    """The benchmarks' load server in its own process: admits `rate` requests/s, 429 beyond."""
+    argv = [sys.executable, "-m", "benchmarks._server", "--rate", str(rate), "--dim", "8"]
+    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
+    assert process.stdout is not None
+    with process.stdout:
+        try:
+            said = process.stdout.readline().decode().split()
+            assert said[:1] == ["PORT"], said
+            yield f"http://127.0.0.1:{said[1]}"
+        finally:
+            stop(process)
+
+
+class LastAnswer(threading.Thread):
+    """Watches the server's counters; `last` is when it last answered a request with 200."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.last = 0.0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        ok = -1
+        with httpx.Client() as client:
+            while not self.stopped.wait(0.05):
+                now = client.get(self.root + "/stats").json()["ok"]
+                if now != ok:
+                    ok, self.last = now, time.monotonic()
+
+
 def _quota_run(rate: float, *, given: bool, n: int) -> tuple[float, float, dict[str, Any]]:
-    with bench_server(rate=rate, dim=8) as srv:
+    with quota_server(rate) as root:
+        watch = LastAnswer(root)
+        watch.start()
         ds = ray.data.from_items(corpus(n), override_num_blocks=16)
         kwargs: dict[str, Any] = {"requests_per_second": rate} if given else {}
         out = embedkit.ray.embed_dataset(
             ds,
             api="tei",
-            url=srv.root,
+            url=root,
             workers=4,
             batch_size=64,
             max_batch_size=8,
@@ -190,12 +226,15 @@ def _quota_run(rate: float, *, given: bool, n: int) -> tuple[float, float, dict[
             **kwargs,
         )
         out = out.materialize()
-        finished = time.monotonic()
-        stats = srv.stats()
+        watch.stopped.set()
+        watch.join()
+        stats = httpx.get(root + "/stats").json()
         assert out.count() == n
-    elapsed = finished - stats["first_request_monotonic"]
+    # from the first request to the last answer (Ray's start and finish are not the quota's)
+    elapsed = watch.last - stats["first_request_monotonic"]
     achieved = stats["ok"] / elapsed
     refused = stats["rejected_429"] / stats["requests"]
+    print(f"quota R={rate:g} given={given}: {achieved:.1f} ok/s, {100 * refused:.2f}% 429, {stats}")
     return achieved, refused, stats
 
 

@@ -88,7 +88,8 @@ def test_a_pause_holds_every_later_lease_and_is_counted_once() -> None:
     assert pauses == 1
     clock.now += 3.0
     dues, _, left, _, _ = actor.sync(1)
-    assert left == 0.0 and dues[0] < 0.05
+    assert left == 0.0
+    assert dues[0] < 0.05
 
 
 def test_unpaced_until_a_429_then_every_worker_gets_the_learned_pace() -> None:
@@ -101,8 +102,10 @@ def test_unpaced_until_a_429_then_every_worker_gets_the_learned_pace() -> None:
     clock.now += 0.01
     actor.sync(0, 0, 0, 1)  # one worker's 429
     dues, _, _, rate, _ = actor.sync(4)  # another worker's next lease
-    assert rate is not None and 300 < rate < 450  # ~0.97 × what got through
-    assert dues and dues[-1] > 0  # paced now
+    assert rate is not None
+    assert 300 < rate < 450
+    assert dues
+    assert dues[-1] > 0
     # 429s answering requests sent before the cut do not cut again
     actor.sync(0, 0, 0, 5)
     assert actor.counters()["learned_cuts"] == 1
@@ -186,7 +189,8 @@ async def test_four_schedulers_learn_one_pace_from_429s() -> None:
     await _fleet(server, actor, 3.0)
     # a slow start from the first 429, then a pace just under R for the whole fleet
     rate = actor.counters()["rate"]
-    assert rate is not None and 80 <= rate <= 110
+    assert rate is not None
+    assert 80 <= rate <= 110
     assert server.ok >= 0.5 * 100 * 3.0
     assert server.refused <= 0.1 * (server.ok + server.refused)
 
@@ -254,7 +258,8 @@ async def test_on_bad_fail_names_the_row() -> None:
         await worker(TABLE)
     assert isinstance(info.value, ValueError)
     again = pickle.loads(pickle.dumps(info.value))  # Ray ships it to the driver pickled
-    assert again.row == {"id": "11"} and "empty" in again.reason
+    assert again.row == {"id": "11"}
+    assert "empty" in again.reason
 
 
 @pytest.mark.asyncio
@@ -272,7 +277,9 @@ async def test_on_bad_skip_gives_null_vectors_and_a_flag() -> None:
     assert out.column("embedding_ok").to_pylist() == [True, False, False, True, False]
     vectors = out.column("embedding").to_pylist()
     assert [v is None for v in vectors] == [False, True, True, False, True]
-    np.testing.assert_array_equal(np.asarray(vectors[3], dtype=np.float32), vectors_for(["delta"])[0])
+    np.testing.assert_array_equal(
+        np.asarray(vectors[3], dtype=np.float32), vectors_for(["delta"])[0]
+    )
     assert out.schema.field("embedding").type == pa.list_(pa.float32(), DIM)
 
 
