@@ -163,12 +163,18 @@ def test_a_worker_killed_mid_run_loses_and_repeats_no_row(cluster: Path, tmp_pat
             assert time.monotonic() < deadline, "the run never reached the hold"
             assert thread.is_alive(), errors
             time.sleep(0.05)  # polling what the server has answered, not a timing guess
+        before = {process.pid for process in _worker_processes()}
         victim = _worker_processes()[0]
-        os.kill(victim.pid, signal.SIGKILL)
+        os.kill(victim.pid, signal.SIGKILL)  # it has a batch in flight, held by the server
         psutil.wait_procs([victim], timeout=30)
         server.resume()
+        restarted = False
+        while thread.is_alive() and not restarted:
+            restarted = bool({p.pid for p in _worker_processes()} - before)
+            time.sleep(0.05)  # polling for Ray's replacement process
         thread.join(180)
         assert not thread.is_alive()
+        assert restarted, "Ray did not start a new worker for the one killed"
     assert errors == []
     check_exact(read_back(tmp_path / "out"), n, dim)
 
