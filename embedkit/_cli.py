@@ -162,6 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="when stderr is not a terminal, log progress this often (default 10)",
     )
+    engine = embed.add_argument_group(
+        "scale-out (--engine ray: INPUT a folder or glob, OUT a folder)"
+    )
+    engine.add_argument(
+        "--engine",
+        choices=["process", "ray"],
+        default="process",
+        help="process: this process, into OUT.npy (default); ray: a Ray cluster, into a folder "
+        "of parquet files with every input column and the vectors (pip install 'embedkit[ray]')",
+    )
+    engine.add_argument("--address", help="the Ray cluster to join (default: start a local one)")
+    engine.add_argument(
+        "--workers", type=int, default=4, help="Ray actors, one embedder each (default 4)"
+    )
     embed.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     embed.add_argument("-v", "--verbose", action="store_true", help="log retries and requests")
 
@@ -187,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args.rest)
     if args.command == "bench":
         return _bench(args.rest)
+    if args.engine == "ray":
+        return _embed_ray(args)
     return _embed(args)
 
 
@@ -227,6 +243,71 @@ def _bench(rest: list[str]) -> int:
     module = importlib.import_module("benchmarks.__main__")
     result = module.main(rest)
     return int(result or 0)
+
+
+# ------------------------------------------------------------------------ embed on Ray
+
+
+def _embed_ray(args: argparse.Namespace) -> int:
+    """`embedkit embed INPUT -o OUT_DIR --engine ray`: `embedkit.ray.embed_files` on a cluster."""
+    console = _Console(quiet=args.quiet)
+    for flag, given in (("--resume", args.resume), ("stdin (-)", args.input == "-")):
+        if given:
+            console.error(f"{flag} is for the process engine; --engine ray writes a new folder")
+            return EXIT_USAGE
+    if args.workers < 1:
+        console.error("--workers must be at least 1")
+        return EXIT_USAGE
+    try:
+        import ray
+
+        import embedkit.ray
+    except ImportError as exc:
+        console.error(f"--engine ray needs the ray extra: pip install 'embedkit[ray]' ({exc})")
+        return EXIT_FAILED
+    from ._errors import EmbedkitError
+
+    options = {
+        "api": args.api,
+        "url": args.url,
+        "model": args.model,
+        "normalize": args.normalize,
+        "prompt_name": args.prompt_name,
+        "dimensions": args.dimensions,
+        "truncate": args.truncate,
+        "max_batch_size": args.batch_size,
+        "max_concurrency": args.concurrency,
+        "cache_size": args.cache_size or None,
+    }
+    kwargs: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+    started = time.monotonic()
+    try:
+        ray.init(address=args.address, logging_level=logging.ERROR, log_to_driver=args.verbose)
+        ray.data.DataContext.get_current().enable_progress_bars = not args.quiet
+        rows = embedkit.ray.embed_files(
+            args.input,
+            args.output,
+            format=args.format,
+            column=args.column or args.field,
+            overwrite=args.force,
+            workers=args.workers,
+            requests_per_second=args.rps,
+            on_bad=args.on_bad,
+            batch_size=args.block_size,
+            **kwargs,
+        )
+    except (ValueError, TypeError, CorpusError) as exc:
+        console.error(str(exc))
+        return EXIT_USAGE
+    except (EmbedkitError, ray.exceptions.RayError) as exc:
+        console.error(f"error: {exc}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        ray.shutdown()
+    console.say(f"wrote {args.output} ({rows:,} rows) in {time.monotonic() - started:.1f} s")
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------------------ embed

@@ -594,3 +594,84 @@ def embed_dataset(
         num_gpus=num_gpus,
         zero_copy_batch=True,
     )
+
+
+_READERS = {"jsonl": "read_json", "csv": "read_csv", "tsv": "read_csv", "parquet": "read_parquet"}
+
+
+def input_files(source: str) -> list[str]:
+    """The files `source` names: a folder (every file in it, sorted), a glob, or one file."""
+    import glob
+    from pathlib import Path
+
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(str(p) for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    else:
+        files = sorted(glob.glob(source)) if glob.has_magic(source) else [source]
+    files = [f for f in files if Path(f).is_file()]
+    if not files:
+        raise ValueError(f"{source}: no input files there")
+    return files
+
+
+def embed_files(
+    source: str,
+    output_dir: str,
+    *,
+    format: str | None = None,
+    column: str | None = None,
+    output_column: str = "embedding",
+    overwrite: bool = False,
+    **kwargs: Any,
+) -> int:
+    """Embed the files of a folder or glob into a folder of parquet files; returns the rows.
+
+    Reads them with Ray Data (txt: one text a line; jsonl, csv, tsv, parquet: the text in
+    `column`, default "text"), runs `embed_dataset(**kwargs)` and writes `output_dir` with
+    every input column and the vectors. An `output_dir` that holds files is refused unless
+    `overwrite` (a second run would otherwise add its files beside the first run's). Needs a
+    running Ray (`ray.init`): `embedkit embed --engine ray` connects to `--address`, or
+    starts a local one.
+    """
+    import pyarrow.dataset
+    import ray.data
+
+    from ._corpus import guess_format
+
+    out_path = _path(output_dir)
+    local = "://" not in output_dir
+    if local and not overwrite and out_path.is_dir() and any(out_path.iterdir()):
+        raise ValueError(f"{output_dir} is not empty; choose another folder, or overwrite")
+    files = input_files(source)
+    formats = {format or guess_format(_path(f), field=None, column=None) for f in files}
+    if len(formats) != 1:
+        raise ValueError(f"{source}: files of several formats ({', '.join(sorted(formats))})")
+    fmt = formats.pop()
+    if fmt == "txt":
+        ds = ray.data.read_text(files)
+        column = column or "text"
+        if column != "text":
+            raise ValueError("a .txt corpus has one column, 'text'")
+    elif fmt in _READERS:
+        options: dict[str, Any] = {}
+        if fmt == "jsonl":
+            options["lines"] = True
+        if fmt == "tsv":
+            import pyarrow.csv
+
+            options["parse_options"] = pyarrow.csv.ParseOptions(delimiter="\t")
+        ds = getattr(ray.data, _READERS[fmt])(files, **options)
+        column = column or "text"
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+    out = embed_dataset(ds, column, output_column, **kwargs)
+    mode = ray.data.SaveMode.OVERWRITE if overwrite else ray.data.SaveMode.APPEND
+    out.write_parquet(output_dir, mode=mode)
+    return int(pyarrow.dataset.dataset(output_dir, format="parquet").count_rows())
+
+
+def _path(name: str) -> Any:
+    from pathlib import Path
+
+    return Path(name)
