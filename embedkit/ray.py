@@ -64,7 +64,7 @@ MAX_LEASE = 64
 REFRESH_SECONDS = 0.1
 #: After the fleet's learned pace is cut, 429s reported within this long are ignored
 #: (they answer requests sent before every worker heard of the cut).
-CUT_HOLD_SECONDS = 0.5
+CUT_HOLD_SECONDS = 0.25
 #: The fleet's learned pace is cut to just under the answers of this many recent seconds
 #: (shorter than one process's 2 s: successes arrive in reports, and a pace that just
 #: doubled through a slow start would be underestimated over a longer window).
