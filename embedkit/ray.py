@@ -173,10 +173,13 @@ class QuotaActor:
         successes: int = 0,
         rate_limited: int = 0,
         pause: float = 0.0,
+        returned: int = 0,
     ) -> tuple[list[float], list[float], float, float | None, int]:
         """Report, then lease: `(request dues, input dues, pause left, rate, pauses)`.
 
-        Request dues are empty while the fleet is unpaced (send freely).
+        `returned` request permits were leased but not used (a worker dropped them at a
+        pause): they go back to the bucket. Request dues are empty while the fleet is
+        unpaced (send freely).
         """
         now = self._clock()
         self.requests += successes + rate_limited
@@ -196,6 +199,8 @@ class QuotaActor:
                 if self._requests is None:
                     self._requests = _Reservations(rate, 1.0, now)
                 self._requests.rate = rate
+        if returned and self._requests is not None:
+            self._requests.tokens += returned
         if pause > 0 and now + pause > self._until:
             self._until = now + pause
             self._pauses += 1
@@ -327,9 +332,11 @@ class FleetQuota:
         if seconds <= 0:
             return
         self._until = max(self._until, time.monotonic() + seconds)
-        self._actor.sync.remote(0, 0, 0, 0, seconds)
+        # permits leased at the old pace would be 429s: give them back to the fleet
+        returned = len(self._permits)
+        self._permits.clear()
+        self._actor.sync.remote(0, 0, 0, 0, seconds, returned)
         self._synced = -math.inf
-        self._permits.clear()  # leased before the pause: the actor re-leases after it
 
     @property
     def rate(self) -> float | None:

@@ -90,6 +90,14 @@ def test_a_pause_holds_every_later_lease_and_is_counted_once() -> None:
     assert dues[0] < 0.05
 
 
+def test_permits_given_back_are_leased_again() -> None:
+    clock = FakeClock()
+    actor = QuotaActor(requests_per_second=10.0, clock=clock)
+    first = actor.sync(5)[0]
+    actor.sync(0, 0, 0, 0, 0.0, 5)  # a worker dropped them unused (a 429 came)
+    assert actor.sync(5)[0] == pytest.approx(first)  # the fleet did not lose them
+
+
 def test_unpaced_until_a_429_then_every_worker_gets_the_learned_pace() -> None:
     clock = FakeClock()
     actor = QuotaActor(clock=clock)
