@@ -66,9 +66,10 @@ REFRESH_SECONDS = 0.1
 #: (they answer requests sent before every worker heard of the cut).
 CUT_HOLD_SECONDS = 0.25
 #: The fleet's learned pace is cut to just under the answers of this many recent seconds
-#: (shorter than one process's 2 s: successes arrive in reports, and a pace that just
-#: doubled through a slow start would be underestimated over a longer window).
-LEARN_WINDOW_SECONDS = 0.5
+#: (shorter than one process's 2 s, so a pace that just doubled through a slow start is not
+#: underestimated; long enough that a moment when the workers sent less, on a busy
+#: machine, is not taken for the server's quota).
+LEARN_WINDOW_SECONDS = 1.0
 #: A permit not used within this long after it fell due is dropped, not spent in a burst.
 STALE_SECONDS = 1.0
 #: CPUs an HTTP worker asks Ray for: a fraction, since it waits on the network, and a
@@ -124,6 +125,67 @@ class _Reservations:
         self.tokens = min(self.tokens, -seconds * self.rate)
 
 
+class _FleetPace:
+    """A pace learned from 429s for a fleet: `LearnedRate`'s rules, fed by workers' reports.
+
+    One process stamps each success as it lands; a worker reports its successes every
+    lease, with the seconds they happened in (`span`). Counting a report's successes at the
+    moment it arrives would overstate the rate by a report interval per window (and the pace
+    would settle above the server's quota); each report is spread over its span instead.
+    """
+
+    def __init__(self, *, window: float, backoff: float = 0.97, growth: float = 0.02) -> None:
+        self.rate: float | None = None
+        self.cuts = 0
+        self._window = window
+        self._backoff = backoff
+        self._growth = growth
+        self._reports: collections.deque[tuple[float, int, float]] = collections.deque()
+        self._confident = False
+        self._last_cut = -math.inf
+
+    def on_report(self, now: float, successes: int, span: float) -> None:
+        """`successes` answers over the last `span` seconds of one worker."""
+        while self._reports and self._reports[0][0] < now - self._window:
+            self._reports.popleft()
+        if successes <= 0:
+            return
+        self._reports.append((now, successes, max(span, 1e-3)))
+        if self.rate is not None:  # probe for more: fast while unsure (a slow start)
+            self.rate += successes * self._growth * (1 if self._confident else 50)
+
+    def observed(self, now: float) -> tuple[float, int]:
+        """Answers per second over the window, and how many answers that rests on."""
+        since = now - self._window
+        total, samples, start = 0.0, 0, now
+        for end, count, span in self._reports:
+            begin = end - span
+            overlap = min(end, now) - max(begin, since)
+            if overlap > 0:
+                total += count * overlap / span
+                samples += count
+                start = min(start, max(begin, since))
+        return total / max(now - start, 0.05), samples
+
+    def on_rate_limited(self, now: float) -> None:
+        """A 429: pace just under what got through (once per `CUT_HOLD_SECONDS`)."""
+        if now - self._last_cut < CUT_HOLD_SECONDS:
+            return  # answers a request sent before every worker heard of the last cut
+        observed, samples = self.observed(now)
+        self._confident = samples >= 16
+        current = self.rate if self.rate is not None else math.inf
+        if observed > 0:
+            new = max(0.1, observed * self._backoff)
+        elif self.rate is None:
+            return  # refused before anything got through: nothing to learn from yet
+        else:
+            new = current / 2
+        if new < current:
+            self.rate = new
+            self.cuts += 1
+            self._last_cut = now
+
+
 class QuotaActor:
     """The fleet's quota, run as one named Ray actor (its methods run one at a time).
 
@@ -142,8 +204,6 @@ class QuotaActor:
         learn_rate: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        from ._limits import LearnedRate
-
         self._clock = clock
         now = clock()
         self._requests: _Reservations | None = None
@@ -155,14 +215,12 @@ class QuotaActor:
         if inputs_per_second is not None:
             self._inputs = _Reservations(inputs_per_second, max(1.0, inputs_per_second / 10.0), now)
         self._learned = (
-            LearnedRate(clock=clock, window=LEARN_WINDOW_SECONDS)
+            _FleetPace(window=LEARN_WINDOW_SECONDS)
             if requests_per_second is None and learn_rate
             else None
         )
         self._until = 0.0
         self._pauses = 0
-        self._last_cut = -math.inf
-        self._reports = 0
         self.requests = 0
         self.rate_limited = 0
 
@@ -174,10 +232,12 @@ class QuotaActor:
         rate_limited: int = 0,
         pause: float = 0.0,
         returned: int = 0,
+        span: float = 0.0,
     ) -> tuple[list[float], list[float], float, float | None, int]:
         """Report, then lease: `(request dues, input dues, pause left, rate, pauses)`.
 
-        `returned` request permits were leased but not used (a worker dropped them at a
+        `successes` were answered over the worker's last `span` seconds. `returned` request
+        permits were leased but not used (a worker dropped them at a
         pause): they go back to the bucket. Request dues are empty while the fleet is
         unpaced (send freely).
         """
@@ -186,14 +246,9 @@ class QuotaActor:
         self.rate_limited += rate_limited
         learned = self._learned
         if learned is not None:
-            for _ in range(successes):
-                learned.on_success()
-            if rate_limited and now - self._last_cut >= CUT_HOLD_SECONDS:
-                cuts = learned.cuts
-                self._reports += 1
-                learned.on_rate_limited(self._reports, self._reports)
-                if learned.cuts != cuts:
-                    self._last_cut = now
+            learned.on_report(now, successes, span)
+            if rate_limited:
+                learned.on_rate_limited(now)
             rate = learned.rate
             if rate is not None:
                 if self._requests is None:
@@ -248,13 +303,22 @@ class FleetQuota:
         self._pauses = 0
         self._synced = -math.inf
         self._successes = 0
+        self._reported: float | None = None  # since when the unreported successes count
         self._lock = anyio.Lock()
 
-    async def _sync(self, requests: int = 0, inputs: int = 0) -> None:
+    def _report(self) -> tuple[int, float]:
+        """The successes not reported yet, and the seconds they happened in."""
+        now = time.monotonic()
         successes, self._successes = self._successes, 0
+        span = now - self._reported if self._reported is not None else 0.0
+        self._reported = now
+        return successes, span
+
+    async def _sync(self, requests: int = 0, inputs: int = 0) -> None:
+        successes, span = self._report()
         try:
             dues, input_dues, left, rate, pauses = await self._actor.sync.remote(
-                requests, inputs, successes
+                requests, inputs, successes, 0, 0.0, 0, span
             )
         except BaseException:
             self._successes += successes  # report them next time
@@ -283,6 +347,8 @@ class FleetQuota:
     async def pace(self) -> None:
         """Take one request permit; unpaced until the fleet has a rate."""
         now = time.monotonic()
+        if self._reported is None:
+            self._reported = now  # successes are counted from the first request on
         if not self._paced and not self._permits:
             if now - self._synced >= REFRESH_SECONDS:
                 async with self._lock:
@@ -323,8 +389,8 @@ class FleetQuota:
 
     def on_rate_limited(self, ticket: int, issued: int) -> None:
         """Report a 429 to the fleet now (with the successes since the last lease)."""
-        successes, self._successes = self._successes, 0
-        self._actor.sync.remote(0, 0, successes, 1)  # the answer is not needed
+        successes, span = self._report()
+        self._actor.sync.remote(0, 0, successes, 1, 0.0, 0, span)  # the answer is not needed
         self._synced = -math.inf  # hear the new pace at the next permit
 
     def pause(self, seconds: float) -> None:
