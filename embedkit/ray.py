@@ -54,7 +54,7 @@ from ._errors import EmbedkitError, InputError
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["BadRowError", "FleetQuota", "QuotaActor", "embed_dataset"]
+__all__ = ["BadRowError", "FleetQuota", "QuotaActor", "embed_dataset", "embed_files"]
 
 #: Seconds of the fleet's request rate one lease covers (a worker's block of permits).
 LEASE_SECONDS = 0.1
@@ -552,6 +552,16 @@ class _EmbedBatches:
 # ---------------------------------------------------------------------- the public face
 
 
+def _actor_cpus(api: str, num_cpus: float | None, num_gpus: float | None) -> float:
+    """CPUs one worker asks Ray for: what was given, else a fraction for an HTTP backend
+    (it waits on the network), a whole CPU for a local model (a GPU's feeder needs little)."""
+    if num_cpus is not None:
+        return num_cpus
+    if api == "local" and not num_gpus:
+        return 1.0
+    return HTTP_WORKER_CPUS
+
+
 def embed_dataset(
     ds: ray.data.Dataset,
     column: str = "text",
@@ -644,10 +654,7 @@ def embed_dataset(
             learn_rate=learn,
         )
     )
-    if num_cpus is None:
-        num_cpus = 1.0 if api == "local" and not num_gpus else HTTP_WORKER_CPUS
-        if api == "local" and num_gpus:
-            num_cpus = HTTP_WORKER_CPUS
+    num_cpus = _actor_cpus(api, num_cpus, num_gpus)
     return ds.map_batches(
         _EmbedBatches,
         fn_constructor_kwargs={
@@ -672,7 +679,7 @@ def embed_dataset(
 _READERS = {"jsonl": "read_json", "csv": "read_csv", "tsv": "read_csv", "parquet": "read_parquet"}
 
 
-def input_files(source: str) -> list[str]:
+def _input_files(source: str) -> list[str]:
     """The files `source` names: a folder (every file in it, sorted), a glob, or one file."""
     import glob
     from pathlib import Path
@@ -716,7 +723,7 @@ def embed_files(
     local = "://" not in output_dir
     if local and not overwrite and out_path.is_dir() and any(out_path.iterdir()):
         raise ValueError(f"{output_dir} is not empty; choose another folder, or overwrite")
-    files = input_files(source)
+    files = _input_files(source)
     formats = {format or guess_format(_path(f), field=None, column=None) for f in files}
     if len(formats) != 1:
         raise ValueError(f"{source}: files of several formats ({', '.join(sorted(formats))})")

@@ -20,7 +20,7 @@ import pytest
 from embedkit import BackendInfo, InputError
 from embedkit._auth import Secret
 from embedkit._decode import Matrix
-from embedkit.ray import BadRowError, FleetQuota, QuotaActor, _EmbedBatches
+from embedkit.ray import BadRowError, FleetQuota, QuotaActor, _EmbedBatches, _actor_cpus
 
 from .fakes import DIM, vectors_for
 
@@ -268,3 +268,11 @@ def test_a_pickled_secret_does_not_hold_the_token() -> None:
     assert token.encode() not in data
     assert pickle.loads(data).reveal() == token
     assert math.isfinite(len(data))
+
+
+def test_http_workers_ask_for_a_fraction_of_a_cpu_and_local_ones_for_a_whole_one() -> None:
+    assert _actor_cpus("tei", None, None) == 0.25  # never starves Ray's read tasks
+    assert _actor_cpus("openai", None, None) == 0.25
+    assert _actor_cpus("local", None, None) == 1.0
+    assert _actor_cpus("local", None, 1.0) == 0.25  # the GPU does the work
+    assert _actor_cpus("tei", 2.0, None) == 2.0
