@@ -20,7 +20,7 @@ import pytest
 from embedkit import BackendInfo, InputError
 from embedkit._auth import Secret
 from embedkit._decode import Matrix
-from embedkit.ray import BadRowError, FleetQuota, QuotaActor, _EmbedBatches, _actor_cpus
+from embedkit.ray import BadRowError, FleetQuota, QuotaActor, _actor_cpus, _EmbedBatches
 
 from .fakes import DIM, vectors_for
 
