@@ -253,7 +253,8 @@ def test_a_fleet_rate_holds_for_four_workers(cluster: Path) -> None:
 
 def test_a_pace_learned_from_429s_holds_for_four_workers(cluster: Path) -> None:
     rate = 100.0
-    achieved, refused, stats = _quota_run(rate, given=False, n=5_600)
+    # longer than the test above: the first seconds teach the pace (a slow start)
+    achieved, refused, stats = _quota_run(rate, given=False, n=8_800)
     assert achieved >= 0.9 * rate, stats
     assert refused <= 0.05, stats
 
