@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from . import bulk, coalescing, latency, memory, overhead, ratelimit, rayfleet
+from . import bulk, coalescing, frameworks, latency, memory, overhead, ratelimit, rayfleet
 from ._common import (
     NEIGHBOURS,
     ROOT,
@@ -41,8 +41,10 @@ from ._common import (
 )
 from ._report import markdown
 
-SCENARIOS = {m.NAME: m for m in (coalescing, bulk, overhead, latency, memory, ratelimit, rayfleet)}
+SCENARIOS = {m.NAME: m for m in (coalescing, bulk, overhead, latency, memory, ratelimit)}
 RESULTS = Path(__file__).resolve().parent / "results"
+SCENARIOS[frameworks.NAME] = frameworks
+SCENARIOS[rayfleet.NAME] = rayfleet
 
 
 @dataclasses.dataclass

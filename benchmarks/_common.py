@@ -8,7 +8,6 @@ import importlib.metadata
 import os
 import platform
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+from devtools.processes import stop_process_group
 
 from ._server import canned_vectors, row_index
 
@@ -192,16 +193,7 @@ def server(**options: Any) -> Iterator[Server]:
 
 def stop_process(process: subprocess.Popen[Any]) -> None:
     """SIGTERM the process group we started, SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=15)
+    stop_process_group(process)
 
 
 def free_port() -> int:

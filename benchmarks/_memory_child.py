@@ -1,10 +1,12 @@
-"""The process whose memory `memory.py` measures: a corpus file → `embed_stream` → an .npy.
+"""The process whose memory `memory.py` measures: a corpus file → embedkit → a file.
 
-    python -m benchmarks._memory_child CORPUS OUT.npy URL N
+    python -m benchmarks._memory_child MODE CORPUS OUT URL N
 
-It reads the corpus lazily (one line at a time), writes each block as it arrives (plain
-writes, no memory map, so the output file never counts as this process's memory), and
-prints one JSON line: texts, seconds, RSS after imports and the peak RSS (VmHWM).
+MODE `stream` reads the corpus lazily (one line at a time) through `embed_stream` and writes
+each block as it arrives (plain writes, no memory map, so the output file never counts as
+this process's memory). MODE `file` calls `embedkit.aembed_file(CORPUS, OUT)`: the library's
+resumable engine, into an .npy or a .parquet by OUT's suffix. It prints one JSON line: texts,
+seconds, RSS after imports and the peak RSS (VmHWM).
 """
 
 from __future__ import annotations
@@ -41,7 +43,24 @@ def high_water_mark() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-async def main(corpus: str, out: str, url: str, n: int) -> dict[str, float]:
+async def main(mode: str, corpus: str, out: str, url: str, n: int) -> dict[str, float]:
+    if mode == "file":
+        import pyarrow.parquet  # noqa: F401  (imported before the baseline, as numpy is)
+
+        import embedkit
+
+        baseline = psutil.Process().memory_info().rss
+        started = time.perf_counter()
+        async with embedder(url, api="openai") as emb:
+            result = await embedkit.aembed_file(corpus, out, embedder=emb, overwrite=True)
+        if result.rows != n:
+            raise SystemExit(f"wrote {result.rows} rows, expected {n}")
+        return {
+            "texts": result.rows,
+            "seconds": time.perf_counter() - started,
+            "baseline_rss_mb": baseline / 2**20,
+            "peak_rss_mb": high_water_mark() / 2**20,
+        }
     baseline = psutil.Process().memory_info().rss
     started = time.perf_counter()
     written = 0
@@ -66,6 +85,6 @@ async def main(corpus: str, out: str, url: str, n: int) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    corpus_path, out_path, server_url, count = sys.argv[1:5]
-    result = asyncio.run(main(corpus_path, out_path, server_url, int(count)))
+    mode, corpus_path, out_path, server_url, count = sys.argv[1:6]
+    result = asyncio.run(main(mode, corpus_path, out_path, server_url, int(count)))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")

@@ -13,7 +13,9 @@ private modules on purpose; if those change shape, the affected rows are skipped
 4. Scheduler alone, with an instant in-process `send`: the scheduler's own cost, no HTTP.
 
 Also, for reference, httpx.AsyncClient(transport=FastTransport).post: what httpx's client
-layer (Request/Response/URL/cookie models) costs on top of the transport.
+layer (Request/Response/URL/cookie models) costs on top of the transport; and httpx's stock
+transport (httpcore + h11) driven exactly as row 1 drives FastTransport, the yardstick for
+row 1 (target: at most half its CPU).
 """
 
 from __future__ import annotations
@@ -74,6 +76,18 @@ async def _layers(hf_url: str, oa_url: str, texts: list[str], api: str) -> dict[
 
     out["1. FastTransport.handle_async_request"] = await _drive(calls, raw)
     await transport.aclose()
+
+    stock = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=16))
+
+    async def raw_stock(i: int) -> None:
+        request = httpx.Request("POST", url, headers=headers, content=bodies[i % calls])
+        response = await stock.handle_async_request(request)
+        await response.aread()
+
+    out["reference: httpx.AsyncHTTPTransport.handle_async_request (stock)"] = await _drive(
+        calls, raw_stock
+    )
+    await stock.aclose()
 
     async with httpx.AsyncClient(
         transport=FastTransport(max_connections=16), headers=HEADERS

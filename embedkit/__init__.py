@@ -12,6 +12,8 @@ from ._client import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_BATCH_SIZE
 from ._client import DEFAULT_MAX_CONCURRENCY as DEFAULT_MAX_CONCURRENCY
 from ._client import AsyncEmbedder as AsyncEmbedder
 from ._client import Embedder as Embedder
+from ._client import EmbedderOptions as EmbedderOptions
+from ._corpus import CorpusError as CorpusError
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import BatchTooLargeError as BatchTooLargeError
 from ._errors import ClientClosedError as ClientClosedError
@@ -24,7 +26,11 @@ from ._errors import ResponseError as ResponseError
 from ._errors import ServerError as ServerError
 from ._errors import StatusError as StatusError
 from ._errors import TransportError as TransportError
+from ._files import FileResult as FileResult
+from ._files import aembed_file as aembed_file
+from ._files import embed_file as embed_file
 from ._http import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
+from ._progress import FileProgress as FileProgress
 from ._retry import DEFAULT_RETRY as DEFAULT_RETRY
 from ._retry import RetryPolicy as RetryPolicy
 from ._scheduler import SchedulerStats as SchedulerStats
@@ -43,8 +49,12 @@ __all__ = [
     "BackendInfo",
     "BatchTooLargeError",
     "ClientClosedError",
+    "CorpusError",
     "Embedder",
+    "EmbedderOptions",
     "EmbedkitError",
+    "FileProgress",
+    "FileResult",
     "InputError",
     "ModelLoadingError",
     "ModelNotFoundError",
@@ -56,7 +66,9 @@ __all__ = [
     "StatusError",
     "TransportError",
     "__version__",
+    "aembed_file",
     "cosine_similarity",
+    "embed_file",
     "top_k",
 ]
 

@@ -1,19 +1,24 @@
-"""Streaming a corpus through the scheduler: `embed_stream`, `encode`, and the CLI's pipeline.
+"""The one streaming loop: `embed_stream`, `encode`, `embed_file` and the CLI all run `stream`.
 
 How a corpus travels:
 
-1. The input (any iterable or async iterable of str) is read in *blocks* of `block_size`
-   texts; each text is checked as it is read, and a bad one is named by its global index.
+1. A *source* hands out blocks of texts (`BlockSource.read`), each with a tag the caller
+   chooses (its start index, or the file engine's block record). The sources here read an
+   iterable on the event loop, an async iterable, or an iterable in the calling thread of a
+   blocking caller (`stream_blocking`); `embed_file`'s source reads a corpus file in a
+   worker thread. A source checks each text as it reads it (`_texts.check_text`).
 2. A block is *planned*: duplicates inside it are folded (each distinct text is sent once)
    and, optionally, the distinct texts are sorted by length, so that the batches the
    scheduler cuts from it hold texts of similar length (servers pad a batch to its longest).
-3. The planned block is enqueued on the scheduler as one job (`Scheduler.enqueue`: no task
-   per block), so coalescing, concurrency limits, rate limits and retries all apply. At most
-   `depth` blocks are queued at once: that is the read-ahead, and all the memory a stream
-   holds (`depth × block_size` texts and their rows), however long the input.
+3. The planned block is enqueued on the scheduler as one `Ticket` (no task per block), so
+   coalescing, concurrency limits, rate limits and retries all apply. At most `depth` blocks
+   are queued at once: that is the read-ahead, and all the memory a stream holds
+   (`depth × block_size` texts and their rows), however long the input.
 4. The oldest block's matrix comes back; its rows are put back in input order (unsorted,
-   duplicates expanded) and yielded as `(start, matrix)`: `matrix[k]` is text `start + k`.
-   Only then is another block read, so a slow consumer slows the reading, never the order.
+   duplicates expanded) and yielded as a `Done(tag, matrix, refused)`. Only then is another
+   block read, so a slow consumer slows the reading, never the order. With
+   `isolate_refused`, a block the server refuses (`InputError`) is embedded again text by
+   text, and the refused texts come back as zero rows listed in `refused`.
 
 The scheduler's own in-flight dedup and LRU cache (`cache_size=`) cover duplicates that
 are further apart than one block.
@@ -23,37 +28,34 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import math
-import sys
-import time
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterable,
-    AsyncIterator,
-    Callable,
-    Iterable,
-    Iterator,
-)
-from typing import Any, Generic, TextIO, TypeVar
+import queue
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
 
+import anyio
 import numpy as np
 import numpy.typing as npt
 from anyio.from_thread import BlockingPortal
 
 from ._decode import Matrix
 from ._errors import InputError
-from ._scheduler import Scheduler, _Job
+from ._scheduler import Scheduler, Ticket
+from ._texts import check_texts, first_bad
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
-    "Progress",
-    "Window",
+    "BlockSource",
+    "Done",
+    "IterSource",
     "astream",
     "default_depth",
     "embed_each",
     "encode",
     "plan",
+    "stream",
     "stream_blocking",
 ]
 
@@ -63,6 +65,7 @@ logger = logging.getLogger("embedkit")
 DEFAULT_BLOCK_SIZE = 1024
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 Gather = npt.NDArray[np.intp]
 
 
@@ -101,90 +104,119 @@ def plan(texts: list[str], *, sort_by_length: bool, dedup: bool) -> tuple[list[s
     return unique, np.asarray(inverse, dtype=np.intp)
 
 
-class Window(Generic[T]):
-    """Blocks queued on the scheduler, handed back oldest first.
+class BlockSource(Protocol[T_co]):
+    """Where `stream` gets its blocks."""
 
-    Lives on the event loop: call `push` and `pop` from the embedder's loop (through a
-    blocking portal from other threads). `T` is whatever the caller tags a block with.
-    """
-
-    def __init__(self, scheduler: Scheduler, *, sort_by_length: bool, dedup: bool) -> None:
-        self._scheduler = scheduler
-        self._sort = sort_by_length
-        self._dedup = dedup
-        self._blocks: collections.deque[tuple[T, _Job, Gather | None]] = collections.deque()
-
-    def __len__(self) -> int:
-        return len(self._blocks)
+    async def read(self) -> tuple[T_co, list[str]] | None:
+        """The next block as `(tag, texts)` (texts already checked); None at the end."""
+        ...
 
     @property
-    def head(self) -> T:
-        """The tag of the oldest block (the one `pop` waits for)."""
-        return self._blocks[0][0]
-
-    def push(self, texts: list[str], tag: T) -> None:
-        """Plan `texts` and enqueue them as one job (texts must already be validated)."""
-        sent, gather = plan(texts, sort_by_length=self._sort, dedup=self._dedup)
-        self._blocks.append((tag, self._scheduler.enqueue(sent), gather))
-
-    async def pop(self) -> tuple[T, Matrix]:
-        """Wait for the oldest block: `(tag, matrix)`, rows in the order they were pushed.
-
-        The block leaves the window even when it failed; its error is raised here.
-        """
-        tag, job, gather = self._blocks.popleft()
-        matrix = await self._scheduler.result(job)
-        return tag, matrix if gather is None else matrix[gather]
-
-    def discard(self) -> None:
-        """Give up on every queued block (their texts are skipped, their rows dropped)."""
-        while self._blocks:
-            self._scheduler.discard(self._blocks.popleft()[1])
+    def error(self) -> BaseException | None:
+        """An error to raise once every block before it has been handed out (or None)."""
+        ...
 
 
-def first_bad(block: list[Any], start: int) -> tuple[int, Exception] | None:
-    """The position of the first text that is not a non-empty str, and its error."""
-    for k, text in enumerate(block):
-        if not isinstance(text, str):
-            return k, TypeError(f"texts[{start + k}] is {type(text).__name__}, expected str")
-        if not text:
-            return k, ValueError(
-                f"texts[{start + k}] is an empty string; embedding servers reject empty inputs"
-            )
-    return None
+@dataclasses.dataclass
+class Done(Generic[T]):
+    """A finished block: `matrix[k]` is the row of the block's text k.
 
-
-def check_block(block: list[Any], start: int) -> list[str]:
-    """`block`, or the `TypeError`/`ValueError` naming the global index of its first bad text."""
-    bad = first_bad(block, start)
-    if bad is not None:
-        raise bad[1]
-    return block
-
-
-class _Reader:
-    """Blocks from the input; a bad text ends the input after the texts before it.
-
-    The error is kept in `error` and raised by the stream once every block before it has
-    been handed out, so a caller gets everything up to the bad text, then the error.
+    `refused` lists `(k, error)` for the texts the server refused (only with
+    `isolate_refused`); their rows are zeros.
     """
 
-    def __init__(self, block_size: int) -> None:
-        self.block_size = block_size
-        self.start = 0
-        self.exhausted = False
-        self.error: Exception | None = None
+    tag: T
+    matrix: Matrix
+    refused: list[tuple[int, InputError]]
 
-    def accept(self, block: list[Any]) -> list[str] | None:
-        """The part of a freshly read block to embed (None: nothing)."""
-        if len(block) < self.block_size:
-            self.exhausted = True
-        bad = first_bad(block, self.start)
-        if bad is not None:
-            self.exhausted = True
-            self.error = bad[1]
-            block = block[: bad[0]]
-        return block or None
+
+async def embed_each(scheduler: Scheduler, texts: list[str]) -> list[Matrix | InputError]:
+    """Embed each text as its own ticket: a vector per text, or the `InputError` it caused.
+
+    Used after a block fails with an `InputError`, to find which texts the server refuses
+    while the others still share batches. Other errors are raised.
+    """
+    tickets = [scheduler.enqueue([text]) for text in texts]
+    results: list[Matrix | InputError] = []
+    try:
+        for ticket in tickets:
+            try:
+                results.append((await ticket.result())[0])
+            except InputError as exc:
+                results.append(exc)
+    finally:
+        for ticket in tickets:
+            ticket.discard()
+    return results
+
+
+async def _isolate(
+    scheduler: Scheduler, texts: list[str]
+) -> tuple[Matrix, list[tuple[int, InputError]]]:
+    results = await embed_each(scheduler, texts)
+    refused = [(k, r) for k, r in enumerate(results) if isinstance(r, InputError)]
+    good = [r for r in results if not isinstance(r, InputError)]
+    dim = good[0].shape[0] if good else (scheduler.dimension or 0)
+    matrix = np.zeros((len(texts), dim), dtype=np.float32)
+    for k, row in enumerate(results):
+        if not isinstance(row, InputError):
+            matrix[k] = row
+    return matrix, refused
+
+
+async def stream(
+    scheduler: Scheduler,
+    source: BlockSource[T],
+    *,
+    depth: int,
+    sort_by_length: bool,
+    dedup: bool,
+    isolate_refused: bool = False,
+) -> AsyncGenerator[Done[T], None]:
+    """The streaming loop: blocks from `source` through `scheduler`, back in order.
+
+    Keeps at most `depth` blocks queued; reads the next one as soon as one is handed out.
+    """
+    queued: collections.deque[tuple[T, list[str], Ticket, Gather | None]] = collections.deque()
+    exhausted = False
+
+    async def fill() -> None:
+        nonlocal exhausted
+        while not exhausted and len(queued) < depth:
+            block = await source.read()
+            if block is None:
+                exhausted = True
+                return
+            tag, texts = block
+            sent, gather = plan(texts, sort_by_length=sort_by_length, dedup=dedup)
+            queued.append((tag, texts, scheduler.enqueue(sent), gather))
+
+    try:
+        while True:
+            await fill()
+            if not queued:
+                if source.error is not None:
+                    raise source.error
+                return
+            tag, texts, ticket, gather = queued[0]
+            refused: list[tuple[int, InputError]] = []
+            try:
+                matrix = await ticket.result()
+                if gather is not None:
+                    matrix = matrix[gather]
+            except InputError:
+                if not isolate_refused:
+                    raise
+                matrix, refused = await _isolate(scheduler, texts)
+            queued.popleft()
+            await fill()  # keep the scheduler busy while the consumer handles this block
+            yield Done(tag, matrix, refused)
+    finally:
+        for entry in queued:
+            entry[2].discard()
+
+
+# ------------------------------------------------------------------------------ sources
 
 
 def _refuse_single_string(texts: object) -> None:
@@ -195,24 +227,72 @@ def _refuse_single_string(texts: object) -> None:
         )
 
 
-async def _read_block(source: Iterator[Any] | AsyncIterator[Any], size: int) -> list[Any]:
-    if isinstance(source, Iterator):
-        block = []
-        for text in source:
-            block.append(text)
-            if len(block) >= size:
-                break
-        return block
+def _take(source: Iterator[Any], n: int) -> list[Any]:
     block = []
-    while len(block) < size:
-        try:
-            block.append(await source.__anext__())
-        except StopAsyncIteration:
+    for text in source:
+        block.append(text)
+        if len(block) >= n:
             break
     return block
 
 
-async def astream(
+class IterSource:
+    """Blocks from an iterable, an async iterable, or a function that reads a raw block.
+
+    A bad text ends the input after the texts before it; its error (naming its global index)
+    is raised by `stream` once every block before it has been handed out.
+    """
+
+    def __init__(
+        self,
+        texts: Iterable[Any] | AsyncIterable[Any],
+        *,
+        block_size: int,
+        reader: Any = None,
+    ) -> None:
+        _refuse_single_string(texts)
+        self._source: Iterator[Any] | AsyncIterator[Any] = (
+            texts.__aiter__() if isinstance(texts, AsyncIterable) else iter(texts)
+        )
+        self._reader = reader  # an async callable (n) -> raw block, replacing the default
+        self.block_size = block_size
+        self.start = 0
+        self.exhausted = False
+        self.error: BaseException | None = None
+
+    async def _raw(self) -> list[Any]:
+        if self._reader is not None:
+            block: list[Any] = await self._reader(self.block_size)
+            return block
+        if isinstance(self._source, Iterator):
+            return _take(self._source, self.block_size)
+        block = []
+        while len(block) < self.block_size:
+            try:
+                block.append(await self._source.__anext__())
+            except StopAsyncIteration:
+                break
+        return block
+
+    async def read(self) -> tuple[int, list[str]] | None:
+        """The next checked block, tagged with its start index."""
+        while not self.exhausted:
+            block = await self._raw()
+            if len(block) < self.block_size:
+                self.exhausted = True
+            bad = first_bad(block, self.start)
+            if bad is not None:
+                self.exhausted = True
+                self.error = bad[1]
+                block = block[: bad[0]]
+            if block:
+                start = self.start
+                self.start += len(block)
+                return start, block
+        return None
+
+
+def astream(
     scheduler: Scheduler,
     texts: Iterable[str] | AsyncIterable[str],
     *,
@@ -222,32 +302,51 @@ async def astream(
     dedup: bool,
 ) -> AsyncGenerator[tuple[int, Matrix], None]:
     """The body of `AsyncEmbedder.embed_stream` (see there)."""
-    _refuse_single_string(texts)
-    source: Iterator[Any] | AsyncIterator[Any] = (
-        texts.__aiter__() if isinstance(texts, AsyncIterable) else iter(texts)
+    source = IterSource(texts, block_size=block_size)
+    return _pairs(
+        stream(scheduler, source, depth=depth, sort_by_length=sort_by_length, dedup=dedup)
     )
-    window: Window[int] = Window(scheduler, sort_by_length=sort_by_length, dedup=dedup)
-    reader = _Reader(block_size)
 
-    async def fill() -> None:
-        while not reader.exhausted and len(window) < depth:
-            block = reader.accept(await _read_block(source, block_size))
-            if block is not None:
-                window.push(block, reader.start)
-                reader.start += len(block)
 
-    try:
-        while True:
-            await fill()
-            if not window:
-                if reader.error is not None:
-                    raise reader.error
-                return
-            item = await window.pop()
-            await fill()  # keep the scheduler busy while the consumer handles this block
-            yield item
-    finally:
-        window.discard()
+async def _pairs(
+    blocks: AsyncGenerator[Done[int], None],
+) -> AsyncGenerator[tuple[int, Matrix], None]:
+    async with contextlib.aclosing(blocks):
+        async for done in blocks:
+            yield done.tag, done.matrix
+
+
+class _CallerThread:
+    """Reads blocks in a blocking caller's thread for a stream that runs on the event loop.
+
+    The loop asks (`request`), the caller's thread answers (`serve`): the caller waits for
+    either the stream's next block or a read request, so a slow input never blocks the loop
+    and the input is only ever touched by the thread that owns it (a sqlite cursor, say).
+    """
+
+    def __init__(self, texts: Iterable[Any]) -> None:
+        self._texts = iter(texts)
+        self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._answer: Any = None
+        self._answered: anyio.Event | None = None
+
+    async def request(self, n: int) -> list[Any]:
+        self._answered = anyio.Event()
+        self.inbox.put(("read", n))
+        await self._answered.wait()
+        answer, self._answer = self._answer, None
+        if isinstance(answer, BaseException):
+            raise answer
+        block: list[Any] = answer
+        return block
+
+    def serve(self, portal: BlockingPortal, n: int) -> None:
+        try:
+            self._answer = _take(self._texts, n)
+        except Exception as exc:
+            self._answer = exc
+        assert self._answered is not None
+        portal.call(self._answered.set)
 
 
 def stream_blocking(
@@ -260,65 +359,46 @@ def stream_blocking(
     sort_by_length: bool,
     dedup: bool,
 ) -> Iterator[tuple[int, Matrix]]:
-    """The body of `Embedder.embed_stream`: the input is read in the caller's thread.
+    """The body of `Embedder.embed_stream`: `stream` on the loop, the input read here.
 
-    Reading there (not on the event loop) means a slow input, such as a file on a network
-    disk, never stalls the requests in flight.
+    Reading in the caller's thread (not on the event loop) means a slow input, such as a
+    file on a network disk, never stalls the requests in flight.
     """
     _refuse_single_string(texts)
-    source = iter(texts)
-    window: Window[int] = Window(scheduler, sort_by_length=sort_by_length, dedup=dedup)
-    reader = _Reader(block_size)
+    caller = _CallerThread(texts)
+    source = IterSource((), block_size=block_size, reader=caller.request)
+    blocks = stream(scheduler, source, depth=depth, sort_by_length=sort_by_length, dedup=dedup)
+    inbox = caller.inbox
 
-    def fill() -> None:
-        while not reader.exhausted and len(window) < depth:
-            block = reader.accept(list(_take(source, block_size)))
-            if block is not None:
-                portal.call(window.push, block, reader.start)
-                reader.start += len(block)
+    async def step() -> None:
+        try:
+            inbox.put(("done", await blocks.__anext__()))
+        except BaseException as exc:  # StopAsyncIteration included: handed to the caller
+            inbox.put(("error", exc))
 
+    pending = None
     try:
         while True:
-            fill()
-            if not window:
-                if reader.error is not None:
-                    raise reader.error
-                return
-            item = portal.call(window.pop)
-            fill()
-            yield item
+            pending = portal.start_task_soon(step)
+            while True:
+                kind, value = inbox.get()
+                if kind == "read":
+                    caller.serve(portal, value)
+                    continue
+                break
+            pending = None
+            if kind == "error":
+                if isinstance(value, StopAsyncIteration):
+                    return
+                raise value
+            yield value.tag, value.matrix
     finally:
-        if window:
-            with contextlib.suppress(RuntimeError):  # the portal is already closed
-                portal.call(window.discard)
-
-
-def _take(source: Iterator[Any], n: int) -> Iterator[Any]:
-    for _ in range(n):
-        try:
-            yield next(source)
-        except StopIteration:
-            return
-
-
-async def embed_each(scheduler: Scheduler, texts: list[str]) -> list[Matrix | InputError]:
-    """Embed each text as its own job: a vector per text, or the `InputError` it caused.
-
-    Used after a block fails with an `InputError`, to find which texts the server refuses
-    while the others still share batches. Other errors are raised.
-    """
-    jobs = [scheduler.enqueue([text]) for text in texts]
-    results: list[Matrix | InputError] = []
-    try:
-        for job in jobs:
-            try:
-                results.append((await scheduler.result(job))[0])
-            except InputError as exc:
-                results.append(exc)
-    finally:
-        for job in jobs:
-            scheduler.discard(job)
-    return results
+        with contextlib.suppress(RuntimeError):  # the portal is already closed
+            if pending is not None and not pending.done():
+                pending.cancel()  # interrupted while a step ran (KeyboardInterrupt)
+                with contextlib.suppress(BaseException):
+                    pending.exception()
+            portal.call(blocks.aclose)
 
 
 # ------------------------------------------------------------------------------ encode
@@ -360,7 +440,7 @@ async def encode(
     single = isinstance(sentences, str)
     if isinstance(sentences, bytes):
         raise TypeError("sentences must be a str or an iterable of str, not bytes")
-    texts = check_block([sentences] if single else list(sentences), 0)
+    texts = check_texts([sentences] if single else sentences, "sentences")
     if prompt:
         texts = [prompt + text for text in texts]
     if not texts:
@@ -371,26 +451,24 @@ async def encode(
     # As sentence-transformers does: the whole input sorted by length, then put back.
     sent, gather = plan(texts, sort_by_length=True, dedup=True)
     depth = default_depth(batch_size, max_concurrency, scheduler.max_batch_size)
-    progress = (
-        Progress(len(sent), retries=lambda: sum(scheduler.stats().retries.values()))
-        if show_progress_bar and len(texts) > 1
-        else None
-    )
+    from ._progress import progress_bar
+
+    bar = progress_bar(len(sent)) if show_progress_bar and len(texts) > 1 else None
     out: Matrix | None = None
+    source = IterSource(sent, block_size=batch_size)
     try:
-        blocks = astream(
-            scheduler, sent, block_size=batch_size, depth=depth, sort_by_length=False, dedup=False
-        )
+        blocks = stream(scheduler, source, depth=depth, sort_by_length=False, dedup=False)
         async with contextlib.aclosing(blocks):
-            async for start, block in blocks:
+            async for done in blocks:
+                block = done.matrix
                 if out is None:
                     out = np.empty((len(sent), block.shape[1]), dtype=np.float32)
-                out[start : start + block.shape[0]] = block
-                if progress is not None:
-                    progress.update(block.shape[0])
+                out[done.tag : done.tag + block.shape[0]] = block
+                if bar is not None:
+                    bar.update(block.shape[0])
     finally:
-        if progress is not None:
-            progress.close()
+        if bar is not None:
+            bar.close()
     assert out is not None
     result = out if gather is None else out[gather]
     if truncate_dim is not None and truncate_dim < result.shape[1]:
@@ -402,126 +480,3 @@ async def encode(
         row: Matrix = result[0]
         return row
     return result
-
-
-# ----------------------------------------------------------------------------- progress
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "--:--"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return (
-        f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
-        if hours
-        else f"{rest // 60:02d}:{rest % 60:02d}"
-    )
-
-
-class Progress:
-    """Progress on stderr: a redrawn bar on a terminal, a plain line every `interval` s otherwise.
-
-    Shows done/total, texts/s (over the last 30 s), ETA and retries (from `retries()`).
-    """
-
-    def __init__(
-        self,
-        total: int,
-        *,
-        initial: int = 0,
-        stream: TextIO | None = None,
-        tty: bool | None = None,
-        interval: float = 10.0,
-        label: str = "embedkit",
-        retries: Callable[[], int] | None = None,
-    ) -> None:
-        self.total = total
-        self.done = initial
-        self._initial = initial
-        self._stream = stream if stream is not None else sys.stderr
-        self.tty = self._stream.isatty() if tty is None else tty
-        self._interval = 0.1 if self.tty else interval
-        self._label = label
-        self._retries = retries
-        self._started = time.monotonic()
-        self._samples: collections.deque[tuple[float, int]] = collections.deque()
-        self._samples.append((self._started, initial))
-        self._last_render = self._started
-        self._drawn = False
-
-    def rate(self, now: float | None = None) -> float:
-        """Texts per second over the last 30 s."""
-        now = time.monotonic() if now is None else now
-        # keep one sample at least 30 s old (when there is one), so the window spans 30 s
-        while len(self._samples) > 2 and now - self._samples[1][0] >= 30.0:
-            self._samples.popleft()
-        then, done_then = self._samples[0]
-        return (self.done - done_then) / (now - then) if now > then else 0.0
-
-    def update(self, n: int) -> None:
-        """Count `n` more texts done; redraw when it is time."""
-        self.done += n
-        now = time.monotonic()
-        if not self._samples or now - self._samples[-1][0] >= 0.5:
-            self._samples.append((now, self.done))
-        if now - self._last_render >= self._interval:
-            self._last_render = now
-            self._render(now)
-
-    def line(self, now: float | None = None) -> str:
-        """The status line: done/total, percent, rate, ETA, retries."""
-        now = time.monotonic() if now is None else now
-        rate = self.rate(now)
-        remaining = self.total - self.done
-        eta = remaining / rate if rate > 0 else None
-        pct = 100.0 * self.done / self.total if self.total else 100.0
-        text = (
-            f"{self.done:,}/{self.total:,} ({pct:.1f}%) · {rate:,.0f} texts/s · ETA {_clock(eta)}"
-        )
-        if self._retries is not None:
-            text += f" · retries {self._retries()}"
-        if self.tty:
-            width = 24
-            filled = int(width * self.done / self.total) if self.total else width
-            return f"{self._label} [{'#' * filled}{'.' * (width - filled)}] {text}"
-        return f"{self._label}: {text}"
-
-    def _render(self, now: float) -> None:
-        if self.tty:
-            self._stream.write("\r" + self.line(now) + "\x1b[K")
-            self._drawn = True
-        else:
-            self._stream.write(self.line(now) + "\n")
-        self._stream.flush()
-
-    def clear(self) -> None:
-        """Wipe the bar (before another message is printed on the terminal)."""
-        if self.tty and self._drawn:
-            self._stream.write("\r\x1b[K")
-            self._stream.flush()
-            self._drawn = False
-
-    def close(self, *, final_line: bool = True) -> None:
-        """Draw the final state (a terminal bar ends with a newline).
-
-        Off a terminal the final line is printed only when `final_line` is true.
-        """
-        if self.tty:
-            self._render(time.monotonic())
-            self._stream.write("\n")
-            self._stream.flush()
-            self._drawn = False
-        elif final_line:
-            self._render(time.monotonic())
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds since this progress started."""
-        return time.monotonic() - self._started
-
-    @property
-    def average_rate(self) -> float:
-        """Texts per second since the start (this run only)."""
-        elapsed = self.elapsed
-        return (self.done - self._initial) / elapsed if elapsed > 0 else 0.0

@@ -1,18 +1,20 @@
 """`AsyncEmbedder` and `Embedder`: configuration, life cycle and wiring.
 
 An embedder owns a backend (HTTP or local) and a scheduler that feeds it. Everything that
-embeds — `embed`, `embed_many`, `embed_stream`, `encode`, the CLI, `embedkit serve` — goes
-through the same scheduler, so coalescing, limits and retries apply everywhere.
+embeds — `embed`, `embed_many`, `embed_stream`, `encode`, `embed_file` and the CLI,
+`embedkit serve` — goes through the same scheduler, so coalescing, limits and retries apply
+everywhere. Texts are checked by `_texts.check_text` before they reach it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import math
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import anyio
 import anyio.from_thread
@@ -24,13 +26,22 @@ from ._auth import resolve_token
 from ._backend import Backend
 from ._decode import Matrix, Pooling
 from ._errors import ClientClosedError
-from ._http import DEFAULT_TIMEOUT, HttpBackend
+from ._http import DEFAULT_MAX_RESPONSE_SIZE, DEFAULT_TIMEOUT, HttpBackend
 from ._limits import AdaptiveConcurrency, Cooldown, Quota, TokenBucket
 from ._protocols import PROTOCOLS, BackendInfo, OpenAIProtocol, Options
 from ._retry import DEFAULT_RETRY, RetryPolicy
+from ._route import CertTypes, VerifyTypes
 from ._scheduler import Scheduler, SchedulerStats
+from ._texts import check_text, check_texts
 
-__all__ = ["DEFAULT_MAX_BATCH_SIZE", "DEFAULT_MAX_CONCURRENCY", "AsyncEmbedder", "Embedder"]
+__all__ = [
+    "DEFAULT_MAX_BATCH_SIZE",
+    "DEFAULT_MAX_CONCURRENCY",
+    "AsyncEmbedder",
+    "Embedder",
+    "EmbedderOptions",
+    "identity",
+]
 
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_CONCURRENCY = 8
@@ -44,24 +55,61 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-def validate_texts(texts: Iterable[Any], *, name: str = "texts") -> list[str]:
-    """Check every text is a non-empty `str`, before anything is sent.
-
-    Raises `TypeError` for a non-str (None, bytes, numbers) and `ValueError` for an empty
-    string, naming the position, so one bad record never fails a batch of good ones.
-    """
-    if isinstance(texts, (str, bytes)):
-        raise TypeError(f"{name} must be a list of strings, not a single {type(texts).__name__}")
-    items = texts if isinstance(texts, list) else list(texts)
-    for i, text in enumerate(items):
-        if type(text) is not str and not isinstance(text, str):
-            raise TypeError(f"{name}[{i}] is {type(text).__name__}, expected str")
-        if not text:
+def _check_timeout(timeout: httpx.Timeout | float | None) -> None:
+    """A zero or negative timeout would fail every request: refuse it here instead."""
+    if isinstance(timeout, httpx.Timeout):
+        values = [("connect", timeout.connect), ("read", timeout.read)]
+        values += [("write", timeout.write), ("pool", timeout.pool)]
+    elif timeout is None:
+        return
+    else:
+        values = [("", timeout)]
+    for part, value in values:
+        if value is not None and not (value > 0):
+            where = f"timeout.{part}" if part else "timeout"
             raise ValueError(
-                f"{name}[{i}] is an empty string; embedding servers reject empty inputs "
-                "(TEI answers 400, OpenAI 400), so embedkit refuses them before sending"
+                f"{where} must be a positive number of seconds (or None for no limit), "
+                f"not {value!r}"
             )
-    return items
+
+
+class EmbedderOptions(TypedDict, total=False):
+    """`AsyncEmbedder`'s arguments, as keywords: what `embed_file(..., **options)` accepts.
+
+    A test keeps it in step with `AsyncEmbedder.__init__`.
+    """
+
+    model: str | None
+    url: str | None
+    api: Api
+    token: str | None
+    normalize: bool | None
+    prompt_name: str | None
+    truncate: bool | None
+    truncation_direction: Literal["left", "right"] | None
+    dimensions: int | None
+    pooling: Pooling | None
+    encoding_format: Literal["base64", "float"]
+    max_batch_size: int
+    max_batch_chars: int | None
+    max_concurrency: int
+    adaptive_concurrency: bool
+    requests_per_second: float | None
+    inputs_per_second: float | None
+    retry: RetryPolicy | None
+    timeout: httpx.Timeout | float | None
+    transport: httpx.AsyncBaseTransport | None
+    http_client: httpx.AsyncClient | None
+    wait_for_model: bool | None
+    use_cache: bool | None
+    dedup: bool
+    cache_size: int
+    backend: Backend | None
+    device: str | None
+    verify: VerifyTypes
+    cert: CertTypes | None
+    http2: bool
+    max_response_size: int | None
 
 
 class AsyncEmbedder:
@@ -101,6 +149,12 @@ class AsyncEmbedder:
         cache_size: keep an LRU cache of this many recent vectors (0: none).
         backend: a ready `Backend` object (overrides api/url); the seam for custom backends.
         device: the torch device for `api="local"` (default "cpu").
+        verify: TLS verification as httpx takes it: True (httpx's trust store: certifi,
+            or `SSL_CERT_FILE`/`SSL_CERT_DIR`), False, a CA bundle path, or an `ssl.SSLContext`.
+        cert: a client certificate: a file, `(cert, key)` or `(cert, key, password)`.
+        http2: send over httpx's stock transport with HTTP/2 (`pip install embedkit[http2]`).
+        max_response_size: a response body larger than this (bytes as received) is a
+            `ResponseError`; None: no limit.
     """
 
     def __init__(
@@ -133,6 +187,10 @@ class AsyncEmbedder:
         cache_size: int = 0,
         backend: Backend | None = None,
         device: str | None = None,
+        verify: VerifyTypes = True,
+        cert: CertTypes | None = None,
+        http2: bool = False,
+        max_response_size: int | None = DEFAULT_MAX_RESPONSE_SIZE,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -152,8 +210,10 @@ class AsyncEmbedder:
                 raise ValueError(f"{name} must be a positive number")
         if cache_size < 0:
             raise ValueError("cache_size must be >= 0")
+        _check_timeout(timeout)
         self.model = model
         self.api: str = api
+        self._url = url
         self.max_batch_size = max_batch_size
         self.max_concurrency = max_concurrency
         self._max_batch_chars = max_batch_chars
@@ -202,6 +262,10 @@ class AsyncEmbedder:
                 max_connections=max(max_concurrency * 2, 16),
                 wait_for_model=wait_for_model,
                 use_cache=use_cache,
+                verify=verify,
+                cert=cert,
+                http2=http2,
+                max_response_size=max_response_size,
             )
         else:
             raise ValueError(f"api must be one of 'hf', 'tei', 'openai', 'local', not {api!r}")
@@ -212,6 +276,10 @@ class AsyncEmbedder:
         self._scheduler: Scheduler | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self.info = BackendInfo()
+
+    def describe(self) -> str:
+        """What this embedder talks to, for people (never the token): "tei at http://…"."""
+        return self._backend.describe()
 
     def __repr__(self) -> str:
         return (
@@ -313,14 +381,7 @@ class AsyncEmbedder:
 
         Concurrent calls from many tasks share batched requests.
         """
-        if type(text) is not str:
-            if isinstance(text, str):
-                text = str(text)
-            else:
-                raise TypeError(f"text is {type(text).__name__}, expected str")
-        if not text:
-            raise ValueError("text is an empty string; embedding servers reject empty inputs")
-        matrix = await self._open_scheduler().submit([text])
+        matrix = await self._open_scheduler().submit([check_text(text)])
         row: Matrix = matrix[0]
         return row
 
@@ -330,7 +391,7 @@ class AsyncEmbedder:
         The list is cut into full batches sent concurrently (and shared with any concurrent
         `embed` calls). An empty list gives shape (0, dim) when dim is known.
         """
-        items = validate_texts(texts)
+        items = check_texts(texts)
         scheduler = self._open_scheduler()
         if not items:
             dim = self.dimension
@@ -343,8 +404,16 @@ class AsyncEmbedder:
         return await scheduler.submit(items)
 
     def stats(self) -> SchedulerStats:
-        """Counters, limits and latency percentiles (a frozen snapshot)."""
-        return self._open_scheduler().stats()
+        """Counters, limits and latency percentiles (a frozen snapshot).
+
+        `retries["stale connection"]` counts requests embedkit's transport sent again
+        because the server had closed a kept-alive connection before reading them.
+        """
+        stats = self._open_scheduler().stats()
+        if isinstance(self._backend, HttpBackend) and self._backend.resent_requests:
+            retries = {**stats.retries, "stale connection": self._backend.resent_requests}
+            stats = dataclasses.replace(stats, retries=retries)
+        return stats
 
     # ------------------------------------------------------------- bulk (in _bulk.py)
 
@@ -365,8 +434,9 @@ class AsyncEmbedder:
         to keep every concurrency slot busy), so a generator over a huge file is never read
         further than the embedder can use, and neither the input nor the output is held.
         Duplicates within a block are sent once; `sort_by_length` groups texts of similar
-        length into the same requests (then restores the order). A non-str or empty text
-        raises `TypeError`/`ValueError` naming its index, after the blocks before it.
+        length into the same requests (then restores the order). A non-str, empty or
+        invalid (lone surrogate) text raises `TypeError`/`ValueError` naming its index, after
+        the blocks before it.
 
         A plain iterable is read on the event loop, a block at a time: if reading it can
         block for long (a network disk), pass an async iterable, or use `Embedder.embed_stream`,
@@ -445,16 +515,103 @@ class AsyncEmbedder:
         return result
 
 
+def identity(embedder: AsyncEmbedder) -> dict[str, Any]:
+    """What decides the vectors an embedder gives (for `embed_file`'s resume fingerprint).
+
+    The URL may carry credentials, so only a hash of it is kept.
+    """
+    import hashlib
+
+    url = embedder._url
+    options = embedder._options
+    return {
+        "api": embedder.api,
+        "model": embedder.model,
+        "url_sha256": hashlib.sha256(url.encode()).hexdigest()[:16] if url else None,
+        "normalize": options.normalize,
+        "prompt_name": options.prompt_name,
+        "dimensions": options.dimensions,
+        "truncate": options.truncate,
+    }
+
+
 class Embedder:
     """The blocking twin of `AsyncEmbedder`, for scripts and notebooks.
 
     It runs an `AsyncEmbedder` on an event loop in a background thread (an anyio blocking
-    portal). Takes the same arguments. Use `with Embedder(...) as emb: emb.embed_many(texts)`.
+    portal). Takes the same arguments as `AsyncEmbedder` (a test keeps the two signatures in
+    step). Use `with Embedder(...) as emb: emb.embed_many(texts)`.
     Calls from several threads at once are coalesced like concurrent async calls.
     """
 
-    def __init__(self, model: str | None = None, **kwargs: Any) -> None:
-        self._async = AsyncEmbedder(model, **kwargs)
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        url: str | None = None,
+        api: Api = "hf",
+        token: str | None = None,
+        normalize: bool | None = None,
+        prompt_name: str | None = None,
+        truncate: bool | None = None,
+        truncation_direction: Literal["left", "right"] | None = None,
+        dimensions: int | None = None,
+        pooling: Pooling | None = None,
+        encoding_format: Literal["base64", "float"] = "base64",
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_batch_chars: int | None = 500_000,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        adaptive_concurrency: bool = True,
+        requests_per_second: float | None = None,
+        inputs_per_second: float | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        wait_for_model: bool | None = None,
+        use_cache: bool | None = None,
+        dedup: bool = True,
+        cache_size: int = 0,
+        backend: Backend | None = None,
+        device: str | None = None,
+        verify: VerifyTypes = True,
+        cert: CertTypes | None = None,
+        http2: bool = False,
+        max_response_size: int | None = DEFAULT_MAX_RESPONSE_SIZE,
+    ) -> None:
+        self._async = AsyncEmbedder(
+            model,
+            url=url,
+            api=api,
+            token=token,
+            normalize=normalize,
+            prompt_name=prompt_name,
+            truncate=truncate,
+            truncation_direction=truncation_direction,
+            dimensions=dimensions,
+            pooling=pooling,
+            encoding_format=encoding_format,
+            max_batch_size=max_batch_size,
+            max_batch_chars=max_batch_chars,
+            max_concurrency=max_concurrency,
+            adaptive_concurrency=adaptive_concurrency,
+            requests_per_second=requests_per_second,
+            inputs_per_second=inputs_per_second,
+            retry=retry,
+            timeout=timeout,
+            transport=transport,
+            http_client=http_client,
+            wait_for_model=wait_for_model,
+            use_cache=use_cache,
+            dedup=dedup,
+            cache_size=cache_size,
+            backend=backend,
+            device=device,
+            verify=verify,
+            cert=cert,
+            http2=http2,
+            max_response_size=max_response_size,
+        )
         self._stack: contextlib.ExitStack | None = None
         self._portal: BlockingPortal | None = None
 

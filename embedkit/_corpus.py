@@ -30,6 +30,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from ._errors import EmbedkitError
+
 __all__ = [
     "FORMATS",
     "Bad",
@@ -54,8 +56,8 @@ _EXAMPLES = 20
 _HAVE_PWRITE = hasattr(os, "pwrite")
 
 
-class CorpusError(Exception):
-    """The input or the output cannot be used as asked (a message for the user)."""
+class CorpusError(EmbedkitError):
+    """The input or the output of a bulk run cannot be used as asked (a message for people)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +89,15 @@ class Scan:
     first_good: str | None = None
     size: int = 0
     digest: str = ""
+    id_type: Any = None  # what the ids are: "int64", "string", or a pyarrow type (parquet)
+    _ids_all_int: bool = True
+
+    def add_id(self, value: object) -> None:
+        """Note one raw id (jsonl), to choose the id column's type: int64 if all are ints."""
+        if (value is not None and self._ids_all_int) and (
+            type(value) is not int or not -(2**63) <= value < 2**63
+        ):
+            self._ids_all_int = False
 
     def add(self, record: Record) -> None:
         """Count one record."""
@@ -114,9 +125,10 @@ class Corpus:
 
     format: ClassVar[str] = ""
 
-    def __init__(self, path: Path, *, key: str) -> None:
+    def __init__(self, path: Path, *, key: str, id_key: str | None = None) -> None:
         self.path = path
         self.key = key
+        self.id_key = id_key
 
     def scan(self) -> Scan:
         """Read everything once: count the records, hash the bytes, find the bad records."""
@@ -124,6 +136,11 @@ class Corpus:
 
     def records(self, start: int = 0) -> Iterator[Record]:
         """Every record from number `start` on, in order."""
+        for record, _ in self.pairs(start):
+            yield record
+
+    def pairs(self, start: int = 0) -> Iterator[tuple[Record, Any]]:
+        """Every record from number `start` on with its id (None without `id_key`)."""
         raise NotImplementedError
 
     def where(self, index: int) -> str:
@@ -132,7 +149,10 @@ class Corpus:
 
     def options(self) -> dict[str, Any]:
         """What, besides the bytes, decides the records (part of the resume fingerprint)."""
-        return {"format": self.format, "key": self.key}
+        options = {"format": self.format, "key": self.key}
+        if self.id_key is not None:
+            options["id_key"] = self.id_key
+        return options
 
 
 class _LineCorpus(Corpus):
@@ -140,6 +160,10 @@ class _LineCorpus(Corpus):
 
     def parse(self, line: bytes) -> Record:
         raise NotImplementedError
+
+    def parse_pair(self, line: bytes) -> tuple[Record, Any]:
+        """The record on `line` and its raw id (None when there is none)."""
+        return self.parse(line), None
 
     def _lines(self, f: IO[bytes]) -> Iterator[bytes]:
         first = True
@@ -163,19 +187,31 @@ class _LineCorpus(Corpus):
                     first = False
                     if line.startswith(_BOM):
                         line = line[len(_BOM) :]
-                scan.add(self.parse(line))
+                if self.id_key is None:
+                    scan.add(self.parse(line))
+                else:
+                    record, raw_id = self.parse_pair(line)
+                    scan.add(record)
+                    scan.add_id(raw_id)
+        if self.id_key is not None:
+            scan.id_type = "int64" if scan._ids_all_int else "string"
         scan.size = size
         scan.digest = digest.hexdigest()
         return scan
 
-    def records(self, start: int = 0) -> Iterator[Record]:
+    def pairs(self, start: int = 0) -> Iterator[tuple[Record, Any]]:
+        parse = self.parse_pair if self.id_key is not None else self.parse
         with self.path.open("rb") as f:
             lines = self._lines(f)
             for _ in range(start):
                 if next(lines, None) is None:
                     return
-            for line in lines:
-                yield self.parse(line)
+            if self.id_key is None:
+                for line in lines:
+                    yield parse(line), None  # type: ignore[misc]
+            else:
+                for line in lines:
+                    yield parse(line)  # type: ignore[misc]
 
     def where(self, index: int) -> str:
         return f"record {index} (line {index + 1})"
@@ -225,15 +261,22 @@ class JsonlCorpus(_LineCorpus):
     format: ClassVar[str] = "jsonl"
 
     def parse(self, line: bytes) -> Record:
+        return self.parse_pair(line)[0]
+
+    def parse_pair(self, line: bytes) -> tuple[Record, Any]:
         line = line.strip()
         if not line:
-            return Bad("empty line")
+            return Bad("empty line"), None
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            return Bad(f"not valid JSON ({exc})")
+            return Bad(f"not valid JSON ({exc})"), None
         if not isinstance(obj, dict):
-            return Bad(f"not a JSON object but {_json_kind(obj)}")
+            return Bad(f"not a JSON object but {_json_kind(obj)}"), None
+        raw_id = obj.get(self.id_key) if self.id_key is not None else None
+        return self._text(obj), raw_id
+
+    def _text(self, obj: dict[str, Any]) -> Record:
         if self.key not in obj:
             return Bad(f"no field {self.key!r}")
         value = obj[self.key]
@@ -250,7 +293,7 @@ class CsvCorpus(Corpus):
     format: ClassVar[str] = "csv"
     delimiter: ClassVar[str] = ","
 
-    def _rows(self) -> Iterator[Record]:
+    def _rows(self) -> Iterator[tuple[Record, Any]]:
         limit = csv.field_size_limit()
         if limit < sys.maxsize // 2:
             csv.field_size_limit(2**31 - 1)  # documents are longer than csv's 128 KiB default
@@ -267,15 +310,19 @@ class CsvCorpus(Corpus):
                         "choose one with --column"
                     )
                 column = header.index(self.key)
+                id_column = self._id_column(header)
                 for row in reader:
                     if not row:
                         continue  # a blank line is not a record
+                    raw_id = None
+                    if id_column is not None and id_column < len(row):
+                        raw_id = row[id_column]
                     if len(row) <= column:
-                        yield Bad(f"the row has {len(row)} fields, no {self.key!r}")
+                        yield Bad(f"the row has {len(row)} fields, no {self.key!r}"), raw_id
                     elif not row[column]:
-                        yield Bad(f"column {self.key!r} is empty")
+                        yield Bad(f"column {self.key!r} is empty"), raw_id
                     else:
-                        yield row[column]
+                        yield row[column], raw_id
             except csv.Error as exc:
                 raise CorpusError(f"{self.path}, line {reader.line_num}: bad CSV: {exc}") from exc
             except UnicodeDecodeError as exc:
@@ -283,17 +330,28 @@ class CsvCorpus(Corpus):
                     f"{self.path}: not UTF-8 (near line {reader.line_num}): {exc}"
                 ) from exc
 
+    def _id_column(self, header: list[str]) -> int | None:
+        if self.id_key is None:
+            return None
+        if self.id_key not in header:
+            shown = ", ".join(repr(name) for name in header[:20])
+            raise CorpusError(
+                f"{self.path}: no id column {self.id_key!r} in the header (it has: {shown})"
+            )
+        return header.index(self.id_key)
+
     def scan(self) -> Scan:
         scan = Scan()
-        for record in self._rows():
+        for record, _ in self._rows():
             scan.add(record)
         scan.size, scan.digest = _hash_file(self.path)
+        scan.id_type = "string" if self.id_key is not None else None
         return scan
 
-    def records(self, start: int = 0) -> Iterator[Record]:
-        for index, record in enumerate(self._rows()):
+    def pairs(self, start: int = 0) -> Iterator[tuple[Record, Any]]:
+        for index, pair in enumerate(self._rows()):
             if index >= start:
-                yield record
+                yield pair
 
 
 class TsvCorpus(CsvCorpus):
@@ -334,17 +392,24 @@ class ParquetCorpus(Corpus):
             "string_view",
         ):
             raise CorpusError(f"{self.path}: column {self.key!r} holds {kind}, not strings")
+        if self.id_key is not None and self.id_key not in schema.names:
+            shown = ", ".join(repr(name) for name in schema.names[:20])
+            raise CorpusError(f"{self.path}: no id column {self.id_key!r} (it has: {shown})")
         return parquet
 
-    def _values(self, start: int) -> Iterator[Any]:
+    def _values(self, start: int) -> Iterator[tuple[Any, Any]]:
         parquet = self._file()
         skip = start
-        for batch in parquet.iter_batches(batch_size=self._BATCH, columns=[self.key]):
+        columns = [self.key] if self.id_key is None else [self.key, self.id_key]
+        for batch in parquet.iter_batches(batch_size=self._BATCH, columns=columns):
             if skip >= batch.num_rows:
                 skip -= batch.num_rows
                 continue
             values = batch.column(0).to_pylist()
-            yield from values[skip:] if skip else values
+            ids = batch.column(1).to_pylist() if self.id_key is not None else [None] * len(values)
+            if skip:
+                values, ids = values[skip:], ids[skip:]
+            yield from zip(values, ids, strict=False)
             skip = 0
 
     @staticmethod
@@ -357,14 +422,16 @@ class ParquetCorpus(Corpus):
 
     def scan(self) -> Scan:
         scan = Scan()
-        for value in self._values(0):
+        for value, _ in self._values(0):
             scan.add(self._record(value, self.key))
         scan.size, scan.digest = _hash_file(self.path)
+        if self.id_key is not None:
+            scan.id_type = self._file().schema_arrow.field(self.id_key).type
         return scan
 
-    def records(self, start: int = 0) -> Iterator[Record]:
-        for value in self._values(start):
-            yield self._record(value, self.key)
+    def pairs(self, start: int = 0) -> Iterator[tuple[Record, Any]]:
+        for value, raw_id in self._values(start):
+            yield self._record(value, self.key), raw_id
 
     def where(self, index: int) -> str:
         return f"record {index} (row {index})"
@@ -397,9 +464,15 @@ def guess_format(path: Path | None, *, field: str | None, column: str | None) ->
 
 
 def open_corpus(
-    path: Path, *, format: str | None = None, field: str | None = None, column: str | None = None
+    path: Path,
+    *,
+    format: str | None = None,
+    field: str | None = None,
+    column: str | None = None,
+    id_field: str | None = None,
 ) -> Corpus:
-    """A reader for `path`. `field` (jsonl) and `column` (csv, tsv, parquet) name the text."""
+    """A reader for `path`. `field` (jsonl) and `column` (csv, tsv, parquet) name the text;
+    `id_field` names the field or column that holds each record's id."""
     fmt = format or guess_format(path, field=field, column=column)
     if fmt not in _CLASSES:
         raise CorpusError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -411,9 +484,16 @@ def open_corpus(
         raise CorpusError(
             "a .txt file has one text per line: it takes neither --field nor --column"
         )
+    if fmt == "txt" and id_field is not None:
+        raise CorpusError(
+            "a .txt file has one text per line and no fields: its ids are the record numbers"
+        )
     if not path.is_file():
         raise CorpusError(f"{path}: no such file")
-    return _CLASSES[fmt](path, key=field or column or "text")
+    key = field or column or "text"
+    if id_field is not None and id_field == key:
+        raise CorpusError(f"the id field and the text field are both {key!r}")
+    return _CLASSES[fmt](path, key=key, id_key=id_field)
 
 
 def spool(stream: IO[bytes], directory: Path, prefix: str) -> Path:
@@ -504,6 +584,8 @@ class NpyWriter:
     def write(self, row: int, block: npt.NDArray[Any]) -> None:
         """Write `block` (rows `row` to `row + len(block)`) in place."""
         block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.size == 0:
+            return  # nothing to write (zero rows, or rows of dimension 0)
         self._write_all(block.data.cast("B"), len(self.header) + row * self.row_bytes)
 
     def sync(self) -> None:

@@ -4,6 +4,7 @@ The tree:
 
 * EmbedkitError - the base; catch this to catch everything embedkit raises.
   * ClientClosedError - the embedder was closed (or never opened) when it was asked to work.
+  * CorpusError - `embed_file`: the input or output cannot be used as asked (in `_corpus.py`).
   * TransportError - no usable answer arrived: connection refused or cut, timeouts.
   * StatusError - the server answered with an error status. Carries `status_code`,
     `message` (the server's own words), `request_id`, `retry_after`.
@@ -17,8 +18,8 @@ The tree:
     * ServerError - other 5xx, 424 and 408: the server failed, maybe for a moment.
   * ResponseError - a 2xx answer whose body is malformed or inconsistent with the request.
 
-Caller mistakes (a non-str text, None, an empty string) are the built-in `TypeError` and
-`ValueError`, raised before anything is sent.
+Caller mistakes (a non-str text, None, an empty string, a lone surrogate, a zero timeout)
+are the built-in `TypeError` and `ValueError`, raised before anything is sent.
 
 No exception message ever holds a token: messages are built from status codes and server
 bodies, never from request headers.

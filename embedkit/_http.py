@@ -6,7 +6,6 @@ exceptions (`raise ... from exc`), so nothing above it handles httpx types.
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 
 import httpx
@@ -16,22 +15,24 @@ from ._decode import Matrix
 from ._errors import (
     EmbedkitError,
     ModelLoadingError,
+    ResponseError,
     StatusError,
     TransportError,
     error_from_response,
 )
 from ._protocols import BackendInfo, WireProtocol
-from ._transport import FastTransport
+from ._route import CertTypes, VerifyTypes, build_client, send_limited
+from ._transport import FastTransport, ResponseTooLarge
 from ._version import __version__ as _version
 
-__all__ = ["DEFAULT_TIMEOUT", "HttpBackend"]
+__all__ = ["DEFAULT_MAX_RESPONSE_SIZE", "DEFAULT_TIMEOUT", "HttpBackend"]
 
 #: Generous reads: a held request (x-wait-for-model) or a busy server can take a while.
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0, pool=None)
+#: Largest response body accepted (bytes as received): far above any embedding answer.
+DEFAULT_MAX_RESPONSE_SIZE = 256 * 1024 * 1024
 
 _USER_AGENT = f"embedkit/{_version} python-httpx/{httpx.__version__}"
-
-_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
 def _safe_url(url: str) -> str:
@@ -44,14 +45,6 @@ def _safe_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=""))
 
 
-def _default_transport(max_connections: int) -> httpx.AsyncBaseTransport | None:
-    """embedkit's lean HTTP/1.1 transport, unless the environment asks for a proxy."""
-    if any(os.environ.get(name) for name in _PROXY_VARS):
-        return None  # httpx's own transport knows proxies
-    # The same trust store httpx uses by default (certifi, or SSL_CERT_FILE / SSL_CERT_DIR).
-    return FastTransport(max_connections=max_connections, ssl_context=httpx.create_ssl_context())
-
-
 class HttpBackend:
     """Sends batches to an embedding server over HTTP.
 
@@ -60,9 +53,13 @@ class HttpBackend:
         token: sent as `Authorization: Bearer ...` when set.
         client: an `httpx.AsyncClient` to use (the caller keeps ownership).
         transport: an httpx transport for the client embedkit builds (tests pass
-            `httpx.MockTransport`); default: embedkit's lean HTTP/1.1 transport.
+            `httpx.MockTransport`); default: embedkit's lean HTTP/1.1 transport, or
+            httpx's own when a proxy applies or `http2` is set (see `_route.py`).
         timeout: httpx timeout for the client embedkit builds.
         max_connections: connection pool size for the client embedkit builds.
+        verify, cert: TLS settings for the client embedkit builds, as httpx takes them.
+        http2: send over httpx's stock transport with HTTP/2 (needs `h2`).
+        max_response_size: a larger response body (bytes as received) is a `ResponseError`.
         wait_for_model: force `x-wait-for-model` on (True) or off (False); by default it is
             turned on after the first 503 "loading" (HF's advice).
         use_cache: False sends `x-use-cache: false` (HF's server-side result cache).
@@ -81,28 +78,44 @@ class HttpBackend:
         wait_for_model: bool | None = None,
         use_cache: bool | None = None,
         headers: dict[str, str] | None = None,
+        verify: VerifyTypes = True,
+        cert: CertTypes | None = None,
+        http2: bool = False,
+        max_response_size: int | None = DEFAULT_MAX_RESPONSE_SIZE,
     ) -> None:
         self.protocol = protocol
         self._token = token
+        self._url = httpx.URL(protocol.endpoint)
+        if self._url.userinfo:
+            # httpx would send it as Basic auth on some routes and not on others (and it
+            # would clash with the bearer token): refused, so behaviour never depends on
+            # the route. The message does not repeat the URL, which holds a secret.
+            raise ValueError(
+                "credentials in the URL (user:password@) are not supported; pass token=, "
+                "or an http_client=httpx.AsyncClient(auth=...)"
+            )
+        if (client is not None or transport is not None) and (
+            verify is not True or cert is not None or http2
+        ):
+            raise ValueError(
+                "verify=, cert= and http2= configure the client embedkit builds; "
+                "set them on your own http_client or transport instead"
+            )
         self._owns_client = client is None
+        self._max_response_size = max_response_size
+        self._direct: FastTransport | None = None
         if client is None:
-            if transport is None:
-                transport = _default_transport(max_connections)
-            client = httpx.AsyncClient(
+            client, self._direct = build_client(
+                self._url,
                 transport=transport,
                 timeout=timeout,
-                limits=httpx.Limits(
-                    max_connections=max_connections, max_keepalive_connections=max_connections
-                ),
+                max_connections=max_connections,
+                verify=verify,
+                cert=cert,
+                http2=http2,
+                max_response_size=max_response_size,
             )
         self._client = client
-        # With the client and transport both ours, requests go straight to the transport:
-        # httpx's client layer (auth, cookies, redirects, hooks) costs ~115 µs a request
-        # and does nothing here. Anything user-supplied goes through the client as usual.
-        self._direct: FastTransport | None = None
-        if self._owns_client and isinstance(transport, FastTransport):
-            self._direct = transport
-        self._url = httpx.URL(protocol.endpoint)
         self._timeout = {"timeout": httpx.Timeout(timeout).as_dict()}
         self._forced_wait = wait_for_model
         self.wait_for_model = bool(wait_for_model)
@@ -127,16 +140,30 @@ class HttpBackend:
         )
         return headers
 
+    @property
+    def resent_requests(self) -> int:
+        """Requests embedkit's transport re-sent because the server had closed a reused
+        connection before reading them (never counted as the retry policy's retries)."""
+        return self._direct.resent_requests if self._direct is not None else 0
+
     async def _post(self, body: bytes) -> httpx.Response:
         direct = self._direct
-        if direct is None:
+        if direct is not None:
+            request = httpx.Request(
+                "POST",
+                self._url,
+                headers=self._direct_headers,
+                content=body,
+                extensions=self._timeout,
+            )
+            response = await direct.handle_async_request(request)
+            await response.aread()
+            return response
+        limit = self._max_response_size
+        if limit is None:
             return await self._client.post(self._url, content=body, headers=self._headers)
-        request = httpx.Request(
-            "POST", self._url, headers=self._direct_headers, content=body, extensions=self._timeout
-        )
-        response = await direct.handle_async_request(request)
-        await response.aread()
-        return response
+        request = self._client.build_request("POST", self._url, content=body, headers=self._headers)
+        return await send_limited(self._client, request, limit)
 
     async def start(self) -> BackendInfo:
         """Ask the server for its limits (TEI `/info`); other protocols learn nothing."""
@@ -146,6 +173,8 @@ class HttpBackend:
         """POST one batch and decode it, or raise the matching embedkit error."""
         try:
             response = await self._post(self.protocol.body(texts))
+        except ResponseTooLarge as exc:
+            raise ResponseError(f"{exc} from {_safe_url(self.protocol.endpoint)}") from exc
         except httpx.TimeoutException as exc:
             raise TransportError(
                 f"{type(exc).__name__} talking to {_safe_url(self.protocol.endpoint)}"

@@ -49,7 +49,7 @@ from ._errors import (
 from ._limits import AdaptiveConcurrency, Cooldown, LocalQuota, Quota, TokenBucket
 from ._retry import RetryPolicy, describe
 
-__all__ = ["Scheduler", "SchedulerStats", "Send"]
+__all__ = ["Scheduler", "SchedulerStats", "Send", "Ticket"]
 
 logger = logging.getLogger("embedkit")
 
@@ -260,14 +260,17 @@ class Scheduler:
 
     async def submit(self, texts: list[str]) -> Matrix:
         """Embed `texts` (already validated) through the shared batches; rows in input order."""
-        return await self.result(self.enqueue(texts))
+        return await self._result(self._enqueue(texts))
 
-    def enqueue(self, texts: list[str]) -> _Job:
-        """Queue `texts` without waiting for them; pair with `result(job)` or `discard(job)`.
+    def enqueue(self, texts: list[str]) -> Ticket:
+        """Queue `texts` without waiting for them: a `Ticket` to await or discard.
 
-        Streaming callers (`embed_stream`, the CLI) keep a few jobs queued this way, in order,
-        without a task per job.
+        Streaming callers (`embed_stream`, `embed_file`) keep a few tickets queued this way,
+        in order, without a task per ticket.
         """
+        return Ticket(self, self._enqueue(texts))
+
+    def _enqueue(self, texts: list[str]) -> _Job:
         if self._closed:
             raise ClientClosedError("the embedder is closed")
         job = _Job(texts, self._new_event())
@@ -280,7 +283,7 @@ class Scheduler:
                 wakeup.set()
         return job
 
-    async def result(self, job: _Job) -> Matrix:
+    async def _result(self, job: _Job) -> Matrix:
         """Wait for an enqueued job's matrix (or its error). Cancelling discards the job."""
         if job.n == 0:
             return np.empty((0, self.dimension or 0), dtype=np.float32)
@@ -293,11 +296,6 @@ class Scheduler:
             raise _copy_error(job.error) from job.error.__cause__  # keep the httpx cause
         assert job.out is not None
         return job.out
-
-    @staticmethod
-    def discard(job: _Job) -> None:
-        """Give up on an enqueued job: its queued texts are skipped, its rows dropped."""
-        job.finished = True
 
     # ------------------------------------------------------------------- dispatcher
 
@@ -565,6 +563,31 @@ class Scheduler:
             latency_p90=pct(0.9),
             latency_p99=pct(0.99),
         )
+
+
+class Ticket:
+    """A caller's hold on texts queued with `Scheduler.enqueue`.
+
+    `await ticket.result()` gives their matrix (rows in the order queued) or raises their
+    error; `ticket.discard()` gives up on them (queued texts are skipped, rows dropped).
+    """
+
+    __slots__ = ("_job", "_scheduler")
+
+    def __init__(self, scheduler: Scheduler, job: _Job) -> None:
+        self._scheduler = scheduler
+        self._job = job
+
+    def __len__(self) -> int:
+        return self._job.n
+
+    async def result(self) -> Matrix:
+        """Wait for the matrix. Cancelling the wait discards the ticket."""
+        return await self._scheduler._result(self._job)
+
+    def discard(self) -> None:
+        """Give up on these texts (idempotent)."""
+        self._job.finished = True
 
 
 def _copy_error(error: BaseException) -> BaseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import httpx
 import pytest
 
 # one model load, one `embedkit serve` and one Infinity process per session
@@ -31,3 +32,10 @@ def _no_tokens_from_the_machine(
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "HF_TOKEN_PATH"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+
+
+@pytest.fixture(params=["embedkit", "httpx"])
+def http_transport(request: pytest.FixtureRequest) -> httpx.AsyncBaseTransport | None:
+    """For integration tests that talk HTTP: run each on embedkit's default transport (None)
+    and on httpx's stock one, so both stay proven against the same real servers."""
+    return None if request.param == "embedkit" else httpx.AsyncHTTPTransport()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
+
+from devtools.processes import stop_process_group
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,16 +52,7 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float, log
 
 def stop(process: subprocess.Popen[bytes]) -> None:
     """Stop a server by PID: SIGTERM to its process group, SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=15)
+    stop_process_group(process)
 
 
 @contextlib.contextmanager

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from embedkit import AsyncEmbedder, BackendInfo, Embedder, InputError
-from embedkit._bulk import Progress, embed_each, plan
+from embedkit._bulk import embed_each, plan
+from embedkit._cli import _Console
 from embedkit._decode import Matrix
+from embedkit._progress import FileProgress, ProgressLines
 
 from .fakes import DIM, vectors_for
 
@@ -306,24 +308,13 @@ def test_blocking_encode_and_its_progress_bar(capsys: pytest.CaptureFixture[str]
 # ------------------------------------------------------------------------------- progress
 
 
-def test_progress_bar_on_a_terminal_and_lines_elsewhere() -> None:
-    tty = io.StringIO()
-    bar = Progress(1000, stream=tty, tty=True, retries=lambda: 3)
-    bar.update(250)
-    bar._last_render = 0.0  # force a redraw now
-    bar.update(250)
-    bar.clear()
-    bar.close()
-    out = tty.getvalue()
-    assert "\r" in out
-    assert "500/1,000 (50.0%)" in out
-    assert "retries 3" in out
-    assert out.endswith("\n")
-
+def test_progress_lines_for_logs_show_count_rate_eta_and_retries() -> None:
     log = io.StringIO()
-    lines = Progress(10, stream=log, tty=False, interval=0.0, initial=4)
-    lines.update(3)
-    lines.close()
-    assert log.getvalue().startswith("embedkit: 7/10 (70.0%) · ")
+    lines = ProgressLines(_Console(stream=log).error, interval=0.0)
+    lines(FileProgress(done=7, total=10, bad=0, seconds=1.5, initial=4, retries=3))
+    assert log.getvalue() == "embedkit: 7/10 (70.0%) · 2 texts/s · ETA 00:01 · retries 3\n"
+    quiet = ProgressLines(_Console(stream=log).error, interval=3600.0)
+    quiet(FileProgress(done=8, total=10, bad=0, seconds=2.0, initial=4, retries=3))
+    quiet(FileProgress(done=9, total=10, bad=0, seconds=2.5, initial=4, retries=3))
+    assert log.getvalue().count("\n") == 2  # the first update, then nothing for an hour
     assert "\r" not in log.getvalue()
-    assert "ETA" in log.getvalue()

@@ -44,6 +44,7 @@ RUNNABLE = [
     "quickstart.md",
     "guides/batching.md",
     "guides/testing.md",
+    "guides/frameworks.md",
     "api.md",
     "exceptions.md",
     "architecture.md",
@@ -227,9 +228,12 @@ def run_test_functions(namespace: dict[str, Any], already: set[str]) -> list[str
 def fake_server(monkeypatch: pytest.MonkeyPatch) -> FakeServer:
     """Embedders built without a transport talk to the fake server."""
     server = FakeServer()
-    monkeypatch.setattr(
-        _http, "_default_transport", lambda max_connections: httpx.MockTransport(server)
-    )
+    build_client = _http.build_client
+
+    def fake_route(url: httpx.URL, *, transport: Any, **kwargs: Any) -> Any:
+        return build_client(url, transport=transport or httpx.MockTransport(server), **kwargs)
+
+    monkeypatch.setattr(_http, "build_client", fake_route)
     return server
 
 

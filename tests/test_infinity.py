@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+import httpx
 import numpy as np
 import pytest
 
@@ -62,7 +63,10 @@ async def embed_concurrently(emb: AsyncEmbedder, texts: list[str], parts: int = 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("encoding", ["base64", "float"])
 async def test_infinity_via_the_openai_protocol(
-    infinity_url: str, local_model: LocalModel, encoding: str
+    infinity_url: str,
+    local_model: LocalModel,
+    encoding: str,
+    http_transport: httpx.AsyncBaseTransport | None,
 ) -> None:
     texts = corpus_lines(120)
     async with AsyncEmbedder(
@@ -70,6 +74,7 @@ async def test_infinity_via_the_openai_protocol(
         api="openai",
         url=infinity_url,
         encoding_format=encoding,  # type: ignore[arg-type]
+        transport=http_transport,
     ) as emb:
         one = await emb.embed(texts[0])
         matrix = await embed_concurrently(emb, texts)

@@ -19,8 +19,8 @@ import embedkit
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "embedkit"
 
-#: Subpackages that are public by design (optional extras users import by name).
-PUBLIC_SUBPACKAGES = {"serve", "ray"}
+#: Subpackages and modules that are public by design (optional extras users import by name).
+PUBLIC_SUBPACKAGES = {"serve", "langchain", "llama_index", "ray"}
 
 
 def isort_key(name: str) -> tuple[int, str]:
@@ -135,14 +135,10 @@ def test_public_classes_have_readable_reprs() -> None:
     assert "state=unopened" in repr(emb)
 
 
-HEAVY = ["torch", "sentence_transformers", "starlette", "uvicorn", "pyarrow", "matplotlib", "ray"]
-OPTIONAL = [
-    "embedkit._local",
-    "embedkit._cli",
-    "embedkit.serve",
-    "embedkit._bulk_cli",
-    "embedkit.ray",
-]
+HEAVY = ["torch", "sentence_transformers", "starlette", "uvicorn", "pyarrow", "matplotlib"]
+HEAVY += ["langchain_core", "llama_index", "pydantic", "ray"]
+OPTIONAL = ["embedkit._local", "embedkit._cli", "embedkit.serve", "embedkit._bulk_cli", "embedkit.ray"]
+OPTIONAL += ["embedkit.langchain", "embedkit.llama_index", "embedkit._frameworks"]
 
 
 def test_import_stays_light() -> None:

@@ -97,11 +97,15 @@ async def test_ten_thousand_texts_through_a_twenty_percent_faulty_server(
 
 
 @pytest.mark.asyncio
-async def test_cold_start_waits_as_told_then_holds_one_probe_with_wait_for_model() -> None:
+async def test_cold_start_waits_as_told_then_holds_one_probe_with_wait_for_model(
+    http_transport: httpx.AsyncBaseTransport | None,
+) -> None:
     sleep = RecordingSleep()
     texts = [f"cold text {i}" for i in range(300)]
     with FaultServer.running(cold=True) as server:
-        async with embedkit.AsyncEmbedder(url=server.url, retry=RetryPolicy(sleep=sleep)) as emb:
+        async with embedkit.AsyncEmbedder(
+            url=server.url, retry=RetryPolicy(sleep=sleep), transport=http_transport
+        ) as emb:
             results: dict[int, Matrix] = {}
 
             async def one(i: int) -> None:
@@ -125,11 +129,14 @@ async def test_cold_start_waits_as_told_then_holds_one_probe_with_wait_for_model
 
 
 @pytest.mark.asyncio
-async def test_wait_for_model_can_be_forced_off() -> None:
+async def test_wait_for_model_can_be_forced_off(
+    http_transport: httpx.AsyncBaseTransport | None,
+) -> None:
     sleep = RecordingSleep()
     with FaultServer.running(cold=True) as server:
         async with embedkit.AsyncEmbedder(
             url=server.url,
+            transport=http_transport,
             wait_for_model=False,
             retry=RetryPolicy(loading_timeout=100, sleep=sleep),
         ) as emb:

@@ -587,7 +587,12 @@ def test_main_reads_the_command_line_and_the_key_from_the_environment(
     ],
 )
 async def test_the_embedkit_client_against_a_real_embedkit_serve(
-    serve_url: str, local_model: LocalModel, api: str, path: str, encoding: str
+    serve_url: str,
+    local_model: LocalModel,
+    api: str,
+    path: str,
+    encoding: str,
+    http_transport: httpx.AsyncBaseTransport | None,
 ) -> None:
     texts = [f"Line {i}: {t}" for i in range(20) for t in TEXTS]
     async with AsyncEmbedder(
@@ -595,6 +600,7 @@ async def test_the_embedkit_client_against_a_real_embedkit_serve(
         api=api,
         url=serve_url + path,
         encoding_format=encoding,  # type: ignore[arg-type]
+        transport=http_transport,
     ) as emb:
         one = await emb.embed(TEXTS[0])
         results: dict[int, np.ndarray] = {}

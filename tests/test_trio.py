@@ -88,7 +88,9 @@ async def test_cooldown_and_retries_under_trio() -> None:
     np.testing.assert_array_equal(out, vectors_for(["x"]))
 
 
-async def test_real_sockets_and_faults_under_trio() -> None:
+async def test_real_sockets_and_faults_under_trio(
+    http_transport: httpx.AsyncBaseTransport | None,
+) -> None:
     async def no_wait(seconds: float) -> None:
         await anyio.lowlevel.checkpoint()
 
@@ -97,7 +99,7 @@ async def test_real_sockets_and_faults_under_trio() -> None:
         fault_rate=0.15, faults=("500", "502", "cut", "ratelimit"), seed=3
     ) as server:
         async with embedkit.AsyncEmbedder(
-            url=server.url, retry=RetryPolicy(attempts=20, sleep=no_wait)
+            url=server.url, retry=RetryPolicy(attempts=20, sleep=no_wait), transport=http_transport
         ) as emb:
             many = await emb.embed_many(texts[:300])
             single: dict[int, Matrix] = {}

@@ -7,7 +7,9 @@ so if a mistake stops being caught, the check fails.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -84,6 +86,9 @@ async def async_api() -> None:
     AsyncEmbedder(api="tei", url="http://127.0.0.1:8080", retry=None)
     AsyncEmbedder("text-embedding-3-small", api="openai", encoding_format="float", dimensions=256)
     AsyncEmbedder("m", http_client=httpx.AsyncClient())
+    AsyncEmbedder(api="tei", url="https://tei", verify="/ca.pem", cert=("c.pem", "k.pem"))
+    AsyncEmbedder("m", verify=ssl.create_default_context(), http2=True, max_response_size=None)
+    AsyncEmbedder("m", verify=1.5)  # type: ignore[arg-type]
 
 
 def blocking_api() -> None:
@@ -157,3 +162,27 @@ def custom_backend() -> None:
     backend: embedkit.Backend = MyBackend()
     AsyncEmbedder(backend=backend)
     AsyncEmbedder(backend=object())  # type: ignore[arg-type]
+
+
+def bulk_files(updates: list[embedkit.FileProgress]) -> None:
+    result = embedkit.embed_file(
+        "docs.jsonl", "docs.parquet", id_field="id", resume=True, api="tei", url="http://tei"
+    )
+    assert_type(result, embedkit.FileResult)
+    assert_type(result.rows, int)
+    embedkit.embed_file("a.txt", "a.npy", progress=updates.append, max_concurrency=4)
+    embedkit.embed_file("a.txt", "a.npy", max_concurency=4)  # type: ignore[call-arg]
+    embedkit.embed_file("a.txt", "a.npy", max_batch_size="32")  # type: ignore[arg-type]
+    embedkit.embed_file("a.txt", "a.npy", on_bad="drop")  # type: ignore[arg-type]
+    with Embedder(api="tei", url="http://tei") as emb:
+        embedkit.embed_file("a.txt", "a.npy", embedder=emb)
+    Embedder(api="tei", max_batch_size="32")  # type: ignore[arg-type]
+
+
+async def bulk_files_async(emb: AsyncEmbedder) -> None:
+    result = await embedkit.aembed_file("a.csv", "a.parquet", column="body", embedder=emb)
+    assert_type(result.output, Path)
+    try:
+        await embedkit.aembed_file("a.csv", "a.parquet", api="tei", url="http://tei")
+    except embedkit.CorpusError as exc:
+        assert_type(exc, embedkit.CorpusError)
