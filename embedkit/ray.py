@@ -70,6 +70,10 @@ CUT_HOLD_SECONDS = 0.25
 #: underestimated; long enough that a moment when the workers sent less, on a busy
 #: machine, is not taken for the server's quota).
 LEARN_WINDOW_SECONDS = 1.0
+#: With no 429 for this long, the learned pace probes ten times faster (about 20%/s): a
+#: pace cut while the fleet was still starting (actors come up one by one) recovers in
+#: seconds, not in the minute a steady 2%/s would take.
+QUIET_SECONDS = 2.0
 #: A permit not used within this long after it fell due is dropped, not spent in a burst.
 STALE_SECONDS = 1.0
 #: CPUs an HTTP worker asks Ray for: a fraction, since it waits on the network, and a
@@ -143,6 +147,7 @@ class _FleetPace:
         self._reports: collections.deque[tuple[float, int, float]] = collections.deque()
         self._confident = False
         self._last_cut = -math.inf
+        self._last_429 = -math.inf
 
     def on_report(self, now: float, successes: int, span: float) -> None:
         """`successes` answers over the last `span` seconds of one worker."""
@@ -152,7 +157,13 @@ class _FleetPace:
             return
         self._reports.append((now, successes, max(span, 1e-3)))
         if self.rate is not None:  # probe for more: fast while unsure (a slow start)
-            self.rate += successes * self._growth * (1 if self._confident else 50)
+            if not self._confident:
+                factor = 50
+            elif now - self._last_429 >= QUIET_SECONDS:
+                factor = 10  # no 429 for a while: workers may have joined, probe faster
+            else:
+                factor = 1
+            self.rate += successes * self._growth * factor
 
     def observed(self, now: float) -> tuple[float, int]:
         """Answers per second over the window, and how many answers that rests on."""
@@ -169,6 +180,7 @@ class _FleetPace:
 
     def on_rate_limited(self, now: float) -> None:
         """A 429: pace just under what got through (once per `CUT_HOLD_SECONDS`)."""
+        self._last_429 = now
         if now - self._last_cut < CUT_HOLD_SECONDS:
             return  # answers a request sent before every worker heard of the last cut
         observed, samples = self.observed(now)
@@ -176,6 +188,10 @@ class _FleetPace:
         current = self.rate if self.rate is not None else math.inf
         if observed > 0:
             new = max(0.1, observed * self._backoff)
+            if self.rate is not None:
+                # at most halve a pace in one cut: a window in which the workers sent
+                # little (a busy machine, a gap between Ray batches) understates the quota
+                new = max(new, self.rate / 2)
         elif self.rate is None:
             return  # refused before anything got through: nothing to learn from yet
         else:
