@@ -61,6 +61,54 @@ def _layers(ax: Any, rows: list[dict[str, Any]]) -> None:
     ax.set_title("Where embedkit's client CPU goes (layers measured one at a time)", fontsize=9)
 
 
+def _openloop(ax: Any, ax2: Any, s: dict[str, Any]) -> None:
+    """Latency against offered load (log y), and achieved against offered throughput."""
+    clients: dict[str, list[dict[str, Any]]] = {}
+    for r in s["rows"]:
+        clients.setdefault(r["client"], []).append(r["raw"])
+    markers = iter("osd^v<>")
+    peers = iter(["#7f7f7f", "#e67e22", "#27ae60", "#8e44ad", "#d4ac0d"])
+    for name, runs in clients.items():
+        colour = EMBEDKIT if name.startswith("embedkit") else next(peers, PEER)
+        x = [100 * r["load"] for r in runs]
+        marker = next(markers, "o")
+        (line,) = ax.plot(x, [r["p99_ms"] for r in runs], marker=marker, color=colour, label=name)
+        ax.plot(x, [r["p50_ms"] for r in runs], ls="--", marker=marker, color=line.get_color())
+        behind = [r for r in runs if r["achieved_per_s"] < 0.97 * r["offered_per_s"]]
+        ax.scatter(
+            [100 * r["load"] for r in behind],
+            [r["p99_ms"] for r in behind],
+            s=90,
+            facecolors="none",
+            edgecolors=MISS,
+        )
+        ax2.plot(
+            x,
+            [100 * r["achieved_per_s"] / r["offered_per_s"] for r in runs],
+            marker=marker,
+            color=line.get_color(),
+            label=name,
+        )
+    service = s["setup"]["service_ms"]
+    ax.axhline(service["batch_1"], color="k", ls=":", lw=0.8)
+    ax.axhline(3 * service["batch_32"], color=MISS, ls=":", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel(
+        "offered load, % of capacity at batch 32; solid p99, dashed p50; red ring: fell behind; "
+        "dotted: one-text service time, 3× batch-32 service time",
+        fontsize=6.5,
+    )
+    ax.set_ylabel("ms from arrival to row (log)", fontsize=7)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6.5)
+    ax.set_title(s["title"] + ": latency against load", fontsize=9)
+    ax2.axhline(97, color=MISS, ls=":", lw=0.8)
+    ax2.set_xlabel("offered load, % of capacity at batch 32; dotted: 97%", fontsize=7)
+    ax2.set_ylabel("achieved, % of offered", fontsize=7)
+    ax2.tick_params(labelsize=7)
+    ax2.set_title("Open loop: who keeps up", fontsize=9)
+
+
 def _scenario(report: dict[str, Any], name: str) -> dict[str, Any] | None:
     return next((s for s in report["scenarios"] if s["name"] == name and s["rows"]), None)
 
@@ -72,9 +120,9 @@ def _empty(ax: Any, title: str, why: str) -> None:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    fig = plt.figure(figsize=(14, 19.5))
-    grid = fig.add_gridspec(5, 2, height_ratios=[1, 1, 1, 1, 0.45])
-    panels = iter([fig.add_subplot(grid[r, c]) for r in range(4) for c in range(2)])
+    fig = plt.figure(figsize=(14, 23.5))
+    grid = fig.add_gridspec(6, 2, height_ratios=[1, 1, 1, 1, 1, 0.45])
+    panels = iter([fig.add_subplot(grid[r, c]) for r in range(5) for c in range(2)])
 
     ax = next(panels)
     s = _scenario(report, "coalescing")
@@ -122,10 +170,14 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ]
         labels = [f"{r['client']} [{r['path']}]" for r in rows]
         _barh(ax, labels, [r["CPU µs/text"] for r in rows], fmt="{:.1f}")
-        ax.axvline(35, color=MISS, ls="--", lw=0.8)
-        ax.axvline(15, color=MISS, ls=":", lw=0.8)
+        floor = s["setup"].get("floor_us_per_text", {})
+        if floor:
+            ax.axvline(1.3 * floor["JSON"], color=MISS, ls="--", lw=0.8)
+            ax.axvline(2.0 * floor["base64"], color=MISS, ls=":", lw=0.8)
         ax.set_xlabel(
-            "client CPU µs per text; targets: 35 JSON (dashed), 15 base64 (dotted)", fontsize=7
+            "client CPU µs per text; targets: 1.3× the JSON floor (dashed), 2× the base64 "
+            "floor (dotted)",
+            fontsize=7,
         )
         ax.set_title(
             "Client overhead: CPU µs per text (batch 32, dim 384, instant server)", fontsize=9
@@ -218,7 +270,14 @@ def plot(report: dict[str, Any], path: Path) -> None:
     else:
         _empty(ax, "Memory", "not run")
 
-    ax = fig.add_subplot(grid[4, :])
+    s = _scenario(report, "openloop")
+    if s:
+        _openloop(next(panels), next(panels), s)
+    else:
+        _empty(next(panels), "Open loop", "not run")
+        _empty(next(panels), "Open loop", "not run")
+
+    ax = fig.add_subplot(grid[5, :])
     checks = [c for sc in report["scenarios"] for c in sc["checks"]]
     ax.set_axis_off()
     ax.set_title("Targets", fontsize=9)

@@ -48,6 +48,8 @@ from .coalescing import COST_MODEL
 
 NAME = "bulk"
 TARGET_VS_BEST_HAND = 0.97
+#: share of the cost-model server's capacity at batch 32 that embed_many must reach
+TARGET_CAPACITY_SHARE = 0.95
 MODEL_NAME = "minilm"
 
 
@@ -112,6 +114,15 @@ def cost_model_part(
             "×",
         )
     )
+    if cap32:
+        scenario.checks.append(
+            at_least(
+                "bulk (cost-model server): embed_many share of capacity at batch 32",
+                100 * ours / cap32,
+                100 * TARGET_CAPACITY_SHARE,
+                "%",
+            )
+        )
 
 
 def add_row(

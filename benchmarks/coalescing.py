@@ -20,8 +20,11 @@ NAME = "coalescing"
 #: routing, tokenizer, kernel launch), 0.05 ms per short text, 4 requests served at once.
 COST_MODEL = {"latency_ms": 10.0, "per_text_ms": 0.05, "slots": 4}
 
-TARGET_VS_HF_HUB = 35.0
+#: embedkit ÷ huggingface_hub, as a share of the most any client can reach on this server:
+#: capacity(32) ÷ capacity(1) (a slot-bound server caps the ratio below 32×).
+TARGET_SHARE_OF_CEILING = 0.90
 TARGET_VS_HAND = 1.0
+TARGET_CAPACITY_SHARE = 0.95
 
 
 def run(opts: Any) -> Scenario:
@@ -107,16 +110,25 @@ def run(opts: Any) -> Scenario:
     )
     hf_rows = [r for r in slow if r["client"].startswith("huggingface_hub")]
     best_hf = max(hf_rows, key=lambda r: r["texts_per_s"]) if hf_rows else None
+    ceiling = cap32 / cap1
     scenario.checks.append(
         at_least(
-            "coalescing: embedkit ÷ best huggingface_hub one-call-per-text",
-            ours / best_hf["texts_per_s"] if best_hf else None,
-            TARGET_VS_HF_HUB,
-            "×",
-            note=f"against '{best_hf['client']}' (the faster hf_hub variant); the cost model caps "
-            f"this ratio at {cap32 / cap1:.1f}× when both clients keep the server busy"
+            "coalescing: embedkit ÷ best huggingface_hub, share of the ceiling cap(32)/cap(1)",
+            100 * ours / best_hf["texts_per_s"] / ceiling if best_hf else None,
+            100 * TARGET_SHARE_OF_CEILING,
+            "%",
+            note=f"against '{best_hf['client']}': {ours / best_hf['texts_per_s']:.1f}× of a "
+            f"{ceiling:.1f}× ceiling (the cost model's capacity at 32 texts/request over 1)"
             if best_hf
             else "huggingface_hub is not installed (pip install embedkit[bench])",
+        )
+    )
+    scenario.checks.append(
+        at_least(
+            "coalescing: embedkit share of capacity at batch 32",
+            100 * ours / cap32,
+            100 * TARGET_CAPACITY_SHARE,
+            "%",
         )
     )
     scenario.checks.append(

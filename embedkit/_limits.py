@@ -1,6 +1,7 @@
-"""Flow control on anyio: adaptive concurrency (AIMD), token buckets, a shared cooldown.
+"""Flow control on anyio: adaptive concurrency (AIMD), token buckets, a shared cooldown,
+and a model of the server's costs that decides when a sub-full batch is worth sending.
 
-All of them take an injectable clock and sleep so tests can run them on virtual time.
+All of them take an injectable clock (and sleep) so tests can run them on virtual time.
 
 The *quota* (`Quota`) is the seam between the scheduler and whoever decides how fast
 requests may go: the scheduler asks it for permits and tells it about 429s and successes,
@@ -25,6 +26,7 @@ __all__ = [
     "LearnedRate",
     "LocalQuota",
     "Quota",
+    "ServerModel",
     "Sleep",
     "TokenBucket",
 ]
@@ -63,6 +65,13 @@ class AdaptiveConcurrency:
         while self.in_flight >= int(self.limit):
             await self._changed.wait()
         self.in_flight += 1
+
+    def try_acquire(self) -> bool:
+        """Take a free slot without waiting; False when none is free."""
+        if self.in_flight >= int(self.limit):
+            return False
+        self.in_flight += 1
+        return True
 
     def release(self) -> None:
         """Give a slot back."""
@@ -259,6 +268,149 @@ class LearnedRate:
             self.bucket.rate = new
 
 
+class ServerModel:
+    """When is a batch that is not full worth sending? A model learned from the answers.
+
+    Sending the moment a slot frees is right on an idle pipe (no batching delay), and wrong
+    under load: each small batch pays the server's fixed cost per request, and once more
+    requests are in flight than the server serves at once, they queue *in the server*,
+    where every text behind them waits a whole service time more. So the model learns, from
+    the latency of each request and how many were in flight when it left:
+
+    * `fixed` and `per_text`: the server's unqueued cost, seconds per request and per text
+      (the lower envelope of latency against batch size, over a sliding window);
+    * `parallel`: how many requests it serves at once. For each number of requests out when
+      a request left, a moving average of its latency over the unqueued cost of its size:
+      the first level at which that slowdown is over 1.15x the least slowdown of any level
+      is where requests started to queue in the server. Comparing levels with each other,
+      not with the floor, keeps a busy event loop (which slows every answer alike) from
+      passing for a queueing server. Until some level shows it, `parallel` is the
+      concurrency limit; it is never inferred below 2 (one noisy level must not turn the
+      client into a one-request-at-a-time Nagle);
+    * the arrival rate of texts, over the last `window` seconds.
+
+    A full batch is always sent (it cannot get cheaper). A sub-full batch is sent at once
+    while at least one server slot stays free besides the one it would take: the reserve
+    keeps the server below saturation, so bursts find a slot. The last free slot takes a
+    sub-full batch only if it is big enough for the arrival rate, i.e. batches that size
+    keep the server below `utilisation` (`rate * (fixed + per_text * b) / b <= utilisation *
+    parallel`), or once its oldest text has waited one `fixed` cost (the ski-rental rule:
+    waiting for company never costs more than the request it saves). With every server slot
+    busy, a sub-full batch waits for an answer. An idle pipe never waits: a lone text finds
+    the whole reserve free.
+    """
+
+    def __init__(
+        self,
+        parallel: int,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+        utilisation: float = 0.85,
+        window: float = 0.05,
+    ) -> None:
+        self.parallel = max(1, parallel)
+        self.fixed: float | None = None
+        self.per_text = 0.0
+        self.clock = clock
+        self.sleep = sleep
+        self.utilisation = utilisation
+        self.window = window
+        self.queued_answers = 0
+        self._maximum = self.parallel
+        # requests out when one was sent -> moving average of its latency over the unqueued
+        # cost of its batch size (1.0: no queueing; the event loop's own delays lift all alike)
+        self._slowdown: dict[int, float] = {}
+        # batch-size bucket (bit length) -> [min s, its size, previous window's min s, its size, n]
+        self._floor: dict[int, list[float]] = {}
+        self._arrivals: deque[tuple[float, int]] = deque()
+        self._arrived = 0
+
+    # ---------------------------------------------------------------- what it learns
+
+    def arrived(self, now: float, n: int) -> None:
+        """`n` texts were queued at `now`."""
+        self._arrivals.append((now, n))
+        self._arrived += n
+        if len(self._arrivals) > 64:
+            self._forget(now)
+
+    def rate(self, now: float) -> float:
+        """Texts queued per second over the last `window` seconds."""
+        self._forget(now)
+        return self._arrived / self.window
+
+    def _forget(self, now: float) -> None:
+        arrivals = self._arrivals
+        horizon = now - self.window
+        while arrivals and arrivals[0][0] < horizon:
+            self._arrived -= arrivals.popleft()[1]
+
+    def observe(self, texts: int, seconds: float, in_flight: int) -> None:
+        """A request of `texts` texts, sent with `in_flight` requests out (itself included),
+        was answered after `seconds`."""
+        bucket = self._floor.setdefault(texts.bit_length(), [math.inf, 0.0, math.inf, 0.0, 0.0])
+        if seconds < bucket[0]:
+            bucket[0], bucket[1] = seconds, float(texts)
+        bucket[4] += 1
+        if bucket[4] >= 64:  # a sliding floor: the least of this window and the last
+            bucket[2], bucket[3] = bucket[0], bucket[1]
+            bucket[0], bucket[1], bucket[4] = math.inf, 0.0, 0.0
+        self._fit()
+        assert self.fixed is not None
+        base = self.fixed + self.per_text * texts
+        if base <= 0:
+            return
+        ratio = seconds / base
+        slowdown = self._slowdown
+        old = slowdown.get(in_flight)
+        slowdown[in_flight] = ratio if old is None else old + 0.1 * (ratio - old)
+        levels = sorted(slowdown)
+        reference = min(slowdown.values())
+        if ratio > 1.15 * reference:
+            self.queued_answers += 1
+        self.parallel = self._maximum
+        for level in levels:
+            if slowdown[level] > 1.15 * reference:
+                self.parallel = max(min(2, self._maximum), level - 1)
+                break
+
+    def _fit(self) -> None:
+        points = []
+        for key in sorted(self._floor):
+            cur_s, cur_n, old_s, old_n, _ = self._floor[key]
+            points.append((cur_s, cur_n) if cur_s <= old_s else (old_s, old_n))
+        lo_s, lo_n = points[0]
+        hi_s, hi_n = points[-1]
+        slope = (hi_s - lo_s) / (hi_n - lo_n) if hi_n > lo_n else 0.0
+        self.per_text = max(0.0, slope)
+        self.fixed = max(0.0, lo_s - self.per_text * lo_n)
+
+    # -------------------------------------------------------------------- the rule
+
+    def hold(
+        self, queued: int, max_batch: int, in_flight: int, waited: float, now: float
+    ) -> float | None:
+        """None: send a batch now. Else how long to wait at most for more texts (or an
+        answer) before asking again; `math.inf` means until an answer comes back.
+
+        `queued` texts are waiting, the oldest for `waited` seconds; `in_flight` requests
+        are out.
+        """
+        if queued >= max_batch or in_flight < self.parallel - 1:
+            return None
+        if in_flight >= self.parallel:
+            return math.inf
+        fixed = self.fixed
+        if fixed is None or waited >= fixed - 1e-6:  # (a µs early: clocks round)
+            return None
+        rate = self.rate(now)
+        room = self.utilisation * self.parallel - rate * self.per_text
+        if room > 0 and queued * room >= rate * fixed:
+            return None
+        return fixed - waited
+
+
 class Quota(Protocol):
     """Where the scheduler gets permission to send, and where it reports what came back.
 
@@ -267,6 +419,10 @@ class Quota(Protocol):
     `on_rate_limited(ticket, issued)` (tickets as in `AdaptiveConcurrency`) and, once the
     retry policy has chosen its delay, `pause(seconds)` for everyone.
     """
+
+    def idle(self) -> bool:
+        """True when nothing would pace or pause a request sent now (it may skip `pace`)."""
+        ...
 
     async def wait(self) -> None:
         """Return once no pause is in force."""
@@ -320,6 +476,15 @@ class LocalQuota:
         self.learned: LearnedRate | None = None
         if request_rate is None and learn_rate:
             self.learned = LearnedRate(clock=self.cooldown.clock, sleep=self.cooldown.sleep)
+
+    def idle(self) -> bool:
+        """No rate (configured or learned), no input rate, no pause in force."""
+        return (
+            self.request_rate is None
+            and self.input_rate is None
+            and (self.learned is None or self.learned.bucket is None)
+            and self.cooldown.until <= self.cooldown.clock()
+        )
 
     async def wait(self) -> None:
         """Return once no pause is in force."""

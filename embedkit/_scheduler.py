@@ -3,10 +3,19 @@
 1. `submit(texts)` wraps the caller's texts in a *job* (the texts, an output matrix filled
    later, an event) and appends it to one FIFO queue. It costs O(1) however many texts.
 2. One *dispatcher* task loops: wait for queued work, then take a concurrency slot (AIMD
-   limit), wait out any client-wide cooldown (after a 429) and the rate limiter, and only
-   then *form a batch* from the head of the queue. Forming late is what coalesces: while
-   every slot is busy, texts pile up, and the next free slot takes a full batch. When the
-   pipe is idle, a lone call is sent at once: there is no batching delay.
+   limit), ask the `ServerModel` whether a batch should leave now, wait out any
+   client-wide cooldown (after a 429) and the rate limiter, and only then *form a batch*
+   from the head of the queue. Forming late is what coalesces: while slots are busy, texts
+   pile up, and the next free slot takes a full batch. A full batch always leaves; a
+   sub-full one leaves at once while the server keeps a slot in reserve, and otherwise only
+   when it is big enough for the arrival rate or has waited one request's fixed cost
+   (`ServerModel.hold`). When the pipe is idle, a lone call is sent at once: there is no
+   batching delay.
+   A caller whose text completes a full batch while a slot is free does not wait for the
+   dispatcher: it forms that batch and sends it from its own task (`submit`). A burst of
+   thousands of calls thus has requests on the wire while later callers are still arriving.
+   If that caller is cancelled, the batch is handed to the dispatcher's task group and sent
+   again for the others.
 3. Forming a batch walks the queue, up to `max_batch_size` texts and `max_batch_chars`
    characters. A text already in flight, or twice in the batch, is not sent again: the caller
    joins the *waiters* of the copy being sent. A text in the LRU cache is answered at once.
@@ -16,7 +25,8 @@
    bisected until only the bad text fails. Other errors go to the batch's callers.
 5. A caller wakes when its last row lands (or its first error), and gets its matrix. A caller
    that is cancelled marks its job finished: its queued texts are skipped, rows still in
-   flight are dropped on arrival, and no slot is held by a caller, so none can leak.
+   flight are dropped on arrival. A caller holds a slot only while it sends a full batch
+   itself (step 2), and gives it back when that send ends or is handed over, so none can leak.
 
 Nothing here knows about HTTP: `send` is any `async (list[str]) -> (n, dim) float32`.
 Nothing here knows where the rate limits live either: a `Quota` hands out permits and
@@ -28,13 +38,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import time
+import math
 from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import anyio
 import numpy as np
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from ._decode import Matrix
 from ._errors import (
@@ -46,7 +57,7 @@ from ._errors import (
     RateLimitError,
     ResponseError,
 )
-from ._limits import AdaptiveConcurrency, Cooldown, LocalQuota, Quota, TokenBucket
+from ._limits import AdaptiveConcurrency, Cooldown, LocalQuota, Quota, ServerModel, TokenBucket
 from ._retry import RetryPolicy, describe
 
 __all__ = ["Scheduler", "SchedulerStats", "Send", "Ticket"]
@@ -111,7 +122,7 @@ class SchedulerStats:
 class _Job:
     """One caller's texts, and the matrix their rows land in."""
 
-    __slots__ = ("done", "error", "finished", "n", "next", "out", "pending", "texts")
+    __slots__ = ("at", "done", "error", "finished", "n", "next", "out", "pending", "texts")
 
     def __init__(self, texts: list[str], done: anyio.Event) -> None:
         self.texts = texts
@@ -122,23 +133,32 @@ class _Job:
         self.done = done
         self.error: BaseException | None = None
         self.finished = False
+        self.at = 0.0  # when it was queued (ServerModel clock)
 
     def deliver(self, row: int, vector: Matrix) -> None:
+        self.deliver_rows(row, vector.reshape(1, -1))
+
+    def deliver_rows(self, start: int, rows: Matrix) -> None:
+        """Rows `start`, `start + 1`, ... of this job's matrix (copied: `rows` may be shared)."""
         if self.finished:
             return
         out = self.out
         if out is None:
-            out = self.out = np.empty((self.n, vector.shape[0]), dtype=np.float32)
-        elif out.shape[1] != vector.shape[0]:
+            out = self.out = np.empty((self.n, rows.shape[1]), dtype=np.float32)
+        elif out.shape[1] != rows.shape[1]:
             self.fail(
                 ResponseError(
                     f"embedding dimension changed between batches ({out.shape[1]} then "
-                    f"{vector.shape[0]}): is the server switching models?"
+                    f"{rows.shape[1]}): is the server switching models?"
                 )
             )
             return
-        out[row] = vector
-        self.pending -= 1
+        k = rows.shape[0]
+        if k == 1:
+            out[start] = rows[0]
+        else:
+            out[start : start + k] = rows
+        self.pending -= k
         if self.pending == 0:
             self.finished = True
             self.done.set()
@@ -213,6 +233,7 @@ class Scheduler:
         dedup: bool = True,
         cache_size: int = 0,
         learn_rate: bool = True,
+        model: ServerModel | None = None,
         quota: Quota | None = None,
     ) -> None:
         if max_batch_size < 1:
@@ -229,6 +250,7 @@ class Scheduler:
             input_rate=input_rate,
             learn_rate=learn_rate,
         )
+        self.model = model or ServerModel(self.concurrency.maximum)
         self._dedup = dedup
         self._cache: OrderedDict[str, Matrix] | None = OrderedDict() if cache_size > 0 else None
         self._cache_size = cache_size
@@ -241,6 +263,10 @@ class Scheduler:
         self._running: set[_Batch] = set()
         self._wakeup: anyio.Event | None = None
         self._closed = False
+        self._queued = 0  # texts in the queue not yet put in a batch
+        self._sending = 0  # requests out now
+        self._tg: TaskGroup | None = None
+        self._drivers: set[anyio.CancelScope] = set()  # batches sent from callers' tasks
 
         self._requests = 0
         self._texts = 0
@@ -259,8 +285,15 @@ class Scheduler:
     # ----------------------------------------------------------------- callers' side
 
     async def submit(self, texts: list[str]) -> Matrix:
-        """Embed `texts` (already validated) through the shared batches; rows in input order."""
-        return await self._result(self._enqueue(texts))
+        """Embed `texts` (already validated) through the shared batches; rows in input order.
+
+        When these texts complete a full batch and a slot is free, this task sends it at once.
+        """
+        job = self._enqueue(texts)
+        concurrency = self.concurrency
+        if self._queued >= self.max_batch_size and concurrency.in_flight < concurrency.limit:
+            await self._send_eagerly()
+        return await self._result(job)
 
     def enqueue(self, texts: list[str]) -> Ticket:
         """Queue `texts` without waiting for them: a `Ticket` to await or discard.
@@ -274,8 +307,12 @@ class Scheduler:
         if self._closed:
             raise ClientClosedError("the embedder is closed")
         job = _Job(texts, self._new_event())
-        self._texts += job.n
-        if job.n:
+        n = job.n
+        self._texts += n
+        if n:
+            job.at = now = self.model.clock()
+            self.model.arrived(now, n)
+            self._queued += n
             self._queue.append(job)
             wakeup = self._wakeup
             if wakeup is not None:
@@ -302,27 +339,121 @@ class Scheduler:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The dispatcher loop. Runs until cancelled."""
         async with anyio.create_task_group() as tg:
+            self._tg = tg
             task_status.started()
-            while True:
-                while not self._queue:
-                    self._wakeup = anyio.Event()
-                    await self._wakeup.wait()
-                    self._wakeup = None
-                await self.concurrency.acquire()
-                try:
-                    await self.quota.wait()
-                    await self.quota.pace()
-                    batch = self._form_batch()
-                    if batch is not None:
-                        await self.quota.take_inputs(len(batch.texts))
-                except BaseException:
-                    self.concurrency.release()
-                    raise
-                if batch is None:
-                    self.concurrency.release()
-                    continue
-                self._running.add(batch)
-                tg.start_soon(self._run_batch, batch)
+            try:
+                await self._dispatch(tg)
+            finally:
+                self._tg = None
+
+    async def _dispatch(self, tg: TaskGroup) -> None:
+        while True:
+            while not self._queue:
+                self._wakeup = anyio.Event()
+                await self._wakeup.wait()
+                self._wakeup = None
+            await self.concurrency.acquire()
+            try:
+                await self._hold()
+                await self.quota.wait()
+                await self.quota.pace()
+                batch = self._form_batch()
+                if batch is not None:
+                    await self.quota.take_inputs(len(batch.texts))
+            except BaseException:
+                self.concurrency.release()
+                raise
+            if batch is None:
+                self.concurrency.release()
+                continue
+            self._running.add(batch)
+            tg.start_soon(self._run_batch, batch)
+
+    async def _hold(self) -> None:
+        """Wait while the model says a sub-full batch should not leave yet."""
+        model = self.model
+        queue = self._queue
+        while queue:
+            now = model.clock()
+            delay = model.hold(
+                self._queued, self.max_batch_size, self._sending, now - queue[0].at, now
+            )
+            if delay is None:
+                return
+            self._wakeup = wakeup = self._new_event()  # set by a new text or an answer
+            try:
+                if delay == math.inf:
+                    await wakeup.wait()
+                else:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._alarm, delay, wakeup)
+                        await wakeup.wait()
+                        tg.cancel_scope.cancel()
+            finally:
+                self._wakeup = None
+
+    async def _alarm(self, delay: float, wakeup: anyio.Event) -> None:
+        await self.model.sleep(delay)
+        wakeup.set()
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+
+    async def _send_eagerly(self) -> None:
+        """Send a full batch from the caller's task, if a slot is free and nothing paces us."""
+        tg = self._tg
+        if tg is None or not self.quota.idle() or not self.concurrency.try_acquire():
+            return
+        batch = self._form_batch()
+        if batch is None:
+            self.concurrency.release()
+            return
+        self._running.add(batch)
+        slot = _Slot(self.concurrency)
+        scope = anyio.CancelScope()  # close() cancels it: the request runs in a caller's task
+        self._drivers.add(scope)
+        try:
+            with scope:
+                matrix = await self._attempts(batch, slot)
+        except anyio.get_cancelled_exc_class():
+            # This caller is going; the batch's other callers are not: the dispatcher's
+            # task group sends it again (the interrupted request is lost, not the texts).
+            slot.release()
+            self._hand_over(tg, self._run_batch, batch, False)
+            raise
+        except Exception as exc:  # retries ran out, a split, a bad input: resolve it there
+            self._hand_over(tg, self._settle, batch, slot, exc)
+            return
+        finally:
+            self._drivers.discard(scope)
+        self._running.discard(batch)
+        slot.release()
+        if not scope.cancelled_caught:  # else: closed, and close() failed the batch
+            self._deliver(batch, matrix)
+
+    def _hand_over(
+        self, tg: TaskGroup, func: Callable[..., Coroutine[Any, Any, None]], *args: Any
+    ) -> None:
+        """Finish a caller-driven batch in the dispatcher's task group (or fail it: closing)."""
+        try:
+            tg.start_soon(func, *args)
+        except RuntimeError:  # the task group has stopped: the scheduler is closing
+            batch = args[0]
+            self._running.discard(batch)
+            for arg in args:
+                if isinstance(arg, _Slot):
+                    arg.release()
+            self._fail(batch, ClientClosedError("the embedder was closed"))
+
+    async def _settle(self, batch: _Batch, slot: _Slot, exc: Exception) -> None:
+        try:
+            await self._recover(batch, slot, exc)
+        finally:
+            self._running.discard(batch)
+            slot.release()
 
     def _form_batch(self) -> _Batch | None:
         limit = self.max_batch_size
@@ -333,13 +464,15 @@ class Scheduler:
         inflight = self._inflight if self._dedup else None
         cache = self._cache
         chars = 0
+        taken = 0
         while queue and len(texts) < limit:
             job = queue[0]
             if job.finished:
+                taken += job.n - job.next
                 queue.popleft()
                 continue
             source = job.texts
-            i = job.next
+            i = start = job.next
             end = job.n
             while i < end and len(texts) < limit:
                 text = source[i]
@@ -369,10 +502,12 @@ class Scheduler:
                 waiters.append(ws)
                 i += 1
             job.next = i
+            taken += i - start
             if i >= end:
                 queue.popleft()
             else:
                 break
+        self._queued -= taken
         if not texts:
             return None
         self._batches += 1
@@ -381,8 +516,9 @@ class Scheduler:
 
     # --------------------------------------------------------------------- batches
 
-    async def _run_batch(self, batch: _Batch) -> None:
+    async def _run_batch(self, batch: _Batch, held: bool = True) -> None:
         slot = _Slot(self.concurrency)
+        slot.held = held  # False: a batch handed over by a cancelled caller, no slot yet
         try:
             await self._resolve(batch, slot)
         finally:
@@ -393,19 +529,20 @@ class Scheduler:
         """Send a batch and hand out its rows, splitting it when the server asks."""
         try:
             matrix = await self._attempts(batch, slot)
-        except _Abandoned:
+        except Exception as exc:
+            await self._recover(batch, slot, exc)
+            return
+        self._deliver(batch, matrix)
+
+    async def _recover(self, batch: _Batch, slot: _Slot, error: Exception) -> None:
+        """A batch failed: split it, bisect it, or hand its callers the error."""
+        n = len(batch.texts)
+        if isinstance(error, _Abandoned):
             self._abandoned += 1
             self._fail(batch, ClientClosedError("every caller of this batch has gone"))
-            return
-        except BatchTooLargeError as exc:
-            n = len(batch.texts)
-            if n == 1:
-                self._fail(batch, exc)
-                return
-            allowed = (
-                exc.max_batch_size if exc.max_batch_size and exc.max_batch_size < n else n // 2
-            )
-            allowed = max(1, allowed)
+        elif isinstance(error, BatchTooLargeError) and n > 1:
+            cap = error.max_batch_size
+            allowed = max(1, cap if cap and cap < n else n // 2)
             if allowed < self.max_batch_size:
                 logger.warning(
                     "server refused a batch of %d; lowering max_batch_size from %d to %d",
@@ -417,28 +554,21 @@ class Scheduler:
             self._splits += 1
             for start in range(0, n, allowed):
                 await self._resolve(batch.half(start, min(n, start + allowed)), slot)
-            return
-        except InputError as exc:
-            if len(batch.texts) == 1:
-                self._fail(batch, exc)
-                return
+        elif isinstance(error, InputError) and n > 1:
             self._bisections += 1
-            middle = len(batch.texts) // 2
+            middle = n // 2
             await self._resolve(batch.half(0, middle), slot)
-            await self._resolve(batch.half(middle, len(batch.texts)), slot)
-            return
-        except EmbedkitError as exc:
-            self._fail(batch, exc)
-            return
-        except Exception as exc:  # a backend bug must not hang its callers
-            self._fail(batch, EmbedkitError(f"the backend failed: {exc!r}"))
-            return
-        self._deliver(batch, matrix)
+            await self._resolve(batch.half(middle, n), slot)
+        elif isinstance(error, EmbedkitError):
+            self._fail(batch, error)
+        else:  # a backend bug must not hang its callers
+            self._fail(batch, EmbedkitError(f"the backend failed: {error!r}"))
 
     async def _attempts(self, batch: _Batch, slot: _Slot) -> Matrix:
         texts = batch.texts
         concurrency = self.concurrency
         quota = self.quota
+        clock = self.model.clock
         paced = True  # the dispatcher paced the first attempt before forming the batch
 
         async def attempt() -> Matrix:
@@ -452,7 +582,9 @@ class Scheduler:
                 raise _Abandoned
             ticket = concurrency.ticket()
             self._requests += 1
-            started = time.perf_counter()
+            self._sending += 1
+            out = self._sending
+            started = clock()
             try:
                 matrix = await self._send(texts)
             except EmbedkitError as exc:
@@ -462,9 +594,14 @@ class Scheduler:
                 if self.retry is not None and self.retry.is_retryable(exc):
                     slot.release()  # don't sit on a slot through the backoff
                 raise
+            finally:
+                self._sending -= 1
+                self._wake()
             if matrix.shape[0] != len(texts):
                 raise ResponseError(f"sent {len(texts)} texts, got {matrix.shape[0]} rows")
-            self._latencies.append(time.perf_counter() - started)
+            seconds = clock() - started
+            self._latencies.append(seconds)
+            self.model.observe(len(texts), seconds, out)
             concurrency.on_success()
             quota.on_success()
             return matrix
@@ -493,12 +630,22 @@ class Scheduler:
             self.dimension = int(matrix.shape[1])
         inflight = self._inflight
         cache = self._cache
-        for position, waiters in enumerate(batch.waiters):
+        every = batch.waiters
+        if _one_block(every):  # consecutive rows of one job (embed_many): one copy
+            job, start = every[0][0]
+            job.deliver_rows(start, matrix)
+            if cache is None:
+                for text, waiters in zip(batch.texts, every, strict=True):
+                    if inflight.get(text) is waiters:
+                        del inflight[text]
+                return
+            every = [[] for _ in every]  # rows delivered; the loop below keeps the books
+        for position, waiters in enumerate(every):
             vector = matrix[position]
             for job, row in waiters:
                 job.deliver(row, vector)
             text = batch.texts[position]
-            if inflight.get(text) is waiters:
+            if inflight.get(text) is batch.waiters[position]:
                 del inflight[text]
             if cache is not None:
                 cache[text] = vector.copy()
@@ -526,9 +673,12 @@ class Scheduler:
         for job in self._queue:
             job.fail(error)
         self._queue.clear()
+        self._queued = 0
         for batch in list(self._running):
             self._fail(batch, error)
         self._running.clear()
+        for scope in self._drivers:
+            scope.cancel()
 
     def stats(self) -> SchedulerStats:
         """A consistent snapshot of the counters."""
@@ -588,6 +738,22 @@ class Ticket:
     def discard(self) -> None:
         """Give up on these texts (idempotent)."""
         self._job.finished = True
+
+
+def _one_block(every: list[_Waiters]) -> bool:
+    """Whether each text has one waiter, all of one job, on consecutive rows."""
+    head = every[0]
+    if len(head) != 1:
+        return False
+    job, row = head[0]
+    for waiters in every:
+        if len(waiters) != 1:
+            return False
+        other, other_row = waiters[0]
+        if other is not job or other_row != row:
+            return False
+        row += 1
+    return True
 
 
 def _copy_error(error: BaseException) -> BaseException:

@@ -352,6 +352,10 @@ class FleetQuota:
         rate = self._rate or 1.0
         return max(1, min(MAX_LEASE, math.ceil(rate * LEASE_SECONDS)))
 
+    def idle(self) -> bool:
+        """Never: what this worker knows of the fleet may be stale, so it always asks `pace`."""
+        return False
+
     async def wait(self) -> None:
         """Return once no pause is in force (a pause any worker started)."""
         while True:

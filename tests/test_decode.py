@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from embedkit import ResponseError
-from embedkit._decode import checked, from_base64_rows, from_json_rows, place_by_index
+from embedkit._decode import (
+    checked,
+    from_base64_rows,
+    from_json_rows,
+    only_numbers,
+    place_by_index,
+)
+from embedkit._protocols import HFProtocol, Options
 
 
 def b64(row: list[float]) -> str:
@@ -230,3 +237,21 @@ def test_place_by_index_reorders() -> None:
 def test_place_by_index_rejects(items: list[Any], n: int, needle: str | None) -> None:
     with pytest.raises(ResponseError, match=needle):
         place_by_index(items, n)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[[true, false]]", b"[[null, 0.5]]", b'[["1", "2"]]', b"[[1e400, 0.5]]"],
+)
+def test_the_fast_numbers_only_path_still_refuses_what_is_not_a_number(body: bytes) -> None:
+    protocol = HFProtocol(model=None, url="http://127.0.0.1:1/embed", options=Options())
+    with pytest.raises(ResponseError):
+        protocol.decode(body, 1)
+
+
+def test_the_fast_numbers_only_path_reads_integers_and_exponents() -> None:
+    assert only_numbers(b"[[1, -2.5e-3, 3E2]]")
+    protocol = HFProtocol(model=None, url="http://127.0.0.1:1/embed", options=Options())
+    out = protocol.decode(b"[[1, -2.5e-3, 3E2]]", 1)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[1.0, -0.0025, 300.0]])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 from urllib.parse import quote
 
-from .._decode import Matrix, from_json_rows
+from .._decode import Matrix, from_json_rows, only_numbers
 from ._base import WireProtocol, hf_style_body, load_json
 
 __all__ = ["HF_ROUTER", "HFProtocol"]
@@ -37,4 +37,6 @@ class HFProtocol(WireProtocol):
         return hf_style_body(texts, self.options)
 
     def decode(self, content: bytes, n: int) -> Matrix:
-        return from_json_rows(load_json(content), n, self.options.pooling)
+        return from_json_rows(
+            load_json(content), n, self.options.pooling, numbers_only=only_numbers(content)
+        )

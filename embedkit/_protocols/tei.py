@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import httpx
 import orjson
 
-from .._decode import Matrix, from_json_rows
+from .._decode import Matrix, from_json_rows, only_numbers
 from ._base import BackendInfo, WireProtocol, hf_style_body, load_json
 
 __all__ = ["TEIProtocol"]
@@ -35,7 +35,7 @@ class TEIProtocol(WireProtocol):
         return hf_style_body(texts, self.options)
 
     def decode(self, content: bytes, n: int) -> Matrix:
-        return from_json_rows(load_json(content), n)
+        return from_json_rows(load_json(content), n, numbers_only=only_numbers(content))
 
     async def discover(self, client: httpx.AsyncClient, headers: dict[str, str]) -> BackendInfo:
         """Read `/info`: `max_client_batch_size` and `max_concurrent_requests` are obeyed."""

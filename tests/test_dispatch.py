@@ -1,0 +1,257 @@
+"""When batches leave: the server model, the open-loop curve, and callers sending full batches.
+
+No HTTP and no real waiting: the server model is fed numbers, the open-loop runs use trio's
+virtual clock against a fake server with a cost model (4 slots, 10 ms + 0.2 ms per text).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import anyio
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+from embedkit._decode import Matrix
+from embedkit._limits import AdaptiveConcurrency, ServerModel
+from embedkit._scheduler import Scheduler
+
+from .fakes import vectors_for
+
+FIXED, PER_TEXT, SLOTS = 0.010, 0.0002, 4
+
+
+def learned(parallel: int = 8) -> ServerModel:
+    """A model that has seen unqueued answers for 1 and 32 texts from the cost model."""
+    model = ServerModel(parallel, clock=lambda: 0.0)
+    model.observe(1, FIXED + PER_TEXT, 1)
+    model.observe(32, FIXED + 32 * PER_TEXT, 1)
+    return model
+
+
+def test_the_model_learns_the_fixed_and_per_text_cost() -> None:
+    model = learned()
+    assert model.fixed == pytest.approx(FIXED)
+    assert model.per_text == pytest.approx(PER_TEXT)
+
+
+def test_an_answer_that_queued_in_the_server_lowers_its_parallelism() -> None:
+    model = learned(parallel=8)
+    model.observe(16, FIXED + 16 * PER_TEXT, 4)  # on time with 4 out: no change
+    assert model.parallel == 8
+    model.observe(16, 2 * (FIXED + 16 * PER_TEXT), 5)  # a whole service time late
+    assert model.parallel == 4
+    assert model.queued_answers == 1
+
+
+def test_a_busy_event_loop_that_slows_every_answer_is_not_a_queueing_server() -> None:
+    model = learned(parallel=8)
+    for _ in range(60):
+        for out in range(1, 9):  # every level 1.6x slower than the floor, alike
+            model.observe(16, 1.6 * (FIXED + 16 * PER_TEXT), out)
+    assert model.parallel == 8
+
+
+def test_parallelism_rises_again_when_the_level_stops_queueing() -> None:
+    model = learned(parallel=8)
+    model.observe(16, FIXED + 16 * PER_TEXT, 4)
+    model.observe(16, 2 * (FIXED + 16 * PER_TEXT), 5)
+    assert model.parallel == 4
+    for _ in range(40):  # the server got more slots: 5 out no longer queue
+        model.observe(16, FIXED + 16 * PER_TEXT, 5)
+    assert model.parallel == 8
+
+
+def test_an_idle_pipe_never_holds_a_text_back() -> None:
+    model = learned(parallel=4)
+    for t in range(100):
+        model.arrived(t * 0.001, 1)  # 1,000 texts/s: a busy arrival rate
+    assert model.hold(1, 32, 0, 0.0, 0.1) is None
+    assert model.hold(1, 32, 2, 0.0, 0.1) is None  # a slot stays in reserve behind it
+
+
+def test_a_full_batch_always_leaves() -> None:
+    model = learned(parallel=4)
+    assert model.hold(32, 32, 7, 0.0, 0.0) is None
+
+
+def test_with_every_server_slot_busy_a_small_batch_waits_for_an_answer() -> None:
+    model = learned(parallel=4)
+    assert model.hold(5, 32, 4, 0.0, 0.0) == math.inf
+
+
+def test_the_last_slot_waits_for_company_at_most_one_fixed_cost() -> None:
+    model = learned(parallel=4)
+    rate = 6000.0  # texts/s, ~80% of the cost model's capacity at batch 32
+    for i in range(300):
+        model.arrived(i / rate, 1)
+    now = 300 / rate
+    delay = model.hold(5, 32, 3, 0.002, now)
+    assert delay == pytest.approx(FIXED - 0.002)
+    assert model.hold(5, 32, 3, FIXED, now) is None  # waited a whole fixed cost: go
+    assert model.hold(31, 32, 3, 0.0, now) is None  # big enough for the arrival rate
+
+
+def test_at_a_low_arrival_rate_the_last_slot_takes_a_small_batch() -> None:
+    model = learned(parallel=4)
+    model.arrived(0.0, 1)
+    assert model.hold(1, 32, 3, 0.0, 0.001) is None
+
+
+class _FormWhenASlotFrees(ServerModel):
+    """The dispatch rule before the server model: any free slot takes what is queued."""
+
+    def hold(self, *args: float) -> float | None:
+        return None
+
+
+def _open_loop(model_class: type[ServerModel], load: float, seconds: float) -> dict[str, float]:
+    """Poisson single-text calls against a 4-slot cost-model server, on virtual time."""
+
+    async def main() -> dict[str, float]:
+        slots = trio.Semaphore(SLOTS)
+        sizes: list[int] = []
+
+        async def send(texts: list[str]) -> Matrix:
+            sizes.append(len(texts))
+            async with slots:
+                await trio.sleep(FIXED + PER_TEXT * len(texts))
+            return vectors_for(texts)
+
+        model = model_class(8, clock=trio.current_time, sleep=trio.sleep)
+        scheduler = Scheduler(send, concurrency=AdaptiveConcurrency(8), model=model)
+        capacity = SLOTS * 32 / (FIXED + 32 * PER_TEXT)
+        rng = random.Random(7)
+        latencies: list[float] = []
+
+        async def call(i: int, at: float) -> None:
+            out = await scheduler.submit([f"text {i}"])
+            np.testing.assert_array_equal(out, vectors_for([f"text {i}"]))
+            latencies.append(trio.current_time() - at)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(scheduler.run)
+            async with trio.open_nursery() as callers:
+                start = trio.current_time()
+                t, i = 0.0, 0
+                while t < seconds:
+                    t += rng.expovariate(load * capacity)
+                    await trio.sleep_until(start + t)
+                    callers.start_soon(call, i, trio.current_time())
+                    i += 1
+            nursery.cancel_scope.cancel()
+        steady = np.array(latencies[len(latencies) // 5 :])
+        return {
+            "p50": float(np.percentile(steady, 50)),
+            "p99": float(np.percentile(steady, 99)),
+            "batch": float(np.mean(sizes)),
+            "parallel": float(model.parallel),
+        }
+
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_under_moderate_load_small_batches_no_longer_queue_in_the_server() -> None:
+    one_text, full = FIXED + PER_TEXT, FIXED + 32 * PER_TEXT
+    before = _open_loop(_FormWhenASlotFrees, 0.5, 1.0)
+    now = _open_loop(ServerModel, 0.5, 1.0)
+    # Before: 8 requests out against 4 slots, every text waited a second service time.
+    assert before["p50"] > 2 * one_text
+    # Now: the model finds the server's 4 slots and keeps one in reserve.
+    assert now["parallel"] == SLOTS
+    assert now["p99"] < 1.5 * full
+    assert now["p50"] < before["p50"] / 1.5
+
+
+def test_at_low_load_a_text_pays_about_one_service_time() -> None:
+    now = _open_loop(ServerModel, 0.1, 1.0)
+    assert now["p50"] < 1.2 * (FIXED + PER_TEXT)
+
+
+class _Recorder:
+    def __init__(self, scheduler_texts: list[int]) -> None:
+        self.seen = scheduler_texts
+        self.batches: list[list[str]] = []
+        self.gate: anyio.Event | None = None
+        self.scheduler: Scheduler | None = None
+
+    async def __call__(self, texts: list[str]) -> Matrix:
+        assert self.scheduler is not None
+        self.batches.append(list(texts))
+        self.seen.append(self.scheduler.stats().texts)  # callers that had arrived by now
+        if self.gate is not None:
+            await self.gate.wait()
+        else:
+            await anyio.lowlevel.checkpoint()
+        return vectors_for(texts)
+
+
+@pytest.mark.asyncio
+async def test_a_burst_has_full_batches_on_the_wire_while_callers_still_arrive() -> None:
+    seen: list[int] = []
+    send = _Recorder(seen)
+    scheduler = Scheduler(send, max_batch_size=32, concurrency=AdaptiveConcurrency(8))
+    send.scheduler = scheduler
+    results: dict[int, Matrix] = {}
+
+    async def caller(i: int) -> None:
+        results[i] = await scheduler.submit([f"t{i}"])
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        async with anyio.create_task_group() as callers:
+            for i in range(1000):
+                callers.start_soon(caller, i)
+        tg.cancel_scope.cancel()
+    # The first request left when the 32nd caller queued its text, not after the 1,000th.
+    assert seen[0] == 32
+    assert send.batches[0] == [f"t{i}" for i in range(32)]
+    assert sorted(t for b in send.batches for t in b) == sorted(f"t{i}" for i in range(1000))
+    for i in range(1000):
+        np.testing.assert_array_equal(results[i], vectors_for([f"t{i}"]))
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_caller_that_was_sending_hands_the_batch_to_the_others() -> None:
+    seen: list[int] = []
+    send = _Recorder(seen)
+    send.gate = anyio.Event()
+    concurrency = AdaptiveConcurrency(8)
+    scheduler = Scheduler(send, max_batch_size=4, concurrency=concurrency)
+    send.scheduler = scheduler
+    results: dict[int, Matrix] = {}
+
+    async def caller(i: int) -> None:
+        results[i] = await scheduler.submit([f"t{i}"])
+
+    driver = anyio.CancelScope()
+    driver_outcome: list[str] = []
+
+    async def driving_caller() -> None:
+        with driver:
+            await scheduler.submit(["t3"])  # its text completes the batch: it sends it
+            driver_outcome.append("returned")
+        driver_outcome.append("cancelled" if driver.cancelled_caught else "not cancelled")
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        async with anyio.create_task_group() as callers:
+            for i in range(3):
+                callers.start_soon(caller, i)
+            callers.start_soon(driving_caller)
+            while not send.batches:
+                await anyio.lowlevel.checkpoint()
+            assert send.batches == [["t0", "t1", "t2", "t3"]]
+            driver.cancel()
+            while len(send.batches) < 2:  # the dispatcher sends it again for the others
+                await anyio.lowlevel.checkpoint()
+            send.gate.set()
+        tg.cancel_scope.cancel()
+    assert driver_outcome == ["cancelled"]
+    assert send.batches[1] == ["t0", "t1", "t2", "t3"]
+    for i in range(3):
+        np.testing.assert_array_equal(results[i], vectors_for([f"t{i}"]))
+    assert concurrency.in_flight == 0  # no slot leaked
