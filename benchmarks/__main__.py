@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from . import bulk, coalescing, frameworks, latency, memory, openloop, overhead, ratelimit
+from . import bulk, coalescing, frameworks, latency, memory, openloop, overhead, ratelimit, rayfleet
 from ._common import (
     NEIGHBOURS,
     ROOT,
@@ -44,6 +44,7 @@ from ._report import markdown
 SCENARIOS = {m.NAME: m for m in (coalescing, openloop, bulk, overhead, latency, memory, ratelimit)}
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS[frameworks.NAME] = frameworks
+SCENARIOS[rayfleet.NAME] = rayfleet
 
 
 @dataclasses.dataclass
