@@ -35,6 +35,7 @@ from . import (
     openloop,
     overhead,
     ratelimit,
+    rayfleet,
     replicas,
 )
 from ._common import (
@@ -56,6 +57,7 @@ SCENARIOS = {
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS[frameworks.NAME] = frameworks
+SCENARIOS[rayfleet.NAME] = rayfleet
 
 
 @dataclasses.dataclass

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
+from typing import Any
 
 __all__ = ["Secret", "resolve_token"]
 
@@ -30,6 +32,18 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (Ray ships actor arguments pickled, and may keep them on disk), the token
+        # is XORed with a random pad, so a dump or a grep of those bytes does not show it.
+        # This hides it from accidents, not from someone who unpickles it.
+        data = self._value.encode("utf-8")
+        pad = secrets.token_bytes(len(data))
+        return (_unmask, (bytes(a ^ b for a, b in zip(data, pad, strict=True)), pad))
+
+
+def _unmask(masked: bytes, pad: bytes) -> Secret:
+    return Secret(bytes(a ^ b for a, b in zip(masked, pad, strict=True)).decode("utf-8"))
 
 
 def _hf_token_file() -> Path:

@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -64,6 +65,11 @@ _HELP = {
     "(default: about 4 MiB of vectors, 2048 rows at 384 dimensions)",
     "--commit-interval": "fsync and record progress this often (default 2; 0: after every block)",
     "--progress-interval": "when stderr is not a terminal, log progress this often (default 10)",
+    "--engine": "process: this process, into OUT.npy or OUT.parquet (default); ray: a Ray "
+    "cluster, INPUT a folder or glob and OUT a folder of parquet files holding every input "
+    "column and the vectors (pip install 'embedkit[ray]')",
+    "--address": "with --engine ray: the cluster to join (default: start a local one)",
+    "--workers": "with --engine ray: Ray actors, one embedder each (default 4)",
     "--quiet": "print only errors",
     "--verbose": "log retries and requests",
 }
@@ -121,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     add(embed, "--row-group-size", type=int, metavar="ROWS")
     add(embed, "--commit-interval", type=float, default=2.0, metavar="SECONDS")
     add(embed, "--progress-interval", type=float, default=10.0, metavar="SECONDS")
+    scale = embed.add_argument_group("scale-out")
+    add(scale, "--engine", choices=["process", "ray"], default="process")
+    add(scale, "--address")
+    add(scale, "--workers", type=int, default=4)
     add(embed, "-q", "--quiet", action="store_true")
     add(embed, "-v", "--verbose", action="store_true")
 
@@ -146,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args.rest)
     if args.command == "bench":
         return _bench(args.rest)
+    if args.engine == "ray":
+        return _embed_ray(args)
     return _embed(args)
 
 
@@ -306,4 +318,66 @@ def _embed(args: argparse.Namespace) -> int:
         if console.progress is not None:
             console.progress.close()
             console.progress = None
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------ embed on Ray
+
+
+def _embed_ray(args: argparse.Namespace) -> int:
+    """`embedkit embed INPUT -o OUT_DIR --engine ray`: `embedkit.ray.embed_files` on a cluster."""
+    console = _Console()
+    for flag, given in (
+        ("--resume", args.resume),
+        ("stdin (-)", args.input == "-"),
+        ("--id-field (every input column is kept)", args.id_field is not None),
+    ):
+        if given:
+            console.error(f"{flag} is for --engine process; --engine ray writes a new folder")
+            return EXIT_USAGE
+    if args.workers < 1:
+        console.error("--workers must be at least 1")
+        return EXIT_USAGE
+    try:
+        import ray
+
+        import embedkit.ray
+    except ImportError as exc:
+        console.error(f"--engine ray needs the ray extra: pip install 'embedkit[ray]' ({exc})")
+        return EXIT_FAILED
+    from ._errors import EmbedkitError
+
+    names = {"batch_size": "max_batch_size", "concurrency": "max_concurrency"}
+    names.update(rps="requests_per_second", cache_size="cache_size", model="model", url="url")
+    names.update({name: name for name in ("normalize", "prompt_name", "dimensions", "truncate")})
+    options = {names[k]: getattr(args, k) for k in names if getattr(args, k) is not None}
+    options["cache_size"] = options.get("cache_size") or 0
+    started = time.monotonic()
+    try:
+        ray.init(address=args.address, logging_level=logging.ERROR, log_to_driver=args.verbose)
+        ray.data.DataContext.get_current().enable_progress_bars = not args.quiet
+        rows = embedkit.ray.embed_files(
+            args.input,
+            args.output,
+            format=args.format,
+            column=args.column or args.field,
+            overwrite=args.force,
+            workers=args.workers,
+            on_bad=args.on_bad,
+            batch_size=args.block_size,
+            api=args.api,
+            **options,
+        )
+    except (ValueError, TypeError, CorpusError) as exc:
+        console.error(str(exc))
+        return EXIT_USAGE
+    except (EmbedkitError, ray.exceptions.RayError) as exc:
+        console.error(f"error: {exc}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        ray.shutdown()
+    if not args.quiet:
+        console.error(f"wrote {args.output} ({rows:,} rows) in {time.monotonic() - started:.1f} s")
     return EXIT_OK

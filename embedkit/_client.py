@@ -28,7 +28,7 @@ from ._balancer import BalancedBackend, Endpoint, Replica
 from ._decode import Matrix, Pooling
 from ._errors import ClientClosedError
 from ._http import DEFAULT_MAX_RESPONSE_SIZE, DEFAULT_TIMEOUT, HttpBackend
-from ._limits import AdaptiveConcurrency, Cooldown, TokenBucket
+from ._limits import AdaptiveConcurrency, Cooldown, Quota, TokenBucket
 from ._protocols import PROTOCOLS, BackendInfo, OpenAIProtocol, Options
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._route import CertTypes, VerifyTypes
@@ -346,6 +346,9 @@ class AsyncEmbedder:
         else:
             raise ValueError(f"api must be one of 'hf', 'tei', 'openai', 'local', not {api!r}")
         self._state = _State.UNOPENED
+        # a quota shared with other embedders (embedkit.ray sets it before opening);
+        # None: this embedder's own limits (requests_per_second, inputs_per_second, 429s)
+        self._quota: Quota | None = None
         self._scheduler: Scheduler | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self.info = BackendInfo()
@@ -401,6 +404,7 @@ class AsyncEmbedder:
                 dedup=self._dedup,
                 cache_size=self._cache_size,
                 learn_rate=self._adaptive,
+                quota=self._quota,
             )
             scheduler.dimension = info.dimension
             tg = await stack.enter_async_context(anyio.create_task_group())

@@ -29,6 +29,8 @@
    itself (step 2), and gives it back when that send ends or is handed over, so none can leak.
 
 Nothing here knows about HTTP: `send` is any `async (list[str]) -> (n, dim) float32`.
+Nothing here knows where the rate limits live either: a `Quota` hands out permits and
+hears about 429s (`LocalQuota` by default; `embedkit.ray` shares one across a fleet).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from ._errors import (
     RateLimitError,
     ResponseError,
 )
-from ._limits import AdaptiveConcurrency, Cooldown, LearnedRate, ServerModel, TokenBucket
+from ._limits import AdaptiveConcurrency, Cooldown, LocalQuota, Quota, ServerModel, TokenBucket
 from ._retry import RetryPolicy, describe
 
 __all__ = ["Scheduler", "SchedulerStats", "Send", "Ticket"]
@@ -235,6 +237,7 @@ class Scheduler:
         cache_size: int = 0,
         learn_rate: bool = True,
         model: ServerModel | None = None,
+        quota: Quota | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -243,12 +246,13 @@ class Scheduler:
         self.max_batch_chars = max_batch_chars
         self.concurrency = concurrency or AdaptiveConcurrency(8)
         self.retry = retry
-        self.cooldown = cooldown or Cooldown()
-        self._request_rate = request_rate
-        self._learned: LearnedRate | None = None
-        if request_rate is None and learn_rate:
-            self._learned = LearnedRate(clock=self.cooldown.clock, sleep=self.cooldown.sleep)
-        self._input_rate = input_rate
+        # the quota: given (e.g. shared by a fleet), or built from the local limits
+        self.quota: Quota = quota or LocalQuota(
+            cooldown=cooldown,
+            request_rate=request_rate,
+            input_rate=input_rate,
+            learn_rate=learn_rate,
+        )
         self.model = model or ServerModel(self.concurrency.maximum)
         self._dedup = dedup
         self._cache: OrderedDict[str, Matrix] | None = OrderedDict() if cache_size > 0 else None
@@ -354,11 +358,11 @@ class Scheduler:
             await self.concurrency.acquire()
             try:
                 await self._hold()
-                await self.cooldown.wait()
-                await self._pace()
+                await self.quota.wait()
+                await self.quota.pace()
                 batch = self._form_batch()
-                if batch is not None and self._input_rate is not None:
-                    await self._input_rate.acquire(len(batch.texts))
+                if batch is not None:
+                    await self.quota.take_inputs(len(batch.texts))
             except BaseException:
                 self.concurrency.release()
                 raise
@@ -404,14 +408,7 @@ class Scheduler:
     async def _send_eagerly(self) -> None:
         """Send a full batch from the caller's task, if a slot is free and nothing paces us."""
         tg = self._tg
-        if (
-            tg is None
-            or self._request_rate is not None
-            or self._input_rate is not None
-            or (self._learned is not None and self._learned.bucket is not None)
-            or self.cooldown.until > self.cooldown.clock()
-            or not self.concurrency.try_acquire()
-        ):
+        if tg is None or not self.quota.idle() or not self.concurrency.try_acquire():
             return
         batch = self._form_batch()
         if batch is None:
@@ -570,27 +567,19 @@ class Scheduler:
         else:  # a backend bug must not hang its callers
             self._fail(batch, EmbedkitError(f"the backend failed: {error!r}"))
 
-    async def _pace(self) -> None:
-        """Wait for the request rate: the one configured, or the one learned from 429s."""
-        bucket = self._request_rate
-        if bucket is None and self._learned is not None:
-            bucket = self._learned.bucket
-        if bucket is not None:
-            await bucket.acquire(1)
-
     async def _attempts(self, batch: _Batch, slot: _Slot) -> Matrix:
         texts = batch.texts
         concurrency = self.concurrency
-        learned = self._learned
+        quota = self.quota
         clock = self.model.clock
         paced = True  # the dispatcher paced the first attempt before forming the batch
 
         async def attempt() -> Matrix:
             nonlocal paced
             await slot.acquire()  # a retry waits for a slot under the (maybe lowered) limit
-            await self.cooldown.wait()
+            await quota.wait()
             if not paced:
-                await self._pace()  # retries count against the rate too
+                await quota.pace()  # retries count against the rate too
             paced = False
             if batch.abandoned():
                 raise _Abandoned
@@ -604,8 +593,7 @@ class Scheduler:
             except EmbedkitError as exc:
                 if isinstance(exc, RateLimitError):
                     concurrency.on_overload(ticket)
-                    if learned is not None:
-                        learned.on_rate_limited(ticket, concurrency.issued)
+                    quota.on_rate_limited(ticket, concurrency.issued)
                 if self.retry is not None and self.retry.is_retryable(exc):
                     slot.release()  # don't sit on a slot through the backoff
                 raise
@@ -618,8 +606,7 @@ class Scheduler:
             self._latencies.append(seconds)
             self.model.observe(len(texts), seconds, out)
             concurrency.on_success()
-            if learned is not None:
-                learned.on_success()
+            quota.on_success()
             return matrix
 
         if self.retry is None:
@@ -630,7 +617,7 @@ class Scheduler:
         cause = describe(exc)
         self._retries[cause] += 1
         if isinstance(exc, RateLimitError):
-            self.cooldown.extend(delay)
+            self.quota.pause(delay)
             logger.warning("rate limited (%s); pausing all requests for %.2f s", cause, delay)
         elif isinstance(exc, ModelLoadingError):
             # One request probes (held by the server with x-wait-for-model) while the rest
@@ -722,15 +709,9 @@ class Scheduler:
             in_flight=len(self._running),
             queue_depth=queued,
             concurrency_limit=self.concurrency.limit,
-            request_rate=(
-                self._request_rate.rate
-                if self._request_rate is not None
-                else self._learned.rate
-                if self._learned is not None
-                else None
-            ),
+            request_rate=self.quota.rate,
             max_batch_size=self.max_batch_size,
-            cooldowns=self.cooldown.count,
+            cooldowns=self.quota.pauses,
             latency_p50=pct(0.5),
             latency_p90=pct(0.9),
             latency_p99=pct(0.99),

@@ -14,6 +14,9 @@ DIM = 32
 
 def vector_for(text: str, dim: int = DIM) -> Matrix:
     """A deterministic float32 vector for `text` (any server in the tests can compute it)."""
+    if dim > 64:  # a blake2b digest has at most 64 bytes: join digests of tagged texts
+        parts = [vector_for(f"{k}\x00{text}", 64) for k in range(-(-dim // 64))]
+        return np.concatenate(parts)[:dim]
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=dim).digest()
     return (np.frombuffer(digest, dtype=np.uint8).astype(np.float32) - 127.5) / 127.5
 

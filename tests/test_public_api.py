@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "embedkit"
 
 #: Subpackages and modules that are public by design (optional extras users import by name).
-PUBLIC_SUBPACKAGES = {"serve", "langchain", "llama_index"}
+PUBLIC_SUBPACKAGES = {"serve", "langchain", "llama_index", "ray"}
 
 
 def isort_key(name: str) -> tuple[int, str]:
@@ -136,8 +136,9 @@ def test_public_classes_have_readable_reprs() -> None:
 
 
 HEAVY = ["torch", "sentence_transformers", "starlette", "uvicorn", "pyarrow", "matplotlib"]
-HEAVY += ["langchain_core", "llama_index", "pydantic"]
+HEAVY += ["langchain_core", "llama_index", "pydantic", "ray"]
 OPTIONAL = ["embedkit._local", "embedkit._cli", "embedkit.serve", "embedkit._bulk_cli"]
+OPTIONAL += ["embedkit.ray"]
 OPTIONAL += ["embedkit.langchain", "embedkit.llama_index", "embedkit._frameworks"]
 
 

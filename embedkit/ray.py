@@ -1,0 +1,777 @@
+"""Embed a Ray Dataset with a fleet of embedders that share one quota.
+
+    import ray, embedkit.ray
+    ds = ray.data.read_parquet("s3://bucket/docs/")
+    out = embedkit.ray.embed_dataset(ds, api="tei", url="http://gpu-0:8080", workers=16,
+                                     requests_per_second=200)   # 200/s for the whole fleet
+    out.write_parquet("s3://bucket/embedded/")
+
+How a row travels:
+
+1. `embed_dataset` adds a `map_batches` stage to the dataset: a pool of `workers` Ray actors
+   (`ActorPoolStrategy`), each holding one long-lived `AsyncEmbedder`, opened on the actor's
+   event loop by its first batch and kept for the actor's life. Ray calls the actor's async
+   `__call__` with a pyarrow batch (up to 4 at once per actor), so the embedder's scheduler
+   coalesces the texts of several batches into full requests, as in one process.
+2. The texts of a batch are checked (`on_bad`), embedded with `embed_many`, and the batch
+   comes back with every input column and the vectors as a `fixed_size_list<float>[dim]`
+   column, which pyarrow, pandas, DuckDB and LanceDB read without Ray.
+3. Every embedder's scheduler asks a `FleetQuota` for permits instead of its own buckets.
+   The `FleetQuota` leases them in small blocks from one named Ray actor (`QuotaActor`),
+   which holds the token buckets, the pause after a 429, and the pace learned from 429s
+   for the whole fleet. A lease is one actor call for several requests, never one per
+   request.
+
+Ray restarts an actor that dies and runs its batches again (Ray Data's actor pools set
+`max_restarts=-1`, `max_task_retries=-1`), and a batch's output replaces its input as a
+whole: every row comes out once, next to the columns it came in with.
+
+The token is resolved in the driver and travels to the actors inside `Secret`, which never
+shows it in a repr, and whose pickled form does not hold it verbatim.
+
+Import this module only with the `ray` extra installed (`pip install 'embedkit[ray]'`);
+`import embedkit` never imports Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+import numpy as np
+import pyarrow as pa
+
+from ._auth import Secret, resolve_token
+from ._client import AsyncEmbedder
+from ._errors import EmbedkitError, InputError
+
+if TYPE_CHECKING:
+    import ray.data
+
+__all__ = ["BadRowError", "FleetQuota", "QuotaActor", "embed_dataset", "embed_files"]
+
+#: Seconds of the fleet's request rate one lease covers (a worker's block of permits).
+LEASE_SECONDS = 0.1
+#: The largest block of permits one lease hands out.
+MAX_LEASE = 64
+#: While unpaced (no rate given, no 429 yet), how often a worker asks for news.
+REFRESH_SECONDS = 0.1
+#: After the fleet's learned pace is cut, 429s reported within this long are ignored
+#: (they answer requests sent before every worker heard of the cut).
+CUT_HOLD_SECONDS = 0.25
+#: The fleet's learned pace is cut to just under the answers of this many recent seconds
+#: (shorter than one process's 2 s, so a pace that just doubled through a slow start is not
+#: underestimated; long enough that a moment when the workers sent less, on a busy
+#: machine, is not taken for the server's quota).
+LEARN_WINDOW_SECONDS = 1.0
+#: With no 429 for this long, the learned pace probes ten times faster (about 20%/s): a
+#: pace cut while the fleet was still starting (actors come up one by one) recovers in
+#: seconds, not in the minute a steady 2%/s would take.
+QUIET_SECONDS = 2.0
+#: A permit not used within this long after it fell due is dropped, not spent in a burst.
+STALE_SECONDS = 1.0
+#: CPUs an HTTP worker asks Ray for: a fraction, since it waits on the network, and a
+#: whole CPU per actor can starve the read tasks of a small cluster (ray#44687).
+HTTP_WORKER_CPUS = 0.25
+
+OnBad = Literal["fail", "skip"]
+
+
+class BadRowError(EmbedkitError, ValueError):
+    """A row's text cannot be embedded (`on_bad="fail"`): empty, missing, not a string, or
+    refused by the server.
+
+    Attributes:
+        row: the row's other columns (values clipped), to find it in the input.
+        reason: why it cannot be embedded.
+    """
+
+    def __init__(self, row: dict[str, str], reason: str) -> None:
+        self.row = row
+        self.reason = reason
+        where = ", ".join(f"{k}={v}" for k, v in row.items()) or "a row without other columns"
+        super().__init__(f"row ({where}): {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.row, self.reason))
+
+
+# ----------------------------------------------------------------------- the quota
+
+
+class _Reservations:
+    """A reserving token bucket on the actor: permits are handed out with the time each is due."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.last = now
+
+    def take(self, n: int, now: float) -> list[float]:
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        dues = []
+        for _ in range(n):
+            self.tokens -= 1.0
+            dues.append(max(0.0, -self.tokens / self.rate))
+        return dues
+
+    def debt(self, seconds: float, now: float) -> None:
+        """Nothing is due before `seconds` from now (a pause)."""
+        self.take(0, now)
+        self.tokens = min(self.tokens, -seconds * self.rate)
+
+
+class _FleetPace:
+    """A pace learned from 429s for a fleet: `LearnedRate`'s rules, fed by workers' reports.
+
+    One process stamps each success as it lands; a worker reports its successes every
+    lease, with the seconds they happened in (`span`). Counting a report's successes at the
+    moment it arrives would overstate the rate by a report interval per window (and the pace
+    would settle above the server's quota); each report is spread over its span instead.
+    """
+
+    def __init__(self, *, window: float, backoff: float = 0.97, growth: float = 0.02) -> None:
+        self.rate: float | None = None
+        self.cuts = 0
+        self._window = window
+        self._backoff = backoff
+        self._growth = growth
+        self._reports: collections.deque[tuple[float, int, float]] = collections.deque()
+        self._confident = False
+        self._last_cut = -math.inf
+        self._last_429 = -math.inf
+
+    def on_report(self, now: float, successes: int, span: float) -> None:
+        """`successes` answers over the last `span` seconds of one worker."""
+        while self._reports and self._reports[0][0] < now - self._window:
+            self._reports.popleft()
+        if successes <= 0:
+            return
+        self._reports.append((now, successes, max(span, 1e-3)))
+        if self.rate is not None:  # probe for more: fast while unsure (a slow start)
+            if not self._confident:
+                factor = 50
+            elif now - self._last_429 >= QUIET_SECONDS:
+                factor = 10  # no 429 for a while: workers may have joined, probe faster
+            else:
+                factor = 1
+            self.rate += successes * self._growth * factor
+
+    def observed(self, now: float) -> tuple[float, int]:
+        """Answers per second over the window, and how many answers that rests on."""
+        since = now - self._window
+        total, samples, start = 0.0, 0, now
+        for end, count, span in self._reports:
+            begin = end - span
+            overlap = min(end, now) - max(begin, since)
+            if overlap > 0:
+                total += count * overlap / span
+                samples += count
+                start = min(start, max(begin, since))
+        return total / max(now - start, 0.05), samples
+
+    def on_rate_limited(self, now: float) -> None:
+        """A 429: pace just under what got through (once per `CUT_HOLD_SECONDS`)."""
+        self._last_429 = now
+        if now - self._last_cut < CUT_HOLD_SECONDS:
+            return  # answers a request sent before every worker heard of the last cut
+        observed, samples = self.observed(now)
+        self._confident = samples >= 16
+        current = self.rate if self.rate is not None else math.inf
+        if observed > 0:
+            new = max(0.1, observed * self._backoff)
+            if self.rate is not None:
+                # at most halve a pace in one cut: a window in which the workers sent
+                # little (a busy machine, a gap between Ray batches) understates the quota
+                new = max(new, self.rate / 2)
+        elif self.rate is None:
+            return  # refused before anything got through: nothing to learn from yet
+        else:
+            new = current / 2
+        if new < current:
+            self.rate = new
+            self.cuts += 1
+            self._last_cut = now
+
+
+class QuotaActor:
+    """The fleet's quota, run as one named Ray actor (its methods run one at a time).
+
+    It holds a request bucket (`requests_per_second`, or a pace learned from the 429s any
+    worker reports, as `LearnedRate` does for one process), an input bucket
+    (`inputs_per_second`), and the pause after a 429. `sync` is the only call a worker
+    makes: it reports what happened since its last call and leases permits in one round
+    trip. Times cross the wire as seconds from now, so the workers' clocks never matter.
+    """
+
+    def __init__(
+        self,
+        *,
+        requests_per_second: float | None = None,
+        inputs_per_second: float | None = None,
+        learn_rate: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        now = clock()
+        self._requests: _Reservations | None = None
+        if requests_per_second is not None:
+            self._requests = _Reservations(
+                requests_per_second, max(1.0, requests_per_second / 10.0), now
+            )
+        self._inputs: _Reservations | None = None
+        if inputs_per_second is not None:
+            self._inputs = _Reservations(inputs_per_second, max(1.0, inputs_per_second / 10.0), now)
+        self._learned = (
+            _FleetPace(window=LEARN_WINDOW_SECONDS)
+            if requests_per_second is None and learn_rate
+            else None
+        )
+        self._until = 0.0
+        self._pauses = 0
+        self.requests = 0
+        self.rate_limited = 0
+
+    def sync(
+        self,
+        requests: int = 0,
+        inputs: int = 0,
+        successes: int = 0,
+        rate_limited: int = 0,
+        pause: float = 0.0,
+        returned: int = 0,
+        span: float = 0.0,
+    ) -> tuple[list[float], list[float], float, float | None, int]:
+        """Report, then lease: `(request dues, input dues, pause left, rate, pauses)`.
+
+        `successes` were answered over the worker's last `span` seconds. `returned` request
+        permits were leased but not used (a worker dropped them at a
+        pause): they go back to the bucket. Request dues are empty while the fleet is
+        unpaced (send freely).
+        """
+        now = self._clock()
+        self.requests += successes + rate_limited
+        self.rate_limited += rate_limited
+        learned = self._learned
+        if learned is not None:
+            learned.on_report(now, successes, span)
+            if rate_limited:
+                learned.on_rate_limited(now)
+            rate = learned.rate
+            if rate is not None:
+                if self._requests is None:
+                    self._requests = _Reservations(rate, 1.0, now)
+                self._requests.rate = rate
+        if returned and self._requests is not None:
+            self._requests.tokens += returned
+        if pause > 0 and now + pause > self._until:
+            self._until = now + pause
+            self._pauses += 1
+            for bucket in (self._requests, self._inputs):
+                if bucket is not None:
+                    bucket.debt(pause, now)
+        left = max(0.0, self._until - now)
+        request_dues: list[float] = []
+        if requests and self._requests is not None:
+            request_dues = [max(due, left) for due in self._requests.take(requests, now)]
+        input_dues: list[float] = []
+        if inputs and self._inputs is not None:
+            input_dues = [max(due, left) for due in self._inputs.take(inputs, now)]
+        rate_now = self._requests.rate if self._requests is not None else None
+        return request_dues, input_dues, left, rate_now, self._pauses
+
+    def counters(self) -> dict[str, Any]:
+        """What the fleet reported: requests answered, 429s, pauses, the pace in force."""
+        return {
+            "requests": self.requests,
+            "rate_limited": self.rate_limited,
+            "pauses": self._pauses,
+            "rate": self._requests.rate if self._requests is not None else None,
+            "learned_cuts": self._learned.cuts if self._learned is not None else 0,
+        }
+
+
+class FleetQuota:
+    """One worker's side of the fleet quota: a `Quota` whose permits come from a `QuotaActor`.
+
+    Request permits are leased a block at a time (about `LEASE_SECONDS` of the fleet's rate)
+    and spent at the times the actor gave them. Successes and 429s are counted here and
+    reported with the next lease; a 429 or a pause forces that lease to come soon.
+    Must run on asyncio (Ray's event loop): it awaits Ray object refs.
+    """
+
+    def __init__(self, actor: Any, *, inputs: bool = False) -> None:
+        self._actor = actor
+        self._inputs = inputs
+        self._permits: collections.deque[float] = collections.deque()
+        self._input_permits: collections.deque[float] = collections.deque()
+        self._until = 0.0
+        self._paced = False
+        self._rate: float | None = None
+        self._pauses = 0
+        self._synced = -math.inf
+        self._successes = 0
+        self._reported: float | None = None  # since when the unreported successes count
+        self._lock = anyio.Lock()
+
+    def _report(self) -> tuple[int, float]:
+        """The successes not reported yet, and the seconds they happened in."""
+        now = time.monotonic()
+        successes, self._successes = self._successes, 0
+        span = now - self._reported if self._reported is not None else 0.0
+        self._reported = now
+        return successes, span
+
+    async def _sync(self, requests: int = 0, inputs: int = 0) -> None:
+        successes, span = self._report()
+        try:
+            dues, input_dues, left, rate, pauses = await self._actor.sync.remote(
+                requests, inputs, successes, 0, 0.0, 0, span
+            )
+        except BaseException:
+            self._successes += successes  # report them next time
+            raise
+        now = time.monotonic()
+        self._synced = now
+        self._permits.extend(now + due for due in dues)
+        self._input_permits.extend(now + due for due in input_dues)
+        self._until = max(self._until, now + left)
+        self._rate = rate
+        self._paced = rate is not None
+        self._pauses = pauses
+
+    def _block(self) -> int:
+        rate = self._rate or 1.0
+        return max(1, min(MAX_LEASE, math.ceil(rate * LEASE_SECONDS)))
+
+    def idle(self) -> bool:
+        """Never: what this worker knows of the fleet may be stale, so it always asks `pace`."""
+        return False
+
+    async def wait(self) -> None:
+        """Return once no pause is in force (a pause any worker started)."""
+        while True:
+            left = self._until - time.monotonic()
+            if left <= 0:
+                return
+            await anyio.sleep(left)
+
+    async def pace(self) -> None:
+        """Take one request permit; unpaced until the fleet has a rate."""
+        now = time.monotonic()
+        if self._reported is None:
+            self._reported = now  # successes are counted from the first request on
+        if not self._paced and not self._permits:
+            if now - self._synced >= REFRESH_SECONDS:
+                async with self._lock:
+                    if time.monotonic() - self._synced >= REFRESH_SECONDS:
+                        await self._sync()
+            if not self._paced:
+                return
+        due = await self._take(self._permits, lambda: self._sync(requests=self._block()))
+        left = due - time.monotonic()
+        if left > 0:
+            await anyio.sleep(left)
+
+    async def take_inputs(self, n: int) -> None:
+        """Take `n` input permits (when the fleet has an inputs-per-second limit)."""
+        if not self._inputs:
+            return
+        due = 0.0
+        for _ in range(n):  # a lease covers two batches of this size
+            due = await self._take(self._input_permits, lambda: self._sync(inputs=2 * n))
+        left = due - time.monotonic()
+        if left > 0:
+            await anyio.sleep(left)
+
+    async def _take(self, permits: collections.deque[float], lease: Callable[[], Any]) -> float:
+        while True:
+            now = time.monotonic()
+            while permits and permits[0] < now - STALE_SECONDS:
+                permits.popleft()  # due long ago and never used: not a licence to burst
+            if permits:
+                return permits.popleft()
+            async with self._lock:
+                if not permits:
+                    await lease()
+
+    def on_success(self) -> None:
+        """Count a success, for the fleet's learned pace."""
+        self._successes += 1
+
+    def on_rate_limited(self, ticket: int, issued: int) -> None:
+        """Report a 429 to the fleet now (with the successes since the last lease)."""
+        successes, span = self._report()
+        self._actor.sync.remote(0, 0, successes, 1, 0.0, 0, span)  # the answer is not needed
+        self._synced = -math.inf  # hear the new pace at the next permit
+
+    def pause(self, seconds: float) -> None:
+        """Pause here at once, and every worker from its next lease."""
+        if seconds <= 0:
+            return
+        self._until = max(self._until, time.monotonic() + seconds)
+        # permits leased at the old pace would be 429s: give them back to the fleet
+        returned = len(self._permits)
+        self._permits.clear()
+        self._actor.sync.remote(0, 0, 0, 0, seconds, returned)
+        self._synced = -math.inf
+
+    @property
+    def rate(self) -> float | None:
+        """The fleet's request pace, as of the last lease."""
+        return self._rate
+
+    @property
+    def pauses(self) -> int:
+        """Pauses the fleet started, as of the last lease."""
+        return self._pauses
+
+
+# ------------------------------------------------------------------------ the workers
+
+
+def _clip(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _EmbedBatches:
+    """The callable class Ray runs in each actor of the pool: one embedder per actor."""
+
+    def __init__(
+        self,
+        *,
+        column: str,
+        output_column: str,
+        flag_column: str | None,
+        on_bad: OnBad,
+        options: dict[str, Any],
+        token: Secret | None,
+        quota: Any,
+        inputs_quota: bool,
+    ) -> None:
+        self._column = column
+        self._output = output_column
+        self._flag = flag_column
+        self._on_bad = on_bad
+        self._options = options
+        self._token = token
+        self._quota_actor = quota
+        self._inputs_quota = inputs_quota
+        self._embedder: AsyncEmbedder | None = None
+        self._opening: asyncio.Future[AsyncEmbedder] | None = None
+        self._holder: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<embedkit worker column={self._column!r} api={self._options.get('api')!r}>"
+
+    async def _open(self) -> AsyncEmbedder:
+        """The actor's embedder, opened once on this event loop and kept open.
+
+        A holder task keeps the embedder's `async with` open for the actor's life, so
+        batches (each its own task) share one scheduler, connection pool and quota.
+        """
+        if self._embedder is not None:
+            return self._embedder
+        if self._opening is None:
+            loop = asyncio.get_running_loop()
+            self._opening = loop.create_future()
+            self._holder = loop.create_task(self._hold(self._opening))
+        embedder = await asyncio.shield(self._opening)
+        self._embedder = embedder
+        return embedder
+
+    async def _hold(self, opened: asyncio.Future[AsyncEmbedder]) -> None:
+        token = self._token.reveal() if self._token is not None else None
+        try:
+            embedder = AsyncEmbedder(token=token, **self._options)
+            if self._quota_actor is not None:
+                embedder._quota = FleetQuota(self._quota_actor, inputs=self._inputs_quota)
+            async with embedder:
+                opened.set_result(embedder)
+                await asyncio.Event().wait()  # until the actor ends
+        except BaseException as exc:
+            if not opened.done():
+                opened.set_exception(exc)
+            raise
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        embedder = await self._open()
+        texts = batch.column(self._column).to_pylist()
+        good: list[int] = []
+        bad: dict[int, str] = {}
+        for k, text in enumerate(texts):
+            if not isinstance(text, str):
+                bad[k] = f"the {self._column!r} value is {type(text).__name__}, not a string"
+            elif not text:
+                bad[k] = f"the {self._column!r} value is an empty string"
+            else:
+                good.append(k)
+        if bad and self._on_bad == "fail":
+            k = min(bad)
+            raise BadRowError(self._describe(batch, k), bad[k])
+        rows: dict[int, np.ndarray] = {}
+        matrix: np.ndarray | None = None
+        if good:
+            sent = [texts[k] for k in good]
+            try:
+                matrix = await embedder.embed_many(sent)
+            except InputError:
+                matrix = None
+                for k, result in zip(good, await self._one_by_one(embedder, sent), strict=True):
+                    if isinstance(result, InputError):
+                        reason = f"refused by the server: {result.message or result}"
+                        if self._on_bad == "fail":
+                            raise BadRowError(self._describe(batch, k), reason) from result
+                        bad[k] = reason
+                    else:
+                        rows[k] = result
+        dim = embedder.dimension
+        if dim is None:  # nothing embedded yet by this actor: learn the size
+            dim = int((await embedder.embed("dimension probe")).shape[0])
+        values = np.zeros((len(texts), dim), dtype=np.float32)
+        if matrix is not None:
+            values[good] = matrix
+        for k, vector in rows.items():
+            values[k] = vector
+        mask = None
+        if bad:
+            missing = np.zeros(len(texts), dtype=bool)
+            missing[list(bad)] = True
+            mask = pa.array(missing)
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim, mask=mask)
+        out = batch.append_column(self._output, vectors)
+        if self._flag is not None:
+            flags = np.ones(len(texts), dtype=bool)
+            flags[list(bad)] = False
+            out = out.append_column(self._flag, pa.array(flags))
+        return out
+
+    async def _one_by_one(self, embedder: AsyncEmbedder, texts: list[str]) -> list[Any]:
+        """After an `InputError`: embed each text alone, to find which ones are refused."""
+        from ._bulk import embed_each
+
+        return await embed_each(embedder._open_scheduler(), texts)
+
+    def _describe(self, batch: pa.Table, k: int) -> dict[str, str]:
+        others = [name for name in batch.column_names if name != self._column][:4]
+        row = {name: _clip(batch.column(name)[k].as_py()) for name in others}
+        if not row:
+            row = {self._column: _clip(batch.column(self._column)[k].as_py())}
+        return row
+
+
+# ---------------------------------------------------------------------- the public face
+
+
+def _actor_cpus(api: str, num_cpus: float | None, num_gpus: float | None) -> float:
+    """CPUs one worker asks Ray for: what was given, else a fraction for an HTTP backend
+    (it waits on the network), a whole CPU for a local model (a GPU's feeder needs little)."""
+    if num_cpus is not None:
+        return num_cpus
+    if api == "local" and not num_gpus:
+        return 1.0
+    return HTTP_WORKER_CPUS
+
+
+def embed_dataset(
+    ds: ray.data.Dataset,
+    column: str = "text",
+    output_column: str = "embedding",
+    *,
+    workers: int = 4,
+    requests_per_second: float | None = None,
+    inputs_per_second: float | None = None,
+    on_bad: OnBad = "fail",
+    flag_column: str | None = None,
+    batch_size: int = 1024,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    **options: Any,
+) -> ray.data.Dataset:
+    """Add an embedding stage to a Ray Dataset: `column` in, `output_column` out.
+
+    A pool of `workers` Ray actors, each with one long-lived `AsyncEmbedder` built from
+    `options` (any `AsyncEmbedder` argument: `api`, `url`, `model`, `token`,
+    `max_batch_size`, `max_concurrency`, `retry`…), embeds the dataset's batches. Every
+    input column is kept; the vectors come as `fixed_size_list<float>[dim]`.
+
+    Args:
+        ds: the dataset; nothing runs until it is consumed (`write_parquet`, `take`…).
+        column: the column holding the texts.
+        output_column: the column the vectors go to.
+        workers: actors in the pool (each keeps `max_concurrency` requests in flight).
+        requests_per_second: a request rate for the whole fleet, not per worker.
+        inputs_per_second: a texts-per-second rate for the whole fleet.
+        on_bad: a row whose text is missing, empty, not a string or refused by the server:
+            "fail" raises `BadRowError` naming the row; "skip" gives it a null vector and
+            False in `flag_column`.
+        flag_column: with `on_bad="skip"`, the bool column saying whether a row was
+            embedded (default: `output_column + "_ok"`).
+        batch_size: rows per Ray batch (an actor works on up to 4 batches at once).
+        num_cpus: CPUs per actor (default: 0.25 for HTTP backends, 1 for `api="local"`).
+        num_gpus: GPUs per actor (for `api="local"` on a GPU node).
+        **options: `AsyncEmbedder` arguments; the token (argument or environment) is
+            resolved here, in the driver, and sent to the actors as a `Secret`.
+
+    A worker that dies is restarted and its batches are redone (Ray Data's actor pools
+    restart actors and retry their tasks without limit by default).
+
+    With no rate given, the fleet is unpaced until a server answers 429: then the pace
+    learned from that 429 holds for every worker. The 429 pause (Retry-After) holds for
+    every worker too.
+    """
+    import ray
+    import ray.data
+
+    if not isinstance(column, str) or not isinstance(output_column, str):
+        raise TypeError("column and output_column must be column names (str)")
+    if on_bad not in ("fail", "skip"):
+        raise ValueError("on_bad must be 'fail' or 'skip'")
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    for name in ("backend", "transport", "http_client"):
+        if options.get(name) is not None:
+            raise ValueError(f"{name}= cannot be sent to Ray actors; pass api=, url= instead")
+    for name, rate in (
+        ("requests_per_second", requests_per_second),
+        ("inputs_per_second", inputs_per_second),
+    ):
+        if rate is not None and not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"{name} must be a positive number")
+    api = options.setdefault("api", "hf")
+    token = options.pop("token", None)
+    # checks every option here, where the mistake is made, not in a remote actor
+    AsyncEmbedder(**options, token=token if api != "local" else None)
+    secret: Secret | None = resolve_token(api, token) if api != "local" else None
+    if on_bad == "skip" and flag_column is None:
+        flag_column = f"{output_column}_ok"
+    if on_bad == "fail":
+        flag_column = None
+
+    learn = bool(options.get("adaptive_concurrency", True))
+    quota = (
+        ray.remote(QuotaActor)
+        .options(
+            name=f"embedkit-quota-{uuid.uuid4().hex[:12]}",
+            num_cpus=0,
+            max_restarts=-1,
+            max_concurrency=1,
+        )
+        .remote(
+            requests_per_second=requests_per_second,
+            inputs_per_second=inputs_per_second,
+            learn_rate=learn,
+        )
+    )
+    num_cpus = _actor_cpus(api, num_cpus, num_gpus)
+    return ds.map_batches(
+        _EmbedBatches,
+        fn_constructor_kwargs={
+            "column": column,
+            "output_column": output_column,
+            "flag_column": flag_column,
+            "on_bad": on_bad,
+            "options": options,
+            "token": secret,
+            "quota": quota,
+            "inputs_quota": inputs_per_second is not None,
+        },
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        zero_copy_batch=True,
+    )
+
+
+_READERS = {"jsonl": "read_json", "csv": "read_csv", "tsv": "read_csv", "parquet": "read_parquet"}
+
+
+def _input_files(source: str) -> list[str]:
+    """The files `source` names: a folder (every file in it, sorted), a glob, or one file."""
+    import glob
+    from pathlib import Path
+
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(str(p) for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    else:
+        files = sorted(glob.glob(source)) if glob.has_magic(source) else [source]
+    files = [f for f in files if Path(f).is_file()]
+    if not files:
+        raise ValueError(f"{source}: no input files there")
+    return files
+
+
+def embed_files(
+    source: str,
+    output_dir: str,
+    *,
+    format: str | None = None,
+    column: str | None = None,
+    output_column: str = "embedding",
+    overwrite: bool = False,
+    **kwargs: Any,
+) -> int:
+    """Embed the files of a folder or glob into a folder of parquet files; returns the rows.
+
+    Reads them with Ray Data (txt: one text a line; jsonl, csv, tsv, parquet: the text in
+    `column`, default "text"), runs `embed_dataset(**kwargs)` and writes `output_dir` with
+    every input column and the vectors. An `output_dir` that holds files is refused unless
+    `overwrite` (a second run would otherwise add its files beside the first run's). Needs a
+    running Ray (`ray.init`): `embedkit embed --engine ray` connects to `--address`, or
+    starts a local one.
+    """
+    import pyarrow.dataset
+    import ray.data
+
+    from ._corpus import guess_format
+
+    out_path = _path(output_dir)
+    local = "://" not in output_dir
+    if local and not overwrite and out_path.is_dir() and any(out_path.iterdir()):
+        raise ValueError(f"{output_dir} is not empty; choose another folder, or overwrite")
+    files = _input_files(source)
+    formats = {format or guess_format(_path(f), field=None, column=None) for f in files}
+    if len(formats) != 1:
+        raise ValueError(f"{source}: files of several formats ({', '.join(sorted(formats))})")
+    fmt = formats.pop()
+    if fmt == "txt":
+        ds = ray.data.read_text(files)
+        column = column or "text"
+        if column != "text":
+            raise ValueError("a .txt corpus has one column, 'text'")
+    elif fmt in _READERS:
+        options: dict[str, Any] = {}
+        if fmt == "jsonl":
+            options["lines"] = True
+        if fmt == "tsv":
+            import pyarrow.csv
+
+            options["parse_options"] = pyarrow.csv.ParseOptions(delimiter="\t")
+        ds = getattr(ray.data, _READERS[fmt])(files, **options)
+        column = column or "text"
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+    out = embed_dataset(ds, column, output_column, **kwargs)
+    mode = ray.data.SaveMode.OVERWRITE if overwrite else ray.data.SaveMode.APPEND
+    out.write_parquet(output_dir, mode=mode)
+    return int(pyarrow.dataset.dataset(output_dir, format="parquet").count_rows())
+
+
+def _path(name: str) -> Any:
+    from pathlib import Path
+
+    return Path(name)

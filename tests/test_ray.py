@@ -1,0 +1,317 @@
+"""`embedkit.ray` on a real local Ray cluster (one per test session) against loopback servers.
+
+Ray's local mode is gone: these tests start a 2-CPU cluster in-process, and its actors are
+real worker processes that reach the servers on 127.0.0.1, as they would a TEI host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+import ray.data
+
+import embedkit.ray
+
+from .fakes import vectors_for
+from .hashserver import HashServer
+from .servers import stop
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    # Ray warns about its own deprecated settings from inside Ray, whatever we set
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*"),
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "hf_" + "RayTokenMustNotLeak" * 2
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Path]:
+    """One local Ray cluster for the whole session; yields its temp dir (logs and all)."""
+    temp = Path(tempfile.mkdtemp(prefix="ekray"))
+    ray.init(
+        num_cpus=2,
+        object_store_memory=256 * 1024 * 1024,
+        include_dashboard=False,
+        _temp_dir=str(temp),
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Ray's own, on any setting
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+    try:
+        yield temp
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def corpus(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [{"id": i, "text": f"document {i}: " + "words " * (i % 7)} for i in range(start, n)]
+
+
+def read_back(folder: Path) -> pa.Table:
+    """The parquet Ray wrote, read with plain pyarrow, sorted by id."""
+    table = pq.read_table(folder)
+    return table.sort_by("id")
+
+
+def check_exact(table: pa.Table, n: int, dim: int) -> None:
+    """Every id once, and every vector exactly the one the server computes for its text."""
+    assert table.column("id").to_pylist() == list(range(n))
+    texts = table.column("text").to_pylist()
+    flat = table.column("embedding").combine_chunks().flatten().to_numpy()
+    np.testing.assert_array_equal(flat.reshape(n, dim), vectors_for(texts, dim))
+
+
+# ---------------------------------------------------------------------- correctness
+
+
+class RecordingHashServer(HashServer):
+    """A hash server that remembers the Authorization headers it was sent."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.authorizations: set[str] = set()
+
+    async def respond(
+        self, request_line: bytes, headers: dict[str, str], body: bytes, writer: Any
+    ) -> bool:
+        self.authorizations.add(headers.get("authorization", ""))
+        return await super().respond(request_line, headers, body, writer)
+
+
+def test_twenty_thousand_rows_exact_aligned_and_readable_without_ray(
+    cluster: Path, tmp_path: Path
+) -> None:
+    n, dim = 20_000, 384
+    with RecordingHashServer.running(dim=dim) as server:
+        ds = ray.data.from_items(corpus(n), override_num_blocks=20)
+        out = embedkit.ray.embed_dataset(
+            ds, api="tei", url=server.url, token=TOKEN, workers=4, batch_size=500
+        )
+        out.write_parquet(str(tmp_path / "out"))
+        assert server.authorizations == {f"Bearer {TOKEN}"}  # the token did travel
+    table = read_back(tmp_path / "out")
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), dim)
+    assert table.column_names == ["id", "text", "embedding"]
+    check_exact(table, n, dim)
+
+    # the token is in no file Ray wrote: logs, task and actor descriptions
+    leaks, logs = [], 0
+    for path in cluster.rglob("*"):
+        if path.is_file() and not path.is_socket():
+            logs += path.suffix in (".log", ".out", ".err")
+            with contextlib.suppress(OSError):
+                if TOKEN.encode() in path.read_bytes():
+                    leaks.append(str(path))
+    assert logs > 5  # the workers' and the actors' logs were there to search
+    assert leaks == []
+
+
+def _worker_processes() -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if "MapWorker" in " ".join(process.info["cmdline"] or []):
+                found.append(process)
+    return found
+
+
+def test_a_worker_killed_mid_run_loses_and_repeats_no_row(cluster: Path, tmp_path: Path) -> None:
+    n, dim = 6_000, 16
+    errors: list[BaseException] = []
+    with HashServer.running(dim=dim) as server:
+        server.hold_after = 2_000  # every request after this many texts waits for us
+        ds = ray.data.from_items(corpus(n), override_num_blocks=12)
+        out = embedkit.ray.embed_dataset(ds, api="tei", url=server.url, workers=2, batch_size=250)
+
+        def consume() -> None:
+            try:
+                out.write_parquet(str(tmp_path / "out"))
+            except BaseException as exc:  # reported by the test thread
+                errors.append(exc)
+
+        thread = threading.Thread(target=consume)
+        thread.start()
+        deadline = time.monotonic() + 120
+        while server.texts < 2_000 or len(_worker_processes()) < 2:
+            assert time.monotonic() < deadline, "the run never reached the hold"
+            assert thread.is_alive(), errors
+            time.sleep(0.05)  # polling what the server has answered, not a timing guess
+        before = {process.pid for process in _worker_processes()}
+        victim = _worker_processes()[0]
+        os.kill(victim.pid, signal.SIGKILL)  # it has a batch in flight, held by the server
+        psutil.wait_procs([victim], timeout=30)
+        server.resume()
+        restarted = False
+        while thread.is_alive() and not restarted:
+            restarted = bool({p.pid for p in _worker_processes()} - before)
+            time.sleep(0.05)  # polling for Ray's replacement process
+        thread.join(180)
+        assert not thread.is_alive()
+        assert restarted, "Ray did not start a new worker for the one killed"
+    assert errors == []
+    check_exact(read_back(tmp_path / "out"), n, dim)
+
+
+# ---------------------------------------------------------------------- shared quota
+
+
+@contextlib.contextmanager
+def quota_server(rate: float) -> Iterator[str]:
+    """The benchmarks' load server in its own process: admits `rate` requests/s, 429 beyond."""
+    argv = [sys.executable, "-m", "benchmarks._server", "--rate", str(rate), "--dim", "8"]
+    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
+    assert process.stdout is not None
+    with process.stdout:
+        try:
+            said = process.stdout.readline().decode().split()
+            assert said[:1] == ["PORT"], said
+            yield f"http://127.0.0.1:{said[1]}"
+        finally:
+            stop(process)
+
+
+class LastAnswer(threading.Thread):
+    """Watches the server's counters; `last` is when it last answered a request with 200."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.last = 0.0
+        self.samples: list[tuple[float, int]] = []  # (when, requests answered 200 by then)
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        ok = -1
+        with httpx.Client() as client:
+            while not self.stopped.wait(0.05):
+                now = client.get(self.root + "/stats").json()["ok"]
+                self.samples.append((time.monotonic(), now))
+                if now != ok:
+                    ok, self.last = now, time.monotonic()
+
+    def rate_after(self, start: float) -> float:
+        """Requests answered 200 per second from `start` to the last answer."""
+        at, done = next((t, ok) for t, ok in self.samples if t >= start)
+        final = self.samples[-1][1]
+        return (final - done) / (self.last - at)
+
+
+def _quota_run(rate: float, *, given: bool, n: int) -> tuple[float, float, float, dict[str, Any]]:
+    with quota_server(rate) as root:
+        watch = LastAnswer(root)
+        watch.start()
+        ds = ray.data.from_items(corpus(n), override_num_blocks=16)
+        kwargs: dict[str, Any] = {"requests_per_second": rate} if given else {}
+        out = embedkit.ray.embed_dataset(
+            ds,
+            api="tei",
+            url=root,
+            workers=4,
+            batch_size=64,
+            max_batch_size=8,
+            max_concurrency=4,
+            **kwargs,
+        )
+        out = out.materialize()
+        watch.stopped.set()
+        watch.join()
+        stats = httpx.get(root + "/stats").json()
+        assert out.count() == n
+    # from the first request to the last answer (Ray's start and finish are not the quota's)
+    elapsed = watch.last - stats["first_request_monotonic"]
+    achieved = stats["ok"] / elapsed
+    refused = stats["rejected_429"] / stats["requests"]
+    learned = watch.rate_after(stats["first_request_monotonic"] + 3.0)
+    print(
+        f"quota R={rate:g} given={given}: {achieved:.1f} ok/s ({learned:.1f} after 3 s), "
+        f"{100 * refused:.2f}% 429, {stats}"
+    )
+    return achieved, learned, refused, stats
+
+
+def test_a_fleet_rate_holds_for_four_workers(cluster: Path) -> None:
+    rate = 100.0
+    achieved, _, refused, stats = _quota_run(rate, given=True, n=5_600)
+    assert achieved >= 0.9 * rate, stats
+    assert refused <= 0.05, stats
+
+
+def test_a_pace_learned_from_429s_holds_for_four_workers(cluster: Path) -> None:
+    rate = 100.0
+    # Not told the rate, the fleet spends its first seconds learning it (a slow start from the
+    # first 429, while Ray still brings actors up one by one): ≥ 90% of R once learned (after
+    # 3 s), and overall within what the busy 2-core test machine showed (81-96%).
+    achieved, learned, refused, stats = _quota_run(rate, given=False, n=8_800)
+    assert learned >= 0.9 * rate, stats
+    assert achieved >= 0.75 * rate, stats
+    assert refused <= 0.05, stats
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def test_the_cli_embeds_a_folder_with_the_ray_engine(cluster: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    rows = corpus(300)
+    for part in range(3):
+        lines = [f'{{"id": {r["id"]}, "text": "{r["text"]}"}}' for r in rows[part::3]]
+        (source / f"part-{part}.jsonl").write_text("\n".join(lines) + "\n")
+    address = ray.get_runtime_context().gcs_address
+    with HashServer.running(dim=8) as server:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "embedkit",
+                "embed",
+                str(source / "*.jsonl"),
+                "-o",
+                str(tmp_path / "out"),
+                "--engine",
+                "ray",
+                "--address",
+                address,
+                "--api",
+                "tei",
+                "--url",
+                server.url,
+                "--workers",
+                "2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            cwd=ROOT,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = read_back(tmp_path / "out")
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 8)
+    check_exact(table, 300, 8)

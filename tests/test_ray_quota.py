@@ -1,0 +1,278 @@
+"""`embedkit.ray` without a cluster: the fleet quota's arithmetic and a worker's batches.
+
+The quota actor is a plain class; here it is called in-process through a stand-in for Ray's
+actor handle, and four schedulers share it the way four Ray actors do.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import time
+from collections.abc import Generator
+from typing import Any
+
+import anyio
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from embedkit import BackendInfo, InputError
+from embedkit._auth import Secret
+from embedkit._decode import Matrix
+from embedkit.ray import BadRowError, FleetQuota, QuotaActor, _actor_cpus, _EmbedBatches
+
+from .fakes import DIM, vectors_for
+
+
+class _Ready:
+    """An already-resolved awaitable, like an `ObjectRef` whose task has run."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.value
+        yield  # pragma: no cover - makes this a generator
+
+
+class _Method:
+    def __init__(self, function: Any) -> None:
+        self.function = function
+        self.calls = 0
+
+    def remote(self, *args: Any) -> _Ready:
+        self.calls += 1
+        return _Ready(self.function(*args))
+
+
+class FakeHandle:
+    """Stands in for a Ray actor handle: `handle.sync.remote(...)` runs the actor's method."""
+
+    def __init__(self, actor: QuotaActor) -> None:
+        self.actor = actor
+        self.sync = _Method(actor.sync)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --------------------------------------------------------------------- the quota actor
+
+
+def test_leases_hand_out_the_fleet_rate_whoever_asks() -> None:
+    clock = FakeClock()
+    actor = QuotaActor(requests_per_second=10.0, clock=clock)
+    dues: list[float] = []
+    for _ in range(5):  # five workers lease four permits each at the same instant
+        dues += actor.sync(4)[0]
+    # the burst (1 token at 10/s) is free, then one permit every 0.1 s, never two at once
+    assert dues[0] == 0.0
+    assert dues == pytest.approx([0.1 * k for k in range(20)])
+
+
+def test_a_pause_holds_every_later_lease_and_is_counted_once() -> None:
+    clock = FakeClock()
+    actor = QuotaActor(requests_per_second=100.0, clock=clock)
+    actor.sync(0, 0, 0, 1, 2.0)  # a worker got 429 with Retry-After: 2
+    dues, _, left, _, pauses = actor.sync(3)
+    assert left == pytest.approx(2.0)
+    assert min(dues) >= 2.0
+    assert pauses == 1
+    clock.now += 3.0
+    dues, _, left, _, _ = actor.sync(1)
+    assert left == 0.0
+    assert dues[0] < 0.05
+
+
+def test_permits_given_back_are_leased_again() -> None:
+    clock = FakeClock()
+    actor = QuotaActor(requests_per_second=10.0, clock=clock)
+    first = actor.sync(5)[0]
+    actor.sync(0, 0, 0, 0, 0.0, 5)  # a worker dropped them unused (a 429 came)
+    assert actor.sync(5)[0] == pytest.approx(first)  # the fleet did not lose them
+
+
+def test_unpaced_until_a_429_then_every_worker_gets_the_learned_pace() -> None:
+    clock = FakeClock()
+    actor = QuotaActor(clock=clock)
+    assert actor.sync(8)[0] == []  # no rate, no 429 yet: send freely
+    for _ in range(20):  # 400 answers/s reported by the fleet over a second
+        clock.now += 0.05
+        actor.sync(0, 0, 20)
+    clock.now += 0.01
+    actor.sync(0, 0, 0, 1)  # one worker's 429
+    dues, _, _, rate, _ = actor.sync(4)  # another worker's next lease
+    assert rate is not None
+    assert 300 < rate < 450
+    assert dues
+    assert dues[-1] > 0
+    # 429s answering requests sent before the cut do not cut again
+    actor.sync(0, 0, 0, 5)
+    assert actor.counters()["learned_cuts"] == 1
+
+
+def test_an_input_rate_is_for_the_fleet_too() -> None:
+    clock = FakeClock()
+    actor = QuotaActor(inputs_per_second=100.0, clock=clock)
+    first = actor.sync(0, 64)[1]
+    second = actor.sync(0, 64)[1]
+    assert second[-1] == pytest.approx((128 - 10) / 100.0)  # burst 10, then 100 texts/s
+    assert first[-1] < second[0]
+
+
+# ------------------------------------------------------- four schedulers, one quota
+
+
+@pytest.mark.asyncio
+async def test_four_workers_share_one_rate_and_lease_permits_in_blocks() -> None:
+    handle = FakeHandle(QuotaActor(requests_per_second=50.0))
+    quotas = [FleetQuota(handle) for _ in range(4)]
+    taken = 0
+
+    async def send_forever(quota: FleetQuota) -> None:
+        nonlocal taken
+        while True:
+            await quota.wait()
+            await quota.pace()
+            taken += 1
+
+    started = time.monotonic()
+    with anyio.move_on_after(1.0):
+        async with anyio.create_task_group() as tg:
+            for quota in quotas:
+                tg.start_soon(send_forever, quota)
+    elapsed = time.monotonic() - started
+    # one rate for the four (plus the bucket's burst of 5), not four times it
+    assert taken <= 50 * elapsed + 5 + 1
+    assert taken >= 50 * 0.5
+    assert handle.sync.calls <= taken / 2  # leases of several permits, not one call each
+    assert all(quota.rate == 50.0 for quota in quotas)
+
+
+@pytest.mark.asyncio
+async def test_a_pace_learned_from_one_workers_429_paces_another() -> None:
+    actor = QuotaActor()
+    handle = FakeHandle(actor)
+    first, second = FleetQuota(handle), FleetQuota(handle)
+    await second.pace()  # unpaced: returns at once
+    assert second.rate is None
+    for _ in range(40):
+        first.on_success()
+    await first.pace()  # reports the successes
+    first.on_rate_limited(1, 1)  # the 429 reaches the actor at once
+    first.pause(0.01)
+    await anyio.sleep(0.11)  # past the unpaced worker's refresh interval (a real clock)
+    await second.pace()
+    assert second.rate is not None  # learned from the first worker's 429
+    assert actor.counters()["learned_cuts"] == 1
+    assert actor.counters()["pauses"] == 1
+
+
+# ----------------------------------------------------------------- a worker's batches
+
+
+class FakeBackend:
+    def __init__(self, refuse: frozenset[str] = frozenset()) -> None:
+        self.refuse = refuse
+
+    async def start(self) -> BackendInfo:
+        return BackendInfo(model_id="fake")
+
+    async def embed_batch(self, texts: list[str]) -> Matrix:
+        await anyio.lowlevel.checkpoint()
+        for text in texts:
+            if text in self.refuse:
+                raise InputError(422, f"refused {text}")
+        return vectors_for(texts)
+
+    async def aclose(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return "fake"
+
+
+def _worker(on_bad: str, refuse: frozenset[str] = frozenset()) -> _EmbedBatches:
+    return _EmbedBatches(
+        column="text",
+        output_column="embedding",
+        flag_column="embedding_ok" if on_bad == "skip" else None,
+        on_bad=on_bad,  # type: ignore[arg-type]
+        options={"backend": FakeBackend(refuse)},
+        token=None,
+        quota=None,
+        inputs_quota=False,
+    )
+
+
+TABLE = pa.table(
+    {
+        "id": [10, 11, 12, 13, 14],
+        "text": ["alpha", "", None, "delta", "refused one"],
+    }
+)
+
+
+@pytest.mark.asyncio
+async def test_a_batch_keeps_its_columns_and_gets_fixed_size_float32_vectors() -> None:
+    worker = _worker("fail")
+    table = pa.table({"id": [1, 2, 3], "text": ["a", "b", "a"], "lang": ["en", "fr", "en"]})
+    out = await worker(table)
+    assert out.column_names == ["id", "text", "lang", "embedding"]
+    assert out.schema.field("embedding").type == pa.list_(pa.float32(), DIM)
+    matrix = np.stack(out.column("embedding").to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(matrix, vectors_for(["a", "b", "a"]))
+
+
+@pytest.mark.asyncio
+async def test_on_bad_fail_names_the_row() -> None:
+    worker = _worker("fail")
+    with pytest.raises(BadRowError, match=r"id=11.*empty string") as info:
+        await worker(TABLE)
+    assert isinstance(info.value, ValueError)
+    again = pickle.loads(pickle.dumps(info.value))  # Ray ships it to the driver pickled
+    assert again.row == {"id": "11"}
+    assert "empty" in again.reason
+
+
+@pytest.mark.asyncio
+async def test_on_bad_fail_names_a_row_the_server_refuses() -> None:
+    worker = _worker("fail", frozenset({"refused one"}))
+    table = TABLE.filter(pa.array([True, False, False, True, True]))
+    with pytest.raises(BadRowError, match=r"id=14.*refused by the server"):
+        await worker(table)
+
+
+@pytest.mark.asyncio
+async def test_on_bad_skip_gives_null_vectors_and_a_flag() -> None:
+    worker = _worker("skip", frozenset({"refused one"}))
+    out = await worker(TABLE)
+    assert out.column("embedding_ok").to_pylist() == [True, False, False, True, False]
+    vectors = out.column("embedding").to_pylist()
+    assert [v is None for v in vectors] == [False, True, True, False, True]
+    np.testing.assert_array_equal(
+        np.asarray(vectors[3], dtype=np.float32), vectors_for(["delta"])[0]
+    )
+    assert out.schema.field("embedding").type == pa.list_(pa.float32(), DIM)
+
+
+def test_a_pickled_secret_does_not_hold_the_token() -> None:
+    token = "hf_" + "PickledTokenValue" * 2
+    data = pickle.dumps(Secret(token))
+    assert token.encode() not in data
+    assert pickle.loads(data).reveal() == token
+    assert math.isfinite(len(data))
+
+
+def test_http_workers_ask_for_a_fraction_of_a_cpu_and_local_ones_for_a_whole_one() -> None:
+    assert _actor_cpus("tei", None, None) == 0.25  # never starves Ray's read tasks
+    assert _actor_cpus("openai", None, None) == 0.25
+    assert _actor_cpus("local", None, None) == 1.0
+    assert _actor_cpus("local", None, 1.0) == 0.25  # the GPU does the work
+    assert _actor_cpus("tei", 2.0, None) == 2.0
