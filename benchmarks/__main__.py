@@ -26,7 +26,18 @@ from typing import Any
 
 import orjson
 
-from . import bulk, coalescing, frameworks, latency, memory, openloop, overhead, ratelimit, rayfleet
+from . import (
+    bulk,
+    coalescing,
+    frameworks,
+    latency,
+    memory,
+    openloop,
+    overhead,
+    ratelimit,
+    rayfleet,
+    replicas,
+)
 from ._common import (
     NEIGHBOURS,
     ROOT,
@@ -41,7 +52,9 @@ from ._common import (
 )
 from ._report import markdown
 
-SCENARIOS = {m.NAME: m for m in (coalescing, openloop, bulk, overhead, latency, memory, ratelimit)}
+SCENARIOS = {
+    m.NAME: m for m in (coalescing, openloop, bulk, overhead, latency, memory, ratelimit, replicas)
+}
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS[frameworks.NAME] = frameworks
 SCENARIOS[rayfleet.NAME] = rayfleet
@@ -55,6 +68,7 @@ class Options:
     infinity: str | None
     out: Path
     have_hf_hub: bool
+    urls: list[str] = dataclasses.field(default_factory=list)
 
     def log(self, message: str) -> None:
         print(message, flush=True)
@@ -92,6 +106,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds a full run may wait, in all, for other processes to go quiet (default 90)",
     )
     parser.add_argument("--infinity", help="path to infinity_emb (default: $EMBEDKIT_INFINITY)")
+    parser.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        help="a replica of your own (TEI root or HF-style URL); repeat it: the 'replicas' "
+        "scenario then measures your replicas (alone, together, through nginx) instead of "
+        "its cost-model servers (implies --only replicas)",
+    )
     return parser.parse_args(argv)
 
 
@@ -100,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     # embedkit logs each 429 it waits out; the rate-limit scenario provokes hundreds on purpose.
     logging.getLogger("embedkit").setLevel(logging.ERROR)
     names = list(SCENARIOS)
+    if args.url and not args.only:
+        args.only = "replicas"
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = [n for n in names if n not in SCENARIOS]
@@ -116,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         infinity=find_infinity(args.infinity),
         out=out,
         have_hf_hub=have("huggingface_hub"),
+        urls=args.url,
     )
     # On a shared machine, hold each measurement until other processes are quiet (full runs
     # only, at most this many seconds in all); results.json records what they used anyway.

@@ -120,9 +120,9 @@ def _empty(ax: Any, title: str, why: str) -> None:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    fig = plt.figure(figsize=(14, 23.5))
-    grid = fig.add_gridspec(6, 2, height_ratios=[1, 1, 1, 1, 1, 0.45])
-    panels = iter([fig.add_subplot(grid[r, c]) for r in range(5) for c in range(2)])
+    fig = plt.figure(figsize=(14, 28))
+    grid = fig.add_gridspec(7, 2, height_ratios=[1, 1, 1, 1, 1, 1, 0.45])
+    panels = iter([fig.add_subplot(grid[r, c]) for r in range(6) for c in range(2)])
 
     ax = next(panels)
     s = _scenario(report, "coalescing")
@@ -277,7 +277,32 @@ def plot(report: dict[str, Any], path: Path) -> None:
         _empty(next(panels), "Open loop", "not run")
         _empty(next(panels), "Open loop", "not run")
 
-    ax = fig.add_subplot(grid[5, :])
+    ax = next(panels)
+    s = _scenario(report, "replicas")
+    if s:
+        rows = [r for r in s["rows"] if "killed" not in r["client"]]
+        labels = [r["client"].replace("embedkit embed_many() ", "embedkit ") for r in rows]
+        _barh(ax, labels, [r["texts/s"] for r in rows])
+        total = s["setup"].get("sum_of_singles")
+        if total:
+            ax.axvline(total, color="k", ls="--", lw=0.8)
+            ax.text(total, -0.9, " sum of singles", fontsize=7, va="center")
+        killed = [r for r in s["rows"] if "killed" in r["client"]]
+        lost = ", ".join(
+            f"{r['client'].split(' (')[0].replace('embedkit embed_many()', 'embedkit')}"
+            f"{' via nginx' if 'nginx' in r['client'] else ''}: {r['failed texts']} lost"
+            for r in killed
+        )
+        ax.set_xlabel(
+            "texts/s" + (f"; a replica killed mid-run: {lost}" if lost else ""), fontsize=7
+        )
+        ax.set_title(s["title"], fontsize=9)
+    else:
+        _empty(ax, "Replicas", "not run")
+    for ax in panels:
+        ax.set_axis_off()
+
+    ax = fig.add_subplot(grid[6, :])
     checks = [c for sc in report["scenarios"] for c in sc["checks"]]
     ax.set_axis_off()
     ax.set_title("Targets", fontsize=9)

@@ -8,6 +8,8 @@ servers or a local model, as float32 numpy matrices.
 
 from ._backend import Backend as Backend
 from ._backend import BackendInfo as BackendInfo
+from ._balancer import Endpoint as Endpoint
+from ._balancer import EndpointStats as EndpointStats
 from ._client import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_BATCH_SIZE
 from ._client import DEFAULT_MAX_CONCURRENCY as DEFAULT_MAX_CONCURRENCY
 from ._client import AsyncEmbedder as AsyncEmbedder
@@ -53,6 +55,8 @@ __all__ = [
     "Embedder",
     "EmbedderOptions",
     "EmbedkitError",
+    "Endpoint",
+    "EndpointStats",
     "FileProgress",
     "FileResult",
     "InputError",

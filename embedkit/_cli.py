@@ -35,7 +35,8 @@ _HELP = {
     "input": "a file, or - to read stdin",
     "--output": "the file to write: .npy (vectors only) or .parquet (ids and vectors)",
     "--api": "where embeddings come from (default: local, the packaged all-MiniLM-L6-v2)",
-    "--url": "server URL (tei: the root; hf, openai: optional)",
+    "--url": "server URL (tei: the root; hf, openai: optional); repeat it for replicas of one "
+    "model: batches are balanced over them, with failover (--concurrency is per replica)",
     "--model": "model id (or a folder, for --api local)",
     "--field": "the JSON field that holds the text (jsonl; default text)",
     "--column": "the column that holds the text (csv, tsv, parquet)",
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(embed, "input", metavar="INPUT")
     add(embed, "-o", "--output", required=True, metavar="OUT.npy|OUT.parquet")
     add(embed, "--api", choices=["hf", "tei", "openai", "local"], default="local")
-    add(embed, "--url")
+    add(embed, "--url", action="append")
     add(embed, "--model")
     key = embed.add_mutually_exclusive_group()
     add(key, "--field")
@@ -258,7 +259,9 @@ def _embed(args: argparse.Namespace) -> int:
     if mistakes:
         console.error(mistakes[0])
         return EXIT_USAGE
-    options: dict[str, Any] = {"model": args.model, "api": args.api, "url": args.url}
+    urls = args.url or []
+    url: str | list[str] | None = urls[0] if len(urls) == 1 else urls or None
+    options: dict[str, Any] = {"model": args.model, "api": args.api, "url": url}
     names = {"batch_size": "max_batch_size", "concurrency": "max_concurrency"}
     names.update(rps="requests_per_second", cache_size="cache_size")
     names.update({name: name for name in ("normalize", "prompt_name", "dimensions", "truncate")})

@@ -24,6 +24,7 @@ from anyio.from_thread import BlockingPortal
 
 from ._auth import resolve_token
 from ._backend import Backend
+from ._balancer import BalancedBackend, Endpoint, Replica
 from ._decode import Matrix, Pooling
 from ._errors import ClientClosedError
 from ._http import DEFAULT_MAX_RESPONSE_SIZE, DEFAULT_TIMEOUT, HttpBackend
@@ -47,6 +48,8 @@ DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_CONCURRENCY = 8
 
 Api = Literal["hf", "tei", "openai", "local"]
+#: One URL, one `Endpoint`, or several of either (replicas of one model, same protocol).
+URLs = str | Endpoint | Sequence[str | Endpoint]
 
 
 class _State(enum.Enum):
@@ -73,6 +76,36 @@ def _check_timeout(timeout: httpx.Timeout | float | None) -> None:
             )
 
 
+def _endpoints(url: URLs | None) -> list[Endpoint]:
+    """`url=` as a list of endpoints: [] for None (the protocol's default URL)."""
+    if url is None:
+        return []
+    if isinstance(url, (str, Endpoint)):
+        items: list[str | Endpoint] = [url]
+    elif isinstance(url, Sequence):
+        items = list(url)
+        if not items:
+            raise ValueError("url= got an empty list; give at least one URL")
+    else:
+        raise TypeError(
+            f"url= takes a URL, an Endpoint or a list of them, not {type(url).__name__}"
+        )
+    endpoints = []
+    for item in items:
+        if isinstance(item, str):
+            endpoints.append(Endpoint(item))
+        elif isinstance(item, Endpoint):
+            endpoints.append(item)
+        else:
+            raise TypeError(
+                f"url= items must be URL strings or Endpoints, not {type(item).__name__}"
+            )
+    seen = [e.url for e in endpoints]
+    if len(set(seen)) != len(seen):
+        raise ValueError("url= names the same URL twice")
+    return endpoints
+
+
 class EmbedderOptions(TypedDict, total=False):
     """`AsyncEmbedder`'s arguments, as keywords: what `embed_file(..., **options)` accepts.
 
@@ -80,7 +113,7 @@ class EmbedderOptions(TypedDict, total=False):
     """
 
     model: str | None
-    url: str | None
+    url: URLs | None
     api: Api
     token: str | None
     normalize: bool | None
@@ -122,6 +155,8 @@ class AsyncEmbedder:
         model: the model id (hf, openai, local) — for `api="local"` also a folder path.
         url: where to send requests. hf: the full URL (default: the HF router URL for
             `model`); tei: the server root; openai: the API base (default OpenAI's).
+            Several URLs (or `Endpoint`s) of the same protocol: replicas of one model,
+            balanced by expected finish time, with failover (see the "many replicas" guide).
         api: `"hf"`, `"tei"`, `"openai"` or `"local"` (a model in this process).
         token: the API token; default `HF_TOKEN` / the huggingface CLI token file
             (hf, tei) or `OPENAI_API_KEY` (openai). Never shown in reprs, logs or errors.
@@ -134,7 +169,8 @@ class AsyncEmbedder:
         encoding_format: openai: "base64" (default, fast) or "float".
         max_batch_size: texts per request at most (lowered to the server's own limit).
         max_batch_chars: characters per request at most, to stay under body limits.
-        max_concurrency: requests in flight at most; adaptive below this after 429s.
+        max_concurrency: requests in flight at most; adaptive below this after 429s. With
+            several URLs, per replica (an `Endpoint` may set its own); the total is the sum.
         adaptive_concurrency: halve concurrency on 429 and grow it back on success.
         requests_per_second: a client-side request rate limit (token bucket).
         inputs_per_second: a client-side limit on texts per second.
@@ -161,7 +197,7 @@ class AsyncEmbedder:
         self,
         model: str | None = None,
         *,
-        url: str | None = None,
+        url: URLs | None = None,
         api: Api = "hf",
         token: str | None = None,
         normalize: bool | None = None,
@@ -247,26 +283,66 @@ class AsyncEmbedder:
 
             self._backend = LocalBackend(model, options=self._options, device=device)
         elif api in PROTOCOLS:
-            if api == "openai":
-                protocol: Any = OpenAIProtocol(
-                    model=model, url=url, options=self._options, encoding_format=encoding_format
+            endpoints = _endpoints(url)
+            self.endpoints = endpoints
+
+            def http_backend(
+                endpoint_url: str | None, endpoint_token: str | None, cap: int
+            ) -> HttpBackend:
+                if api == "openai":
+                    protocol: Any = OpenAIProtocol(
+                        model=model,
+                        url=endpoint_url,
+                        options=self._options,
+                        encoding_format=encoding_format,
+                    )
+                else:
+                    protocol = PROTOCOLS[api](model=model, url=endpoint_url, options=self._options)
+                return HttpBackend(
+                    protocol,
+                    token=resolve_token(api, endpoint_token),
+                    client=http_client,
+                    transport=transport,
+                    timeout=timeout,
+                    max_connections=max(cap * 2, 16),
+                    wait_for_model=wait_for_model,
+                    use_cache=use_cache,
+                    verify=verify,
+                    cert=cert,
+                    http2=http2,
+                    max_response_size=max_response_size,
+                )
+
+            if len(endpoints) <= 1:
+                one = endpoints[0] if endpoints else None
+                if one is not None and one.max_concurrency is not None:
+                    self.max_concurrency = max_concurrency = one.max_concurrency
+                self._backend = http_backend(
+                    one.url if one else None,
+                    one.token if one is not None and one.token is not None else token,
+                    max_concurrency,
                 )
             else:
-                protocol = PROTOCOLS[api](model=model, url=url, options=self._options)
-            self._backend = HttpBackend(
-                protocol,
-                token=resolve_token(api, token),
-                client=http_client,
-                transport=transport,
-                timeout=timeout,
-                max_connections=max(max_concurrency * 2, 16),
-                wait_for_model=wait_for_model,
-                use_cache=use_cache,
-                verify=verify,
-                cert=cert,
-                http2=http2,
-                max_response_size=max_response_size,
-            )
+                replicas = []
+                for endpoint in endpoints:
+                    cap = endpoint.max_concurrency or max_concurrency
+                    backend_ = http_backend(
+                        endpoint.url,
+                        endpoint.token if endpoint.token is not None else token,
+                        cap,
+                    )
+                    replicas.append(
+                        Replica(
+                            backend_,
+                            name=backend_.describe().split(" ", 1)[1],
+                            probe=backend_.probe,
+                            max_concurrency=cap,
+                            weight=endpoint.weight,
+                            adaptive=adaptive_concurrency,
+                        )
+                    )
+                self._backend = BalancedBackend(replicas)
+                self.max_concurrency = sum(r.concurrency.maximum for r in replicas)
         else:
             raise ValueError(f"api must be one of 'hf', 'tei', 'openai', 'local', not {api!r}")
         self._state = _State.UNOPENED
@@ -305,7 +381,11 @@ class AsyncEmbedder:
             if info.max_batch_size is not None:
                 max_batch = min(max_batch, info.max_batch_size)
             max_conc = self.max_concurrency
-            if info.max_inputs_in_flight is not None:
+            balanced = self._backend if isinstance(self._backend, BalancedBackend) else None
+            if balanced is not None:
+                # The scheduler's total is the sum of the replicas' caps (each within its /info).
+                max_conc = balanced.fit_caps(max_batch)
+            elif info.max_inputs_in_flight is not None:
                 # TEI counts inputs, not requests, against max_concurrent_requests.
                 max_conc = max(1, min(max_conc, info.max_inputs_in_flight // max_batch))
             retry = self._retry
@@ -331,6 +411,8 @@ class AsyncEmbedder:
             stack.callback(tg.cancel_scope.cancel)
             stack.callback(scheduler.close)
             await tg.start(scheduler.run)
+            if balanced is not None:
+                await tg.start(balanced.run)  # probes ejected replicas
         except BaseException:
             await stack.aclose()
             self._state = _State.CLOSED
@@ -406,13 +488,17 @@ class AsyncEmbedder:
     def stats(self) -> SchedulerStats:
         """Counters, limits and latency percentiles (a frozen snapshot).
 
+        With several URLs, `endpoints` holds each replica's figures (`EndpointStats`).
         `retries["stale connection"]` counts requests embedkit's transport sent again
         because the server had closed a kept-alive connection before reading them.
         """
         stats = self._open_scheduler().stats()
-        if isinstance(self._backend, HttpBackend) and self._backend.resent_requests:
-            retries = {**stats.retries, "stale connection": self._backend.resent_requests}
+        backend = self._backend
+        if isinstance(backend, HttpBackend) and backend.resent_requests:
+            retries = {**stats.retries, "stale connection": backend.resent_requests}
             stats = dataclasses.replace(stats, retries=retries)
+        elif isinstance(backend, BalancedBackend):
+            stats = dataclasses.replace(stats, endpoints=backend.endpoint_stats())
         return stats
 
     # ------------------------------------------------------------- bulk (in _bulk.py)
@@ -523,6 +609,8 @@ def identity(embedder: AsyncEmbedder) -> dict[str, Any]:
     import hashlib
 
     url = embedder._url
+    if url is not None and not isinstance(url, str):
+        url = " ".join(e.url for e in _endpoints(url))
     options = embedder._options
     return {
         "api": embedder.api,
@@ -548,7 +636,7 @@ class Embedder:
         self,
         model: str | None = None,
         *,
-        url: str | None = None,
+        url: URLs | None = None,
         api: Api = "hf",
         token: str | None = None,
         normalize: bool | None = None,

@@ -329,7 +329,10 @@ class EmbedkitModel(BaseModel):
     )
 
     model: str | None = Field(default=None, description="Model id, or a folder for api='local'.")
-    url: str | None = Field(default=None, description="Server URL (hf: full URL; tei: root).")
+    url: str | list[str] | None = Field(
+        default=None,
+        description="Server URL (hf: full URL; tei: root), or a list: replicas of one model.",
+    )
     api: Literal["hf", "tei", "openai", "local"] = "hf"
     token: SecretStr | None = Field(
         default=None,

@@ -169,6 +169,24 @@ class HttpBackend:
         """Ask the server for its limits (TEI `/info`); other protocols learn nothing."""
         return await self.protocol.discover(self._client, self._headers)
 
+    async def probe(self) -> None:
+        """Check that the server answers: TEI `GET /health`, others a one-text request.
+
+        Raises the embedkit error the server's answer (or silence) maps to.
+        """
+        root = getattr(self.protocol, "root", None)
+        if self.protocol.name != "tei" or root is None:
+            await self.embed_batch(["embedkit health probe"])
+            return
+        try:
+            response = await self._client.get(root + "/health", headers=self._headers)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{type(exc).__name__} probing {_safe_url(root)}/health") from exc
+        if response.status_code >= 400:
+            raise self._redact(
+                error_from_response(response.status_code, response.content, response.headers)
+            )
+
     async def embed_batch(self, texts: list[str]) -> Matrix:
         """POST one batch and decode it, or raise the matching embedkit error."""
         try:

@@ -47,6 +47,7 @@ import anyio
 import numpy as np
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._balancer import EndpointStats
 from ._decode import Matrix
 from ._errors import (
     BatchTooLargeError,
@@ -94,6 +95,7 @@ class SchedulerStats:
         latency_p50: median seconds per successful request (None before the first).
         latency_p90: 90th percentile.
         latency_p99: 99th percentile.
+        endpoints: with several URLs, each replica's figures (see the "many replicas" guide).
     """
 
     requests: int
@@ -117,6 +119,7 @@ class SchedulerStats:
     latency_p50: float | None
     latency_p90: float | None
     latency_p99: float | None
+    endpoints: tuple[EndpointStats, ...] = ()
 
 
 class _Job:

@@ -99,6 +99,21 @@ def kill(process: subprocess.Popen[bytes]) -> None:
 # ---------------------------------------------------------------------------------- runs
 
 
+def test_several_urls_spread_the_corpus_over_replicas(
+    server: HashServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    texts = lines(3000)
+    corpus = write_txt(tmp_path / "corpus.txt", texts)
+    out = tmp_path / "out.npy"
+    with HashServer.running(dim=DIM) as other:
+        args = ["--api", "tei", "--url", server.url, "--url", other.url, "--concurrency", "2"]
+        status, err = embed(capsys, corpus, "-o", out, *args)
+    assert status == 0, err
+    assert out.read_bytes() == npy_bytes(expected(texts))
+    assert server.texts > 0
+    assert other.texts > 0  # both replicas did part of the work
+
+
 def test_a_20000_line_corpus_gives_exactly_the_expected_matrix(
     server: HashServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -44,6 +44,7 @@ RUNNABLE = [
     "quickstart.md",
     "guides/batching.md",
     "guides/testing.md",
+    "guides/replicas.md",
     "guides/frameworks.md",
     "api.md",
     "exceptions.md",

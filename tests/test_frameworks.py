@@ -270,3 +270,23 @@ def test_closing_fails_a_blocked_sync_call_with_a_typed_error() -> None:
     assert not thread.is_alive()
     assert len(outcome) == 1
     assert isinstance(outcome[0], embedkit.ClientClosedError)
+
+
+def test_a_list_of_urls_spreads_the_work_over_replicas() -> None:
+    hosts: list[str] = []
+
+    def replica(request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/info":
+            hosts.append(request.url.host)
+        return tei(request)
+
+    emb = EmbedkitEmbeddings(
+        api="tei",
+        url=["http://gpu-0.test", "http://gpu-1.test"],
+        transport=httpx.MockTransport(replica),
+        max_batch_size=2,
+    )
+    vectors = emb.embed_documents(["a", "bb", "ccc", "dddd", "eeeee", "ffffff"] * 10)
+    assert [v[0] for v in vectors[:6]] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert set(hosts) == {"gpu-0.test", "gpu-1.test"}
+    assert "gpu-0.test" in repr(emb.model_dump())

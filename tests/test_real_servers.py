@@ -17,8 +17,6 @@ Servers are started by the tests and stopped by PID (tests/servers.py).
 
 from __future__ import annotations
 
-import getpass
-import os
 import shutil
 import socket
 import ssl
@@ -34,6 +32,7 @@ import numpy as np
 import pytest
 
 import embedkit
+from devtools.nginx import NGINX, nginx_path, running_nginx
 from embedkit import RetryPolicy
 
 from . import asgi_hash
@@ -42,7 +41,6 @@ from .hashserver import HashServer
 from .servers import ROOT, free_port, running, stop
 
 N_TEXTS = 20_000
-NGINX = os.environ.get("EMBEDKIT_NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
 
 pytestmark = [pytest.mark.integration]
 
@@ -113,20 +111,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 # -------------------------------------------------------------------------- nginx
 
-NGINX_CONF = """
-daemon off;
-worker_processes 1;
-{user}
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
+NGINX_HTTP = """
     keepalive_timeout 1s;
     keepalive_requests 5;
     client_max_body_size 16k;
@@ -148,40 +133,30 @@ http {{
             proxy_set_header Connection "";
         }}
     }}
-}}
 """
 
 
 @pytest.fixture(scope="module")
 def nginx(tls: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """nginx terminating TLS in front of a hash server; yields its https:// root URL."""
-    if not os.path.exists(NGINX):
+    require_nginx()
+    d = tmp_path_factory.mktemp("nginx")
+    port = free_port()
+    with HashServer.running(dim=asgi_hash.DIM) as upstream:
+        body = NGINX_HTTP.format(
+            upstream=upstream.port, port=port, cert=tls["cert"], key=tls["key"]
+        )
+        with running_nginx(d, body, [port]):
+            yield f"https://localhost:{port}"
+
+
+def require_nginx() -> None:
+    """Skip (outside CI; in CI a skip fails the run) when nginx is not installed."""
+    if nginx_path() is None:
         pytest.skip(
             f"nginx not found (looked for {NGINX}); install Debian's nginx-light "
             "(apt-get install nginx-light) or set EMBEDKIT_NGINX"
         )
-    d = tmp_path_factory.mktemp("nginx")
-    port = free_port()
-    with HashServer.running(dim=asgi_hash.DIM) as upstream:
-        user = f"user {getpass.getuser()};" if os.geteuid() == 0 else ""
-        conf = d / "nginx.conf"
-        conf.write_text(
-            NGINX_CONF.format(
-                d=d, user=user, upstream=upstream.port, port=port, cert=tls["cert"], key=tls["key"]
-            )
-        )
-        log = d / "error.log"
-        process = subprocess.Popen(
-            [NGINX, "-p", str(d), "-e", str(log), "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            _wait_for_port(port, process, log)
-            yield f"https://localhost:{port}"
-        finally:
-            stop(process)
 
 
 def _embedder(

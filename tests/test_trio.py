@@ -136,3 +136,30 @@ async def test_mock_transport_client_under_trio() -> None:
     ) as emb:
         out = await emb.embed_many(["a", "b", "c"])
     np.testing.assert_array_equal(out, vectors_for(["a", "b", "c"]))
+
+
+async def test_replicas_and_failover_under_trio() -> None:
+    seen: list[str] = []
+
+    def replica(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/info":
+            return httpx.Response(404)
+        seen.append(request.url.host)
+        if request.url.host == "down.test":
+            return httpx.Response(502, text="bad gateway")
+        texts = orjson.loads(request.content)["inputs"]
+        return httpx.Response(200, json=vectors_for(texts).tolist())
+
+    texts = [f"trio replica {i}" for i in range(300)]
+    async with embedkit.AsyncEmbedder(
+        api="tei",
+        url=["http://down.test", "http://up.test"],
+        transport=httpx.MockTransport(replica),
+        retry=RetryPolicy(attempts=1),  # any failure reaching the scheduler would fail this
+    ) as emb:
+        matrix = await emb.embed_many(texts)
+        down, up = emb.stats().endpoints
+    np.testing.assert_array_equal(matrix, vectors_for(texts))
+    assert down.state == "ejected"
+    assert down.failovers >= 1
+    assert up.texts == len(texts)

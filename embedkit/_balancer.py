@@ -1,0 +1,611 @@
+"""Many replicas behind one client: a `Backend` that spreads batches over N backends.
+
+The scheduler forms batches and calls `embed_batch` as it would on one server; this
+backend picks the replica that should finish the batch soonest, and hides a failing replica:
+
+* **Choice.** The replica expected to finish the batch soonest: `(texts in flight + texts
+  in this batch) × EWMA seconds per text ÷ weight`, where seconds per text is its recent
+  latency per text (which rises with a replica's queue: peak-EWMA-like).
+  If that replica is at its cap, the batch waits for one of its slots rather than queue
+  behind a slower replica's backlog; otherwise it goes to the soonest one with a free slot.
+  A replica 4× slower is chosen once the others hold 4× its backlog, so under load each
+  replica carries work in proportion to its speed. A replica never measured is tried
+  first; one left idle for `explore_after` seconds is tried again (its estimate may be
+  stale), so none is starved of probes forever.
+* **Per-replica limits.** Each replica has its own concurrency cap (AIMD: halved on its
+  429s, grown back on success), its own 429 cooldown (its `Retry-After`), its own learned
+  pace, and TEI `/info` limits read from it. A 429 from one replica pauses only that one.
+* **Failure.** A batch that fails on one replica with a transport fault (refused, reset,
+  timeout), a 5xx/408/424, a 429 or a 503 "loading" is sent again at once on another
+  replica. Transport faults and 5xx eject the replica (circuit breaker): it gets no work
+  until a probe succeeds (TEI `GET /health`, others a one-text request), after a backoff
+  that doubles up to `max_backoff` while probes fail. A 503 "loading" marks it `loading`
+  (probed likewise); a 429 marks it `cooling` until its Retry-After. Only when no replica
+  is left to try does the error reach the scheduler, whose retry policy applies as usual.
+* **Dimension.** Every replica must answer the same embedding size; a replica that does
+  not is a `ResponseError` naming it, never rows mixed into a matrix.
+
+Nothing here knows about HTTP: replicas are any `Backend`s plus a `probe` coroutine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ._backend import Backend
+from ._decode import Matrix
+from ._errors import (
+    EmbedkitError,
+    ModelLoadingError,
+    RateLimitError,
+    ResponseError,
+    ServerError,
+    TransportError,
+)
+from ._limits import AdaptiveConcurrency, Clock, LearnedRate, Sleep
+from ._protocols import BackendInfo
+from ._retry import describe
+
+__all__ = ["BalancedBackend", "Endpoint", "EndpointStats", "Replica", "ReplicaState"]
+
+logger = logging.getLogger("embedkit")
+
+Probe = Callable[[], Awaitable[None]]
+
+
+class Endpoint:
+    """One replica's URL and the settings in which it differs from the others.
+
+    Pass a list of these (or of plain URL strings, which mean the defaults) as `url=`:
+    `AsyncEmbedder(url=[Endpoint("http://gpu-0:8080", weight=2.0), "http://gpu-1:8080"],
+    api="tei")`.
+
+    Args:
+        url: the replica's URL, as `url=` takes it for one server.
+        weight: relative speed to assume (a replica of weight 2 is expected to get through
+            texts twice as fast before it has been measured; measurements refine it).
+        max_concurrency: requests in flight to this replica at most (default: the
+            embedder's `max_concurrency`, which is per replica when several are given).
+        token: this replica's token (default: the embedder's). Never shown in its repr.
+    """
+
+    __slots__ = ("max_concurrency", "token", "url", "weight")
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        weight: float = 1.0,
+        max_concurrency: int | None = None,
+        token: str | None = None,
+    ) -> None:
+        if not isinstance(url, str) or not url:
+            raise TypeError("Endpoint(url) takes a non-empty URL string")
+        if not (weight > 0 and math.isfinite(weight)):
+            raise ValueError("Endpoint weight must be a positive number")
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError("Endpoint max_concurrency must be at least 1")
+        self.url = url
+        self.weight = float(weight)
+        self.max_concurrency = max_concurrency
+        self.token = token
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.url, self.weight, self.max_concurrency, self.token)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Endpoint):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        parts = [repr(_safe(self.url))]
+        if self.weight != 1.0:
+            parts.append(f"weight={self.weight:g}")
+        if self.max_concurrency is not None:
+            parts.append(f"max_concurrency={self.max_concurrency}")
+        if self.token is not None:
+            parts.append("token=<set>")
+        return f"Endpoint({', '.join(parts)})"
+
+
+def _safe(url: str) -> str:
+    """A URL without user:password@ or query (where secrets sometimes hide)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    host, slash, path = rest.partition("/")
+    host = host.rpartition("@")[2]
+    path = path.partition("?")[0]
+    return f"{scheme}{sep}{host}{slash}{path}"
+
+
+class ReplicaState(str, enum.Enum):
+    """Where a replica stands: taking work, paused after a 429, ejected, or loading."""
+
+    HEALTHY = "healthy"
+    COOLING = "cooling"
+    EJECTED = "ejected"
+    LOADING = "loading"
+
+
+@dataclasses.dataclass(frozen=True)
+class EndpointStats:
+    """One replica's figures, in `embedder.stats().endpoints`.
+
+    Attributes:
+        url: the replica (without credentials or query).
+        state: "healthy", "cooling" (after a 429), "ejected" (failing; probed) or
+            "loading" (503 while its model loads; probed).
+        requests: batches sent to it (failovers included).
+        texts: texts it answered.
+        errors: failed requests by cause (status code, or error name).
+        failovers: batches that failed here and were re-sent to another replica.
+        in_flight: requests to it now.
+        concurrency_limit: its current cap on requests in flight (AIMD).
+        latency_p50: median seconds per successful request (None before the first).
+        latency_p99: 99th percentile.
+        texts_per_s: texts answered per second since its first request.
+    """
+
+    url: str
+    state: str
+    requests: int
+    texts: int
+    errors: dict[str, int]
+    failovers: int
+    in_flight: int
+    concurrency_limit: float
+    latency_p50: float | None
+    latency_p99: float | None
+    texts_per_s: float | None
+
+
+class Replica:
+    """One backend with its own limits, estimate and circuit breaker."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        name: str,
+        probe: Probe,
+        max_concurrency: int,
+        weight: float = 1.0,
+        adaptive: bool = True,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+    ) -> None:
+        self.backend = backend
+        self.name = name
+        self.probe = probe
+        self.weight = weight
+        self.concurrency = AdaptiveConcurrency(max_concurrency, adaptive=adaptive)
+        self.learned: LearnedRate | None = (
+            LearnedRate(clock=clock, sleep=sleep) if adaptive else None
+        )
+        self.state = ReplicaState.HEALTHY
+        self.info = BackendInfo()
+        self.clock = clock
+        # work in flight and the estimate of seconds per text (None: never measured)
+        self.in_flight = 0
+        self.texts_in_flight = 0
+        self.per_text: float | None = None
+        self.basis = 1  # texts in the batches the estimate rests on
+        self.last_sent = -math.inf
+        # circuit breaker
+        self.until = 0.0  # cooling: when it ends; ejected/loading: when to probe next
+        self.backoff = 0.0
+        self.probing = False
+        # counters
+        self.requests = 0
+        self.texts = 0
+        self.failovers = 0
+        self.errors: Counter[str] = Counter()
+        self.latencies: deque[float] = deque(maxlen=1024)
+        self.first_sent: float | None = None
+        self.last_answer: float | None = None
+
+    @property
+    def cap(self) -> int:
+        """Requests it may have in flight now."""
+        return max(1, int(self.concurrency.limit))
+
+    def admitted(self, now: float) -> bool:
+        """Taking work (a cooldown that ran out readmits), full or not."""
+        if self.state is ReplicaState.COOLING and now >= self.until:
+            self.state = ReplicaState.HEALTHY
+        return self.state is ReplicaState.HEALTHY
+
+    def available(self, now: float) -> bool:
+        """Admitted and under its cap."""
+        return self.admitted(now) and self.in_flight < self.cap
+
+    def down(self, now: float) -> bool:
+        """Not worth waiting for: ejected, loading, or cooling for a while yet."""
+        if self.state is ReplicaState.COOLING:
+            return now < self.until
+        return self.state in (ReplicaState.EJECTED, ReplicaState.LOADING)
+
+    def expected(self, n: int, fallback: float) -> float:
+        """Seconds until a batch of `n` sent now would be through, by the estimate."""
+        per_text = self.per_text if self.per_text is not None else fallback
+        return (self.texts_in_flight + n) * per_text / self.weight
+
+    # -------------------------------------------------------------- outcomes
+
+    def on_success(self, n: int, seconds: float, alpha: float) -> None:
+        """An answer: update the estimate, the cap and the counters.
+
+        The estimate is the request's latency per text. A replica that queues requests
+        answers them later, so its estimate rises with its backlog and it gets fewer; one
+        that serves them in parallel keeps a low estimate and gets more, up to its cap.
+        (Latency, not throughput: throughput measured at the concurrency a replica was given
+        would keep a replica given little looking slow.)
+        """
+        per_text = seconds / max(1, n)
+        if self.per_text is None or n >= 2 * self.basis:
+            # A request's fixed cost makes a small batch look slow per text: an estimate
+            # from small batches gives way at once to one from a batch twice as large.
+            self.per_text = per_text
+            self.basis = n
+        else:
+            weight = alpha * min(1.0, n / self.basis)
+            self.per_text = weight * per_text + (1 - weight) * self.per_text
+        self.latencies.append(seconds)
+        self.texts += n
+        self.last_answer = self.clock()
+        self.concurrency.on_success()
+        if self.learned is not None:
+            self.learned.on_success()
+
+    def on_failure(self, exc: EmbedkitError, ticket: int, base_backoff: float) -> None:
+        """A failed request: count it and move the breaker."""
+        self.errors[describe(exc)] += 1
+        now = self.clock()
+        if isinstance(exc, RateLimitError):
+            self.concurrency.on_overload(ticket)
+            if self.learned is not None:
+                self.learned.on_rate_limited(ticket, self.concurrency.issued)
+            wait = exc.retry_after if exc.retry_after is not None else base_backoff
+            self.state = ReplicaState.COOLING
+            self.until = max(self.until, now + wait)
+        elif isinstance(exc, ModelLoadingError):
+            self.state = ReplicaState.LOADING
+            self.backoff = base_backoff
+            wait = min(exc.retry_after, 5.0) if exc.retry_after else base_backoff
+            self.until = now + wait
+        else:
+            self.eject(now, base_backoff)
+
+    def eject(self, now: float, base_backoff: float) -> None:
+        """Stop sending here; probe after a backoff (doubling while it stays down)."""
+        if self.state is not ReplicaState.EJECTED:
+            self.state = ReplicaState.EJECTED
+            self.backoff = base_backoff
+        self.until = now + self.backoff
+
+    def on_probe(self, ok: bool, max_backoff: float) -> None:
+        """A half-open probe's outcome: readmit, or wait longer."""
+        self.probing = False
+        now = self.clock()
+        if ok:
+            self.state = ReplicaState.HEALTHY
+            self.backoff = 0.0
+            self.until = 0.0
+            self.per_text = None  # measure it afresh: it may have come back different
+            self.basis = 1
+            return
+        self.backoff = min(max_backoff, max(self.backoff, 0.05) * 2)
+        self.until = now + self.backoff
+
+    def probe_due(self, now: float) -> bool:
+        return (
+            self.state in (ReplicaState.EJECTED, ReplicaState.LOADING)
+            and not self.probing
+            and now >= self.until
+        )
+
+    def stats(self) -> EndpointStats:
+        latencies = sorted(self.latencies)
+
+        def pct(q: float) -> float | None:
+            if not latencies:
+                return None
+            return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+
+        rate = None
+        if self.first_sent is not None and self.last_answer is not None:
+            span = self.last_answer - self.first_sent
+            rate = self.texts / span if span > 0 else None
+        self.available(self.clock())  # an expired cooldown shows as healthy
+        return EndpointStats(
+            url=self.name,
+            state=self.state.value,
+            requests=self.requests,
+            texts=self.texts,
+            errors=dict(self.errors),
+            failovers=self.failovers,
+            in_flight=self.in_flight,
+            concurrency_limit=self.concurrency.limit,
+            latency_p50=pct(0.5),
+            latency_p99=pct(0.99),
+            texts_per_s=rate,
+        )
+
+
+#: Errors after which a batch is re-sent at once on another replica.
+FAILOVER = (TransportError, ServerError, RateLimitError, ModelLoadingError)
+
+
+class BalancedBackend:
+    """A `Backend` over several replicas of one model (see the module docstring).
+
+    Args:
+        replicas: the replicas, in the order given by the user.
+        clock, sleep: injectable time (tests).
+        explore_after: seconds after which an idle, admitted replica is tried again.
+        backoff: the first wait before probing an ejected replica (then doubling).
+        max_backoff: the cap on that wait.
+        probe_timeout: seconds a probe may take before it counts as failed.
+        alpha: the EWMA weight of the newest latency sample.
+    """
+
+    def __init__(
+        self,
+        replicas: Sequence[Replica],
+        *,
+        clock: Clock = time.monotonic,
+        explore_after: float = 1.0,
+        backoff: float = 0.25,
+        max_backoff: float = 10.0,
+        probe_timeout: float = 10.0,
+        alpha: float = 0.2,
+    ) -> None:
+        if not replicas:
+            raise ValueError("a balanced backend needs at least one replica")
+        self.replicas = list(replicas)
+        self.clock = clock
+        self.explore_after = explore_after
+        self.base_backoff = backoff
+        self.max_backoff = max_backoff
+        self.probe_timeout = probe_timeout
+        self.alpha = alpha
+        self.dimension: int | None = None
+        self._dimension_from: str | None = None
+        self._changed = anyio.Event()
+        self._probe_wakeup: anyio.Event | None = None
+
+    # ------------------------------------------------------------ Backend API
+
+    async def start(self) -> BackendInfo:
+        """Start every replica (TEI: read each one's `/info`); merge what they said."""
+        infos: list[BackendInfo] = [BackendInfo()] * len(self.replicas)
+
+        async def start_one(i: int) -> None:
+            infos[i] = await self.replicas[i].backend.start()
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(self.replicas)):
+                tg.start_soon(start_one, i)
+        for replica, info in zip(self.replicas, infos, strict=True):
+            replica.info = info
+        sizes = [i.max_batch_size for i in infos if i.max_batch_size is not None]
+        first = infos[0]
+        return BackendInfo(
+            model_id=next((i.model_id for i in infos if i.model_id), first.model_id),
+            dimension=first.dimension,
+            max_batch_size=min(sizes) if sizes else None,
+            max_inputs_in_flight=None,  # per replica: see `fit_caps`
+        )
+
+    def fit_caps(self, max_batch_size: int) -> int:
+        """Lower each replica's cap to its own TEI limit; the sum is the scheduler's."""
+        for replica in self.replicas:
+            inputs = replica.info.max_inputs_in_flight
+            if inputs is not None:
+                cap = max(1, min(replica.concurrency.maximum, inputs // max_batch_size))
+                adaptive = replica.concurrency.adaptive
+                replica.concurrency = AdaptiveConcurrency(cap, adaptive=adaptive)
+        return sum(r.concurrency.maximum for r in self.replicas)
+
+    async def embed_batch(self, texts: list[str]) -> Matrix:
+        """Send the batch to the best replica; on a failover-able error, to the next one."""
+        n = len(texts)
+        tried: set[int] = set()
+        last: EmbedkitError | None = None
+        while True:
+            replica = await self._acquire(n, tried)
+            if replica is None:
+                raise last if last is not None else self._all_down()
+            try:
+                matrix = await self._send(replica, texts)
+            except FAILOVER as exc:
+                last = exc
+                tried.add(id(replica))
+                if len(tried) < len(self.replicas):
+                    replica.failovers += 1
+                    logger.info(
+                        "%s failed (%s); sending its batch to another replica",
+                        replica.name,
+                        describe(exc),
+                    )
+                continue
+            self._check_dimension(replica, matrix)
+            return matrix
+
+    async def aclose(self) -> None:
+        """Close every replica's backend."""
+        for replica in self.replicas:
+            with anyio.CancelScope(shield=True):
+                await replica.backend.aclose()
+
+    def describe(self) -> str:
+        """The replicas, secret-free: "tei ×3 [http://a, http://b, http://c]"."""
+        names = ", ".join(r.name for r in self.replicas)
+        kind = self.replicas[0].backend.describe().split(" ", 1)[0]
+        return f"{kind} ×{len(self.replicas)} [{names}]"
+
+    def endpoint_stats(self) -> tuple[EndpointStats, ...]:
+        """Every replica's figures, in the order given."""
+        return tuple(r.stats() for r in self.replicas)
+
+    # --------------------------------------------------------------- choice
+
+    def pick(self, n: int, tried: set[int]) -> Replica | None:
+        """The replica to send a batch of `n` to now, or None to wait for a slot.
+
+        None also when a replica that is full now would still finish the batch sooner than
+        any with a free slot (by the estimates): then the batch waits for it, instead of
+        queueing behind a slow replica's backlog.
+        """
+        now = self.clock()
+        admitted = [r for r in self.replicas if id(r) not in tried and r.admitted(now)]
+        candidates = [r for r in admitted if r.in_flight < r.cap]
+        if not candidates:
+            return None
+        for replica in candidates:  # never measured, or idle long enough to re-measure
+            if replica.per_text is None and replica.in_flight == 0:
+                return replica
+        for replica in candidates:
+            if replica.in_flight == 0 and now - replica.last_sent >= self.explore_after:
+                return replica
+        known = [r.per_text for r in admitted if r.per_text is not None]
+        fallback = min(known) if known else 1.0
+        best = min(candidates, key=lambda r: r.expected(n, fallback))
+        soonest = min(admitted, key=lambda r: r.expected(n, fallback))
+        if soonest.expected(n, fallback) < best.expected(n, fallback):
+            return None  # wait for `soonest` to free a slot
+        return best
+
+    async def _acquire(self, n: int, tried: set[int]) -> Replica | None:
+        """Wait for a replica with a free slot; None when every untried replica is down."""
+        while True:
+            replica = self.pick(n, tried)
+            if replica is not None:
+                replica.in_flight += 1
+                replica.texts_in_flight += n
+                replica.concurrency.in_flight += 1
+                return replica
+            now = self.clock()
+            waiting = [r for r in self.replicas if id(r) not in tried and not r.down(now)]
+            if not waiting:
+                return None
+            # Busy replicas will free a slot; a cooling one comes back when its pause ends.
+            changed = self._changed
+            ends = [r.until - now for r in waiting if r.state is ReplicaState.COOLING]
+            with anyio.move_on_after(max(0.0, min(ends)) if ends else math.inf):
+                await changed.wait()
+
+    def _release(self, replica: Replica, n: int) -> None:
+        replica.in_flight -= 1
+        replica.texts_in_flight -= n
+        replica.concurrency.in_flight -= 1
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _send(self, replica: Replica, texts: list[str]) -> Matrix:
+        n = len(texts)
+        try:
+            if replica.learned is not None and replica.learned.bucket is not None:
+                await replica.learned.bucket.acquire(1)
+            ticket = replica.concurrency.ticket()
+            replica.requests += 1
+            now = self.clock()
+            replica.last_sent = now
+            if replica.first_sent is None:
+                replica.first_sent = now
+            started = time.perf_counter()
+            try:
+                matrix = await replica.backend.embed_batch(texts)
+            except EmbedkitError as exc:
+                if isinstance(exc, FAILOVER):
+                    replica.on_failure(exc, ticket, self.base_backoff)
+                    self._wake_prober()
+                else:
+                    replica.errors[describe(exc)] += 1
+                raise
+            replica.on_success(n, time.perf_counter() - started, self.alpha)
+            return matrix
+        finally:
+            self._release(replica, n)
+
+    def _check_dimension(self, replica: Replica, matrix: Matrix) -> None:
+        if matrix.ndim != 2 or matrix.shape[0] == 0:
+            return
+        dim = int(matrix.shape[1])
+        if self.dimension is None:
+            self.dimension = dim
+            self._dimension_from = replica.name
+        elif dim != self.dimension:
+            replica.errors["dimension"] += 1
+            raise ResponseError(
+                f"replica {replica.name} answers {dim}-dimensional embeddings, but "
+                f"{self._dimension_from} answered {self.dimension}: the replicas do not "
+                "serve the same model"
+            )
+
+    def _all_down(self) -> EmbedkitError:
+        states = ", ".join(f"{r.name} {r.state.value}" for r in self.replicas)
+        now = self.clock()
+        cooling = [r.until - now for r in self.replicas if r.state is ReplicaState.COOLING]
+        if cooling and all(r.state is ReplicaState.COOLING for r in self.replicas):
+            return RateLimitError(
+                429, f"every replica is rate limited ({states})", retry_after=min(cooling)
+            )
+        return TransportError(f"no replica is available ({states})")
+
+    # ---------------------------------------------------------------- probes
+
+    def _wake_prober(self) -> None:
+        wakeup = self._probe_wakeup
+        if wakeup is not None:
+            wakeup.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Probe ejected and loading replicas when their backoff ends. Runs until cancelled."""
+        async with anyio.create_task_group() as tg:
+            task_status.started()
+            while True:
+                now = self.clock()
+                for replica in self.replicas:
+                    if replica.probe_due(now):
+                        replica.probing = True
+                        tg.start_soon(self._probe, replica)
+                waits = [
+                    r.until - now
+                    for r in self.replicas
+                    if r.state in (ReplicaState.EJECTED, ReplicaState.LOADING) and not r.probing
+                ]
+                self._probe_wakeup = wakeup = anyio.Event()
+                with anyio.move_on_after(max(0.0, min(waits)) if waits else math.inf):
+                    await wakeup.wait()
+
+    async def _probe(self, replica: Replica) -> None:
+        ok = False
+        try:
+            with anyio.fail_after(self.probe_timeout):
+                await replica.probe()
+            ok = True
+        except (EmbedkitError, TimeoutError) as exc:
+            logger.debug("probe of %s failed: %s", replica.name, describe(exc))
+        replica.on_probe(ok, self.max_backoff)
+        if ok:
+            logger.info("%s answers again; readmitted", replica.name)
+        self._notify()
+        self._wake_prober()
