@@ -117,10 +117,12 @@ def _run_fleet(
             batch_format="pyarrow",
             num_cpus=embedkit.ray.HTTP_WORKER_CPUS,
         )
-    result = out.materialize()
+    try:
+        result = out.materialize()
+    finally:
+        watch.stopped.set()
+        watch.join()
     wall = time.monotonic() - started
-    watch.stopped.set()
-    watch.join()
     if result.count() != len(texts):
         raise AssertionError(f"{result.count()} rows for {len(texts)} texts")
     stats = srv.stats()
@@ -215,7 +217,40 @@ def run(opts: Any) -> Scenario:
         quota: dict[str, dict[str, Any]] = {}
         with server(rate=rate, dim=8) as srv:
             for label, extra, per_worker in runs:
-                result = _run_fleet(ray, srv, quota_texts, per_worker, **common, **extra)
+                try:
+                    result = _run_fleet(ray, srv, quota_texts, per_worker, **common, **extra)
+                except Exception as exc:
+                    if per_worker is None:
+                        raise
+                    # Without a shared quota the job can fail outright: a batch that keeps
+                    # losing the race for the server's tokens runs out of attempts.
+                    stats = srv.stats()
+                    result = {
+                        "failed": f"{type(exc).__name__} (a batch ran out of attempts)",
+                        "texts": len(quota_texts),
+                        "requests": stats["requests"],
+                        "ok_requests": stats["ok"],
+                        "rejected_429": stats["rejected_429"],
+                        "texts_per_s": None,
+                        "steady_texts_per_s": None,
+                        "ok_per_s": None,
+                    }
+                    share_429 = 100 * stats["rejected_429"] / max(1, stats["requests"])
+                    result["share_429"] = share_429
+                    quota[label] = result
+                    opts.log(f"    {label}: FAILED ({result['failed']}), {share_429:.1f}% 429")
+                    scenario.rows.append(
+                        {
+                            "client": f"{label}: the job failed",
+                            "texts/s": None,
+                            "steady texts/s": None,
+                            "ok req/s": None,
+                            "% of R": "failed",
+                            "429 share": f"{share_429:.1f}%",
+                            "raw": result,
+                        }
+                    )
+                    continue
                 share = 100 * result["ok_per_s"] / rate
                 share_429 = 100 * result["rejected_429"] / max(1, result["requests"])
                 result["rate_share"], result["share_429"] = share, share_429
