@@ -166,17 +166,23 @@ class _FleetPace:
             self.rate += successes * self._growth * factor
 
     def observed(self, now: float) -> tuple[float, int]:
-        """Answers per second over the window, and how many answers that rests on."""
-        since = now - self._window
-        total, samples, start = 0.0, 0, now
+        """Answers per second over the window, and how many answers that rests on.
+
+        The window ends at the latest report, not at `now`: what the workers answered since
+        their last reports is not known yet, and counting that time with no answers in it
+        would put the pace a report interval under the quota at every cut.
+        """
+        last = min(now, max((end for end, _, _ in self._reports), default=now))
+        since = last - self._window
+        total, samples, start = 0.0, 0, last
         for end, count, span in self._reports:
             begin = end - span
-            overlap = min(end, now) - max(begin, since)
+            overlap = min(end, last) - max(begin, since)
             if overlap > 0:
                 total += count * overlap / span
                 samples += count
                 start = min(start, max(begin, since))
-        return total / max(now - start, 0.05), samples
+        return total / max(last - start, 0.05), samples
 
     def on_rate_limited(self, now: float) -> None:
         """A 429: pace just under what got through (once per `CUT_HOLD_SECONDS`)."""

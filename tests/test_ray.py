@@ -265,12 +265,12 @@ def test_a_fleet_rate_holds_for_four_workers(cluster: Path) -> None:
 
 def test_a_pace_learned_from_429s_holds_for_four_workers(cluster: Path) -> None:
     rate = 100.0
-    # Not told the rate, the fleet spends its first seconds learning it (a slow start from the
-    # first 429, while Ray still brings actors up one by one): ≥ 90% of R once learned (after
-    # 3 s), and overall within what the busy 2-core test machine showed (81-96%).
+    # Not told the rate, the fleet spends its first second or two learning it (a slow start
+    # from the first 429, while Ray still brings actors up one by one): ≥ 90% of R once
+    # learned (after 3 s); overall, five quiet runs gave 91-97% of R, asserted at ≥ 85%.
     achieved, learned, refused, stats = _quota_run(rate, given=False, n=8_800)
     assert learned >= 0.9 * rate, stats
-    assert achieved >= 0.75 * rate, stats
+    assert achieved >= 0.85 * rate, stats
     assert refused <= 0.05, stats
 
 
