@@ -174,7 +174,10 @@ def test_a_worker_killed_mid_run_loses_and_repeats_no_row(cluster: Path, tmp_pat
             time.sleep(0.05)  # polling for Ray's replacement process
         thread.join(180)
         assert not thread.is_alive()
-        assert restarted, "Ray did not start a new worker for the one killed"
+    # The guarantee is the output: the killed worker's batch was redone (by a replacement
+    # actor, or by the survivor when it finished the run before Ray brought one up: both
+    # were seen), so every row is there exactly once, in place.
+    print(f"replacement worker seen before the run ended: {restarted}")
     assert errors == []
     check_exact(read_back(tmp_path / "out"), n, dim)
 
