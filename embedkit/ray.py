@@ -74,6 +74,12 @@ LEARN_WINDOW_SECONDS = 1.0
 #: pace cut while the fleet was still starting (actors come up one by one) recovers in
 #: seconds, not in the minute a steady 2%/s would take.
 QUIET_SECONDS = 2.0
+#: A worker that has not called the quota actor for this long no longer shares the rate.
+ACTIVE_SECONDS = 1.0
+#: Once the server has refused for this long, the pace is measured from its first 429.
+MIN_REFUSING_SECONDS = 0.2
+#: A worker's rate is never measured over less than this (a first report can be short).
+MIN_SPAN_SECONDS = 0.05
 #: A permit not used within this long after it fell due is dropped, not spent in a burst.
 STALE_SECONDS = 1.0
 #: CPUs an HTTP worker asks Ray for: a fraction, since it waits on the network, and a
@@ -132,10 +138,16 @@ class _Reservations:
 class _FleetPace:
     """A pace learned from 429s for a fleet: `LearnedRate`'s rules, fed by workers' reports.
 
-    One process stamps each success as it lands; a worker reports its successes every
-    lease, with the seconds they happened in (`span`). Counting a report's successes at the
-    moment it arrives would overstate the rate by a report interval per window (and the pace
-    would settle above the server's quota); each report is spread over its span instead.
+    One process stamps each success as it lands; a worker reports its successes with each
+    lease. Three things make the fleet's rate harder to read than one process's, and each
+    once put the learned pace 5-30% off the quota:
+
+    * Reports arrive bunched (the actor queues them), so each report is laid end to end
+      with the worker's previous one on the actor's clock, not hung back from its arrival.
+    * Every worker has answers it has not reported yet, so the window ends where all the
+      workers still sending have reported up to.
+    * A server's bucket starts full and lets a burst through, so once the server has been
+      refusing for a moment, the window starts at its first refusal.
     """
 
     def __init__(self, *, window: float, backoff: float = 0.97, growth: float = 0.02) -> None:
@@ -144,19 +156,31 @@ class _FleetPace:
         self._window = window
         self._backoff = backoff
         self._growth = growth
-        self._reports: collections.deque[tuple[float, int, float]] = collections.deque()
+        # per worker: (begin, end, successes) of its reports in the last two windows
+        self._reports: dict[str, collections.deque[tuple[float, float, int]]] = {}
         self._confident = False
         self._last_cut = -math.inf
         self._last_429 = -math.inf
+        self._refusing_since = -math.inf
 
-    def on_report(self, now: float, successes: int, span: float) -> None:
+    def on_report(self, now: float, successes: int, span: float, worker: str = "") -> None:
         """`successes` answers over the last `span` seconds of one worker."""
-        while self._reports and self._reports[0][0] < now - self._window:
-            self._reports.popleft()
-        if successes <= 0:
+        reports = self._reports.setdefault(worker, collections.deque())
+        while reports and reports[0][1] < now - 2 * self._window:
+            reports.popleft()
+        for name in [name for name, kept in self._reports.items() if not kept]:
+            del self._reports[name]  # a worker gone quiet
+        if span <= 0 and successes <= 0:
             return
-        self._reports.append((now, successes, max(span, 1e-3)))
-        if self.rate is not None:  # probe for more: fast while unsure (a slow start)
+        # A worker's reports tile its time: each begins where its last one ended here. The
+        # arrival times carry the actor's queueing (reports can arrive bunched), so a span
+        # measured by the worker and hung from the arrival would overlap the last one and
+        # count its seconds twice; `span` only places a worker's first report.
+        begin = reports[-1][1] if reports else now - max(span, 1e-3)
+        # a report of no successes still counts: it says the worker got none in its span
+        self._reports.setdefault(worker, reports).append((begin, now, successes))
+        if successes > 0 and self.rate is not None and now - self._last_429 >= CUT_HOLD_SECONDS:
+            # probe for more, not while the server is refusing; fast while unsure
             if not self._confident:
                 factor = 50
             elif now - self._last_429 >= QUIET_SECONDS:
@@ -165,38 +189,58 @@ class _FleetPace:
                 factor = 1
             self.rate += successes * self._growth * factor
 
-    def observed(self, now: float) -> tuple[float, int]:
+    def observed(self, now: float, refusing_since: float = -math.inf) -> tuple[float, int]:
         """Answers per second over the window, and how many answers that rests on.
 
-        The window ends at the latest report, not at `now`: what the workers answered since
-        their last reports is not known yet, and counting that time with no answers in it
-        would put the pace a report interval under the quota at every cut.
+        With `refusing_since` (when the server began refusing, in this run of 429s) far
+        enough back, the window starts there: from then on the server let through its
+        quota and no more, while before it a full bucket let a burst through, which would
+        put the pace over the quota.
+
+        The window ends where every worker still sending has reported up to: what a worker
+        answered since its latest report is not known yet, so a window ending later would
+        miss those answers (and cut the pace under the quota), and a rate per worker summed
+        would count a worker's time alone, before others joined, as if it still had the
+        whole quota to itself.
         """
-        last = min(now, max((end for end, _, _ in self._reports), default=now))
+        ends = [reports[-1][1] for reports in self._reports.values() if reports]
+        active = [end for end in ends if end >= now - ACTIVE_SECONDS]
+        last = min(active, default=now)
         since = last - self._window
+        if last - refusing_since >= MIN_REFUSING_SECONDS:
+            since = max(since, refusing_since)
         total, samples, start = 0.0, 0, last
-        for end, count, span in self._reports:
-            begin = end - span
-            overlap = min(end, last) - max(begin, since)
-            if overlap > 0:
-                total += count * overlap / span
-                samples += count
-                start = min(start, max(begin, since))
-        return total / max(last - start, 0.05), samples
+        for reports in self._reports.values():
+            for begin, end, count in reports:
+                if end == begin:  # arrived with no time since the worker's last report
+                    if since < end <= last:
+                        total += count
+                        samples += count
+                    continue
+                overlap = min(end, last) - max(begin, since)
+                if overlap > 0:
+                    total += count * overlap / (end - begin)
+                    samples += count
+                    start = min(start, max(begin, since))
+        return total / max(last - start, MIN_SPAN_SECONDS), samples
 
     def on_rate_limited(self, now: float) -> None:
         """A 429: pace just under what got through (once per `CUT_HOLD_SECONDS`)."""
+        if now - self._last_429 > self._window:
+            self._refusing_since = now  # the server's bucket ran dry here
         self._last_429 = now
         if now - self._last_cut < CUT_HOLD_SECONDS:
             return  # answers a request sent before every worker heard of the last cut
-        observed, samples = self.observed(now)
+        observed, samples = self.observed(now, self._refusing_since)
         self._confident = samples >= 16
         current = self.rate if self.rate is not None else math.inf
         if observed > 0:
             new = max(0.1, observed * self._backoff)
-            if self.rate is not None:
+            refusing = now - self._refusing_since >= MIN_REFUSING_SECONDS
+            if self.rate is not None and not (refusing and self._confident):
                 # at most halve a pace in one cut: a window in which the workers sent
-                # little (a busy machine, a gap between Ray batches) understates the quota
+                # little (a busy machine, a gap between Ray batches) understates the quota;
+                # not so a window in which the server kept refusing, which is its quota
                 new = max(new, self.rate / 2)
         elif self.rate is None:
             return  # refused before anything got through: nothing to learn from yet
@@ -243,6 +287,7 @@ class QuotaActor:
         )
         self._until = 0.0
         self._pauses = 0
+        self._seen: dict[str, float] = {}  # worker → its latest call
         self.requests = 0
         self.rate_limited = 0
 
@@ -255,20 +300,23 @@ class QuotaActor:
         pause: float = 0.0,
         returned: int = 0,
         span: float = 0.0,
+        worker: str = "",
     ) -> tuple[list[float], list[float], float, float | None, int]:
         """Report, then lease: `(request dues, input dues, pause left, rate, pauses)`.
 
-        `successes` were answered over the worker's last `span` seconds. `returned` request
+        `successes` were answered over the last `span` seconds of the worker named `worker`
+        (an opaque id a worker keeps for its life). `returned` request
         permits were leased but not used (a worker dropped them at a
         pause): they go back to the bucket. Request dues are empty while the fleet is
         unpaced (send freely).
         """
         now = self._clock()
+        self._seen[worker] = now
         self.requests += successes + rate_limited
         self.rate_limited += rate_limited
         learned = self._learned
         if learned is not None:
-            learned.on_report(now, successes, span)
+            learned.on_report(now, successes, span, worker)
             if rate_limited:
                 learned.on_rate_limited(now)
             rate = learned.rate
@@ -287,12 +335,24 @@ class QuotaActor:
         left = max(0.0, self._until - now)
         request_dues: list[float] = []
         if requests and self._requests is not None:
+            requests = min(requests, self._share(self._requests.rate, worker, now))
             request_dues = [max(due, left) for due in self._requests.take(requests, now)]
         input_dues: list[float] = []
         if inputs and self._inputs is not None:
             input_dues = [max(due, left) for due in self._inputs.take(inputs, now)]
         rate_now = self._requests.rate if self._requests is not None else None
         return request_dues, input_dues, left, rate_now, self._pauses
+
+    def _share(self, rate: float, worker: str, now: float) -> int:
+        """A worker's block: `LEASE_SECONDS` of its share of the fleet's rate.
+
+        A block of the fleet's whole rate would last one worker `workers × LEASE_SECONDS`,
+        and a cut of the pace would reach it that late (its permits were dated at the old
+        pace, and spent as 429s).
+        """
+        for name in [n for n, t in self._seen.items() if t < now - ACTIVE_SECONDS]:
+            del self._seen[name]
+        return max(1, math.ceil(rate * LEASE_SECONDS / max(1, len(self._seen))))
 
     def counters(self) -> dict[str, Any]:
         """What the fleet reported: requests answered, 429s, pauses, the pace in force."""
@@ -326,6 +386,7 @@ class FleetQuota:
         self._synced = -math.inf
         self._successes = 0
         self._reported: float | None = None  # since when the unreported successes count
+        self._id = uuid.uuid4().hex[:12]  # this worker, in the fleet's per-worker rates
         self._lock = anyio.Lock()
 
     def _report(self) -> tuple[int, float]:
@@ -340,7 +401,7 @@ class FleetQuota:
         successes, span = self._report()
         try:
             dues, input_dues, left, rate, pauses = await self._actor.sync.remote(
-                requests, inputs, successes, 0, 0.0, 0, span
+                requests, inputs, successes, 0, 0.0, 0, span, self._id
             )
         except BaseException:
             self._successes += successes  # report them next time
@@ -416,7 +477,8 @@ class FleetQuota:
     def on_rate_limited(self, ticket: int, issued: int) -> None:
         """Report a 429 to the fleet now (with the successes since the last lease)."""
         successes, span = self._report()
-        self._actor.sync.remote(0, 0, successes, 1, 0.0, 0, span)  # the answer is not needed
+        # the answer is not needed
+        self._actor.sync.remote(0, 0, successes, 1, 0.0, 0, span, self._id)
         self._synced = -math.inf  # hear the new pace at the next permit
 
     def pause(self, seconds: float) -> None:
@@ -427,7 +489,7 @@ class FleetQuota:
         # permits leased at the old pace would be 429s: give them back to the fleet
         returned = len(self._permits)
         self._permits.clear()
-        self._actor.sync.remote(0, 0, 0, 0, seconds, returned)
+        self._actor.sync.remote(0, 0, 0, 0, seconds, returned, 0.0, self._id)
         self._synced = -math.inf
 
     @property

@@ -268,12 +268,11 @@ def test_a_fleet_rate_holds_for_four_workers(cluster: Path) -> None:
 
 def test_a_pace_learned_from_429s_holds_for_four_workers(cluster: Path) -> None:
     rate = 100.0
-    # Not told the rate, the fleet spends its first second or two learning it (a slow start
-    # from the first 429, while Ray still brings actors up one by one): ≥ 90% of R once
-    # learned (after 3 s); overall, five quiet runs gave 91-97% of R, asserted at ≥ 85%.
+    # Not told the rate, the fleet learns it from the first 429s within about a second
+    # (six quiet runs of the benchmark's 6,400 texts: 100-101% of R, 3-4% 429s).
     achieved, learned, refused, stats = _quota_run(rate, given=False, n=8_800)
     assert learned >= 0.9 * rate, stats
-    assert achieved >= 0.85 * rate, stats
+    assert achieved >= 0.9 * rate, stats
     assert refused <= 0.05, stats
 
 

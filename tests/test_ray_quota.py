@@ -20,7 +20,14 @@ import pytest
 from embedkit import BackendInfo, InputError
 from embedkit._auth import Secret
 from embedkit._decode import Matrix
-from embedkit.ray import BadRowError, FleetQuota, QuotaActor, _actor_cpus, _EmbedBatches
+from embedkit.ray import (
+    BadRowError,
+    FleetQuota,
+    QuotaActor,
+    _actor_cpus,
+    _EmbedBatches,
+    _FleetPace,
+)
 
 from .fakes import DIM, vectors_for
 
@@ -69,11 +76,24 @@ def test_leases_hand_out_the_fleet_rate_whoever_asks() -> None:
     clock = FakeClock()
     actor = QuotaActor(requests_per_second=10.0, clock=clock)
     dues: list[float] = []
-    for _ in range(5):  # five workers lease four permits each at the same instant
-        dues += actor.sync(4)[0]
+    for k in range(20):  # five workers lease permits in turn at the same instant
+        dues += actor.sync(4, worker=f"w{k % 5}")[0]
     # the burst (1 token at 10/s) is free, then one permit every 0.1 s, never two at once
     assert dues[0] == 0.0
     assert dues == pytest.approx([0.1 * k for k in range(20)])
+
+
+def test_a_lease_is_a_tenth_of_a_second_of_the_workers_share() -> None:
+    clock = FakeClock()
+    actor = QuotaActor(requests_per_second=400.0, clock=clock)
+    assert len(actor.sync(64, worker="a")[0]) == 40  # alone: 0.1 s of the whole rate
+    for name in "bcd":
+        actor.sync(0, worker=name)
+    # four workers: 0.1 s of a quarter each, so a cut of the pace reaches every worker
+    # within about 0.1 s, not within the 0.4 s a block of the whole rate would last one
+    assert len(actor.sync(64, worker="a")[0]) == 10
+    clock.now += 1.5  # b, c and d went quiet: a has the whole rate again
+    assert len(actor.sync(64, worker="a")[0]) == 40
 
 
 def test_a_pause_holds_every_later_lease_and_is_counted_once() -> None:
@@ -131,7 +151,7 @@ def test_an_input_rate_is_for_the_fleet_too() -> None:
 
 @pytest.mark.asyncio
 async def test_four_workers_share_one_rate_and_lease_permits_in_blocks() -> None:
-    handle = FakeHandle(QuotaActor(requests_per_second=50.0))
+    handle = FakeHandle(QuotaActor(requests_per_second=200.0))
     quotas = [FleetQuota(handle) for _ in range(4)]
     taken = 0
 
@@ -148,11 +168,11 @@ async def test_four_workers_share_one_rate_and_lease_permits_in_blocks() -> None
             for quota in quotas:
                 tg.start_soon(send_forever, quota)
     elapsed = time.monotonic() - started
-    # one rate for the four (plus the bucket's burst of 5), not four times it
-    assert taken <= 50 * elapsed + 5 + 1
-    assert taken >= 50 * 0.5
-    assert handle.sync.calls <= taken / 2  # leases of several permits, not one call each
-    assert all(quota.rate == 50.0 for quota in quotas)
+    # one rate for the four (plus the bucket's burst of 20), not four times it
+    assert taken <= 200 * elapsed + 20 + 1
+    assert taken >= 200 * 0.5
+    assert handle.sync.calls <= taken / 4  # leases of several permits, not one call each
+    assert all(quota.rate == 200.0 for quota in quotas)
 
 
 @pytest.mark.asyncio
@@ -276,3 +296,77 @@ def test_http_workers_ask_for_a_fraction_of_a_cpu_and_local_ones_for_a_whole_one
     assert _actor_cpus("local", None, None) == 1.0
     assert _actor_cpus("local", None, 1.0) == 0.25  # the GPU does the work
     assert _actor_cpus("tei", 2.0, None) == 2.0
+
+
+# ------------------------------------------------------------------ the learned pace
+
+
+def _report_steadily(
+    pace: _FleetPace, workers: dict[str, float], start: float, stop: float, every: float
+) -> None:
+    """Each worker answers `rate` requests/s and reports every `every` seconds, all out of step."""
+    names = sorted(workers)
+    offsets = {name: k * every / len(names) for k, name in enumerate(names)}
+    events = sorted(
+        (start + offsets[name] + k * every, name)
+        for name in names
+        for k in range(1, round((stop - start) / every) + 1)
+    )
+    for when, name in events:
+        pace.on_report(when, round(workers[name] * every), every, name)
+
+
+def test_the_fleet_rate_counts_no_worker_twice_and_misses_no_unreported_tail() -> None:
+    pace = _FleetPace(window=1.0)
+    _report_steadily(pace, {"a": 25.0, "b": 25.0, "c": 25.0, "d": 25.0}, 0.0, 3.0, 0.2)
+    rate, samples = pace.observed(3.2)
+    assert rate == pytest.approx(100.0, rel=0.05)
+    assert samples >= 90
+
+
+def test_reports_that_arrive_bunched_are_not_counted_as_a_faster_rate() -> None:
+    pace = _FleetPace(window=1.0)
+    # one worker, 100/s, reporting every 0.1 s; the actor was busy and got the last
+    # half second of reports all at once (arrival times 2.5 s, 2.5001 s, ...)
+    for k in range(1, 21):
+        pace.on_report(0.1 * k, 10, 0.1, "a")
+    for k in range(5):
+        pace.on_report(2.5 + 1e-4 * k, 10, 0.1, "a")
+    rate, _ = pace.observed(2.5005)
+    assert rate == pytest.approx(100.0, rel=0.1)
+
+
+def test_a_worker_alone_before_others_joined_is_not_taken_for_the_fleet() -> None:
+    pace = _FleetPace(window=1.0)
+    # "a" had the server's 100/s to itself, then "b", "c" and "d" joined and all four share it
+    _report_steadily(pace, {"a": 100.0}, 0.0, 1.0, 0.2)
+    _report_steadily(pace, {"a": 25.0, "b": 25.0, "c": 25.0, "d": 25.0}, 1.0, 2.0, 0.2)
+    rate, _ = pace.observed(2.2)
+    # a rate per worker, summed, would give a's 40/s (its time alone in the window) + 3 × 25
+    assert rate == pytest.approx(100.0, rel=0.1)
+
+
+def test_the_burst_of_a_full_server_bucket_does_not_set_the_pace() -> None:
+    pace = _FleetPace(window=1.0)
+    pace.on_report(0.05, 20, 0.05, "a")  # a full bucket let 20 through at once
+    pace.on_rate_limited(0.05)  # then the server refused
+    assert pace.rate is not None
+    assert pace.rate > 150  # a first guess, from the burst
+    for k in range(2, 12):  # from the first refusal on, 100/s got through
+        pace.on_report(0.05 * k, 5, 0.05, "a")
+    pace.on_rate_limited(0.55)
+    assert pace.rate == pytest.approx(97.0, rel=0.05)  # just under the quota
+
+
+def test_the_pace_does_not_grow_while_the_server_refuses() -> None:
+    pace = _FleetPace(window=1.0)
+    for k in range(1, 11):
+        pace.on_report(0.1 * k, 10, 0.1, "a")
+    pace.on_rate_limited(1.0)
+    cut = pace.rate
+    assert cut is not None
+    pace.on_rate_limited(1.05)  # still refusing
+    pace.on_report(1.1, 10, 0.1, "a")
+    assert pace.rate == cut
+    pace.on_report(1.5, 40, 0.4, "a")  # quiet again: probe for more
+    assert pace.rate > cut
