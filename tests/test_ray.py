@@ -182,6 +182,31 @@ def test_a_worker_killed_mid_run_loses_and_repeats_no_row(cluster: Path, tmp_pat
     check_exact(read_back(tmp_path / "out"), n, dim)
 
 
+def _bad_row_run(server: HashServer) -> Any:
+    rows = corpus(200)
+    rows[137]["text"] = ""
+    ds = ray.data.from_items(rows, override_num_blocks=4)
+    return embedkit.ray.embed_dataset(ds, api="tei", url=server.url, workers=2)
+
+
+def test_a_bad_row_stops_the_job_and_names_the_row(cluster: Path) -> None:
+    with HashServer.running(dim=8) as server:
+        # by default Ray wraps it in its own UserCodeException, whose message keeps ours
+        with pytest.raises(Exception, match=r"BadRowError.*id=137.*empty") as info:
+            _bad_row_run(server).materialize()
+        assert not isinstance(info.value, embedkit.ray.BadRowError)
+        # with Ray Data's switch for it, the error is ours, row and reason as attributes
+        context = ray.data.DataContext.get_current()
+        context.raise_original_map_exception = True
+        try:
+            with pytest.raises(embedkit.ray.BadRowError) as caught:
+                _bad_row_run(server).materialize()
+        finally:
+            context.raise_original_map_exception = False
+    assert caught.value.row["id"] == "137"
+    assert "empty" in caught.value.reason
+
+
 # ---------------------------------------------------------------------- shared quota
 
 
