@@ -78,6 +78,8 @@ QUIET_SECONDS = 2.0
 ACTIVE_SECONDS = 1.0
 #: Once the server has refused for this long, the pace is measured from its first 429.
 MIN_REFUSING_SECONDS = 0.2
+#: At the first 429s of a run, the rate of this many recent seconds counts too, if higher.
+RECENT_SECONDS = 0.3
 #: A worker's rate is never measured over less than this (a first report can be short).
 MIN_SPAN_SECONDS = 0.05
 #: A permit not used within this long after it fell due is dropped, not spent in a burst.
@@ -189,7 +191,9 @@ class _FleetPace:
                 factor = 1
             self.rate += successes * self._growth * factor
 
-    def observed(self, now: float, refusing_since: float = -math.inf) -> tuple[float, int]:
+    def observed(
+        self, now: float, refusing_since: float = -math.inf, window: float | None = None
+    ) -> tuple[float, int]:
         """Answers per second over the window, and how many answers that rests on.
 
         With `refusing_since` (when the server began refusing, in this run of 429s) far
@@ -206,7 +210,7 @@ class _FleetPace:
         ends = [reports[-1][1] for reports in self._reports.values() if reports]
         active = [end for end in ends if end >= now - ACTIVE_SECONDS]
         last = min(active, default=now)
-        since = last - self._window
+        since = last - (self._window if window is None else window)
         if last - refusing_since >= MIN_REFUSING_SECONDS:
             since = max(since, refusing_since)
         total, samples, start = 0.0, 0, last
@@ -232,6 +236,13 @@ class _FleetPace:
         if now - self._last_cut < CUT_HOLD_SECONDS:
             return  # answers a request sent before every worker heard of the last cut
         observed, samples = self.observed(now, self._refusing_since)
+        if now - self._refusing_since < MIN_REFUSING_SECONDS:
+            # the first 429s of a run of them: the window may hold time in which the fleet
+            # sent less than the quota (workers starting, a gap between Ray's batches), and a
+            # cut too deep takes seconds to grow back, while one too shallow is corrected by
+            # the next 429s (measured from the first refusal): take the recent rate if higher
+            recent, _ = self.observed(now, window=RECENT_SECONDS)
+            observed = max(observed, recent)
         self._confident = samples >= 16
         current = self.rate if self.rate is not None else math.inf
         if observed > 0:

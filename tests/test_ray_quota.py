@@ -370,3 +370,20 @@ def test_the_pace_does_not_grow_while_the_server_refuses() -> None:
     assert pace.rate == cut
     pace.on_report(1.5, 40, 0.4, "a")  # quiet again: probe for more
     assert pace.rate > cut
+
+
+def test_a_first_429_after_a_slow_start_does_not_cut_to_the_slow_rate() -> None:
+    pace = _FleetPace(window=1.0)
+    for k in range(1, 11):
+        pace.on_report(0.1 * k, 10, 0.1, "a")  # 100/s: a first 429 sets a pace
+    pace.on_rate_limited(1.0)
+    assert pace.rate == pytest.approx(97.0, rel=0.05)
+    # Later, in a new run of 429s, the last second holds 0.7 s at 50/s (workers starting)
+    # and then 0.3 s at 100/s: the server refused at 100/s, not at the window's 65/s.
+    for k in range(1, 8):
+        pace.on_report(3.0 + 0.1 * k, 5, 0.1, "a")
+    for k in range(8, 11):
+        pace.on_report(3.0 + 0.1 * k, 10, 0.1, "a")
+    pace.rate = 110.0  # probed above the quota meanwhile
+    pace.on_rate_limited(4.0)
+    assert pace.rate == pytest.approx(97.0, rel=0.05)
