@@ -80,7 +80,23 @@ def _hf_status(exc: BaseException) -> tuple[int | None, Any]:
     return getattr(response, "status_code", None), response
 
 
-class HfHubPerText(Client):
+class HfHubClient(Client):
+    """A client that holds one `AsyncInferenceClient` (`hf_hub_client(url)`), opened and
+    closed outside the timed region."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def __aenter__(self) -> HfHubClient:
+        self.client = hf_hub_client(self.url)
+        await self.client.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.client.__aexit__(*exc)
+
+
+class HfHubPerText(HfHubClient):
     """One `feature_extraction(text)` per text, all gathered; at most `limit` in flight.
 
     With `retry_429`, a 429 is waited out as the server asked and retried (the user's own
@@ -88,7 +104,7 @@ class HfHubPerText(Client):
     """
 
     def __init__(self, url: str, *, limit: int | None, retry_429: bool = False) -> None:
-        self.url = url
+        super().__init__(url)
         self.limit = limit
         self.retry_429 = retry_429
         self.name = (
@@ -96,14 +112,6 @@ class HfHubPerText(Client):
             if limit
             else "huggingface_hub, 1 text/call, gather (no limit)"
         )
-
-    async def __aenter__(self) -> HfHubPerText:
-        self.client = hf_hub_client(self.url)
-        await self.client.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.client.__aexit__(*exc)
 
     async def run(self, texts: Sequence[str]) -> np.ndarray:
         client = self.client
@@ -129,22 +137,14 @@ class HfHubPerText(Client):
         return np.concatenate([r.reshape(1, -1) if r.ndim == 1 else r for r in rows])
 
 
-class HfHubBatched(Client):
+class HfHubBatched(HfHubClient):
     """`feature_extraction(list_of_texts)` over pre-chunked batches, `concurrency` in flight."""
 
     def __init__(self, url: str, *, batch: int = 32, concurrency: int = 8) -> None:
-        self.url = url
+        super().__init__(url)
         self.batch = batch
         self.concurrency = concurrency
         self.name = f"huggingface_hub, batches of {batch} by hand, semaphore({concurrency})"
-
-    async def __aenter__(self) -> HfHubBatched:
-        self.client = hf_hub_client(self.url)
-        await self.client.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.client.__aexit__(*exc)
 
     async def run(self, texts: Sequence[str]) -> np.ndarray:
         semaphore = asyncio.Semaphore(self.concurrency)

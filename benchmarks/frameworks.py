@@ -24,7 +24,7 @@ import numpy as np
 
 from ._common import Scenario, at_least, have, sentences, server
 from ._measure import measure
-from ._peers import TOKEN, Client, hf_hub_client
+from ._peers import TOKEN, Client, HfHubClient
 from .coalescing import COST_MODEL
 
 NAME = "frameworks"
@@ -96,21 +96,10 @@ class EmbedkitLangChain(Client):
         return np.asarray(rows, dtype=np.float32)
 
 
-class LangChainHfPattern(Client):
+class LangChainHfPattern(HfHubClient):
     """langchain-huggingface's `aembed_query`: `feature_extraction([text])[0]` per call."""
 
     name = "langchain-huggingface's call (hf_hub feature_extraction([text]) per query)"
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    async def __aenter__(self) -> LangChainHfPattern:
-        self.client = hf_hub_client(self.url)
-        await self.client.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.client.__aexit__(*exc)
 
     async def run(self, texts: Sequence[str]) -> np.ndarray:
         async def one(text: str) -> np.ndarray:

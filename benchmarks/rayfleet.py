@@ -53,13 +53,15 @@ def _cluster() -> Iterator[Any]:
         ray.shutdown()
 
 
-class _LastAnswer(threading.Thread):
-    """When the server last answered a request with 200 (polled from /stats)."""
+class LastAnswer(threading.Thread):
+    """Watches the load server's counters (polled from /stats); `last` is when it last
+    answered a request with 200. The Ray tests use it too."""
 
     def __init__(self, root: str) -> None:
         super().__init__(daemon=True)
         self.root = root
         self.last = 0.0
+        self.samples: list[tuple[float, int]] = []  # (when, requests answered 200 by then)
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -67,8 +69,15 @@ class _LastAnswer(threading.Thread):
         with httpx.Client() as client:
             while not self.stopped.wait(0.05):
                 now = client.get(self.root + "/stats").json()["ok"]
+                self.samples.append((time.monotonic(), now))
                 if now != ok:
                     ok, self.last = now, time.monotonic()
+
+    def rate_after(self, start: float) -> float:
+        """Requests answered 200 per second from `start` to the last answer."""
+        at, done = next((t, ok) for t, ok in self.samples if t >= start)
+        final = self.samples[-1][1]
+        return (final - done) / (self.last - at)
 
 
 def _dataset(ray: Any, texts: list[str]) -> Any:
@@ -83,7 +92,7 @@ def _run_fleet(
     import embedkit.ray
 
     srv.reset()
-    watch = _LastAnswer(srv.root)
+    watch = LastAnswer(srv.root)
     watch.start()
     ds = _dataset(ray, texts)
     started = time.monotonic()

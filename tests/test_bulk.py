@@ -11,42 +11,13 @@ import anyio
 import numpy as np
 import pytest
 
-from embedkit import AsyncEmbedder, BackendInfo, Embedder, InputError
+from embedkit import AsyncEmbedder, Embedder, InputError
 from embedkit._bulk import embed_each, plan
 from embedkit._cli import _Console
 from embedkit._decode import Matrix
 from embedkit._progress import FileProgress, ProgressLines
 
-from .fakes import DIM, vectors_for
-
-
-class FakeBackend:
-    """Answers `vectors_for` and remembers every batch; refuses texts in `refuse` (422)."""
-
-    def __init__(self, *, refuse: frozenset[str] = frozenset()) -> None:
-        self.batches: list[list[str]] = []
-        self.refuse = refuse
-
-    async def start(self) -> BackendInfo:
-        return BackendInfo(model_id="fake")
-
-    async def embed_batch(self, texts: list[str]) -> Matrix:
-        await anyio.lowlevel.checkpoint()
-        self.batches.append(list(texts))
-        for text in texts:
-            if text in self.refuse:
-                raise InputError(422, f"refused {text}")
-        return vectors_for(texts)
-
-    async def aclose(self) -> None:
-        pass
-
-    def describe(self) -> str:
-        return "fake"
-
-    @property
-    def sent(self) -> list[str]:
-        return [text for batch in self.batches for text in batch]
+from .fakes import DIM, FakeBackend, vectors_for
 
 
 def corpus(n: int) -> list[str]:

@@ -20,9 +20,8 @@ import pytest
 import embedkit
 from embedkit import AsyncEmbedder, CorpusError, Embedder, EmbedkitError, FileProgress
 
-from .fakes import vectors_for
+from .fakes import FakeBackend, vectors_for
 from .hashserver import HashServer
-from .test_bulk import FakeBackend
 from .test_cli import kill, spawn, wait_for_state
 
 pa = pytest.importorskip("pyarrow")

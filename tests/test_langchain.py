@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import orjson
 import pydantic
 import pytest
 from langchain_core.embeddings import Embeddings
@@ -26,6 +25,8 @@ from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 import embedkit
 from embedkit.langchain import EmbedkitEmbeddings
+
+from .fakes import TeiRecorder
 
 # The standard suites are written for pytest-asyncio's auto mode; this project runs strict
 # mode, so their coroutine tests get the asyncio mark here (on the inherited functions
@@ -76,28 +77,7 @@ class TestStandardIntegration(EmbeddingsIntegrationTests):
 # ------------------------------------------------------------------------------ helpers
 
 
-class Recorder:
-    """A TEI-style server in a MockTransport: row = [len(text), index in request, 1]."""
-
-    def __init__(self, status: int = 200) -> None:
-        self.status = status
-        self.batches: list[list[str]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/info":
-            return httpx.Response(404)
-        texts = orjson.loads(request.content)["inputs"]
-        with self.lock:
-            self.batches.append(texts)
-        if self.status != 200:
-            return httpx.Response(self.status, json={"error": "no", "error_type": "Validation"})
-        return httpx.Response(
-            200, json=[[float(len(t)), float(i), 1.0] for i, t in enumerate(texts)]
-        )
-
-
-def make(recorder: Recorder, **options: Any) -> EmbedkitEmbeddings:
+def make(recorder: TeiRecorder, **options: Any) -> EmbedkitEmbeddings:
     return EmbedkitEmbeddings(
         api="tei",
         url="http://tei.test",
@@ -146,7 +126,7 @@ def test_is_a_langchain_embeddings_with_native_async_methods() -> None:
 
 
 def test_rows_come_back_in_order_and_as_lists() -> None:
-    recorder = Recorder()
+    recorder = TeiRecorder(index=True)
     texts = [f"text number {i}" + "x" * (i % 7) for i in range(100)]
     with make(recorder, max_batch_size=16) as emb:
         rows = emb.embed_documents(texts)
@@ -161,7 +141,7 @@ def test_rows_come_back_in_order_and_as_lists() -> None:
 
 
 def test_concurrent_aembed_query_calls_share_requests() -> None:
-    recorder = Recorder()
+    recorder = TeiRecorder(index=True)
     texts = [f"query {i}" for i in range(300)]
 
     async def main(emb: EmbedkitEmbeddings) -> list[list[float]]:
@@ -176,7 +156,7 @@ def test_concurrent_aembed_query_calls_share_requests() -> None:
 
 
 def test_successive_event_loops_share_one_embedder() -> None:
-    recorder = Recorder()
+    recorder = TeiRecorder(index=True)
     with make(recorder) as emb:
         first = asyncio.run(emb.aembed_query("first loop"))
         second = asyncio.run(emb.aembed_documents(["second loop", "again"]))
@@ -188,7 +168,7 @@ def test_successive_event_loops_share_one_embedder() -> None:
 
 def test_sync_methods_work_inside_a_running_event_loop() -> None:
     """A Jupyter cell calls `embed_query` while the notebook's loop is running."""
-    recorder = Recorder()
+    recorder = TeiRecorder(index=True)
 
     async def cell(emb: EmbedkitEmbeddings) -> list[float]:
         return emb.embed_query("called from inside a running loop")
@@ -200,7 +180,7 @@ def test_sync_methods_work_inside_a_running_event_loop() -> None:
 
 def test_callers_on_several_threads_and_loops_coalesce() -> None:
     """FastAPI sync routes run in worker threads; each thread here also runs its own loop."""
-    recorder = Recorder()
+    recorder = TeiRecorder(index=True)
     results: dict[int, list[list[float]]] = {}
     barrier = threading.Barrier(4)
 
@@ -225,7 +205,7 @@ def test_callers_on_several_threads_and_loops_coalesce() -> None:
 
 
 def test_errors_are_embedkits_typed_exceptions() -> None:
-    with make(Recorder(status=401)) as emb:
+    with make(TeiRecorder(status=401, index=True)) as emb:
         with pytest.raises(embedkit.AuthenticationError):
             emb.embed_query("refused")
         with pytest.raises(embedkit.AuthenticationError):
@@ -237,7 +217,7 @@ def test_errors_are_embedkits_typed_exceptions() -> None:
 
 
 def test_close_is_explicit_and_final() -> None:
-    recorder = Recorder()
+    recorder = TeiRecorder(index=True)
     emb = make(recorder)
     assert emb.embed_query("open") == [4.0, 0.0, 1.0]
     emb.close()
@@ -250,7 +230,7 @@ def test_close_is_explicit_and_final() -> None:
 
 @pytest.mark.asyncio
 async def test_aclose_from_async_code() -> None:
-    recorder = Recorder()
+    recorder = TeiRecorder(index=True)
     async with make(recorder) as emb:
         assert (await emb.aembed_query("abc"))[0] == 3.0
     with pytest.raises(embedkit.ClientClosedError):
@@ -259,7 +239,7 @@ async def test_aclose_from_async_code() -> None:
 
 def test_a_vector_store_built_and_searched() -> None:
     """LangChain's own in-memory store drives both methods."""
-    recorder = Recorder()
+    recorder = TeiRecorder(index=True)
     texts = ["a", "bbbb", "cc"]
     with make(recorder) as emb:
         store = InMemoryVectorStore.from_texts(texts, emb)

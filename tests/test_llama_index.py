@@ -7,12 +7,10 @@ so a paraphrase must really rank first; the batching tests use a recording MockT
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 import httpx
 import numpy as np
-import orjson
 import pydantic
 import pytest
 from llama_index.core import Document, VectorStoreIndex
@@ -20,6 +18,8 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 
 import embedkit
 from embedkit.llama_index import EmbedkitEmbedding
+
+from .fakes import TeiRecorder
 
 CORPUS = [
     "The cat is sleeping on the warm windowsill.",
@@ -37,23 +37,7 @@ QUERIES = {
 }
 
 
-class Recorder:
-    """A TEI-style server: row = [len(text), 1]; records every request's texts."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[str]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/info":
-            return httpx.Response(404)
-        texts = orjson.loads(request.content)["inputs"]
-        with self.lock:
-            self.batches.append(texts)
-        return httpx.Response(200, json=[[float(len(t)), 1.0] for t in texts])
-
-
-def make(recorder: Recorder, **options: Any) -> EmbedkitEmbedding:
+def make(recorder: TeiRecorder, **options: Any) -> EmbedkitEmbedding:
     return EmbedkitEmbedding(
         api="tei", url="http://tei.test", transport=httpx.MockTransport(recorder), **options
     )
@@ -104,7 +88,7 @@ def test_vectors_are_the_servers(serve_url: str) -> None:
 
 
 def test_batch_methods_return_rows_in_input_order() -> None:
-    recorder = Recorder()
+    recorder = TeiRecorder()
     texts = [f"text {i} " + "x" * (i % 13) for i in range(200)]
     with make(recorder, embed_batch_size=7, max_batch_size=16) as emb:
         sync_rows = emb.get_text_embedding_batch(texts)
@@ -120,10 +104,10 @@ def test_batch_methods_return_rows_in_input_order() -> None:
 
 
 def test_embed_batch_size_maps_onto_embedkit_batching() -> None:
-    assert make(Recorder()).embed_batch_size == 32 * 8  # one step fills every request slot
-    assert make(Recorder(), max_batch_size=10, max_concurrency=3).embed_batch_size == 30
-    assert make(Recorder(), embed_batch_size=5).embed_batch_size == 5
-    recorder = Recorder()
+    assert make(TeiRecorder()).embed_batch_size == 32 * 8  # one step fills every request slot
+    assert make(TeiRecorder(), max_batch_size=10, max_concurrency=3).embed_batch_size == 30
+    assert make(TeiRecorder(), embed_batch_size=5).embed_batch_size == 5
+    recorder = TeiRecorder()
     texts = [f"t{i}" for i in range(64)]
     # LlamaIndex's async path gathers its 16 steps of 4 texts; embedkit's one queue turns
     # them into requests of up to max_batch_size texts, not 16 requests of 4.
@@ -148,10 +132,7 @@ def test_is_a_llama_index_base_embedding() -> None:
 
 
 def test_errors_are_typed_and_close_is_final() -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(401, json={"error": "bad token"})
-
-    emb = EmbedkitEmbedding(api="tei", url="http://tei.test", transport=httpx.MockTransport(refuse))
+    emb = make(TeiRecorder(status=401))
     with pytest.raises(embedkit.AuthenticationError):
         emb.get_query_embedding("refused")
     with pytest.raises(embedkit.AuthenticationError):

@@ -30,6 +30,7 @@ import ray
 import ray.data
 
 import embedkit.ray
+from benchmarks.rayfleet import LastAnswer
 
 from .fakes import vectors_for
 from .hashserver import HashServer
@@ -223,32 +224,6 @@ def quota_server(rate: float) -> Iterator[str]:
             yield f"http://127.0.0.1:{said[1]}"
         finally:
             stop(process)
-
-
-class LastAnswer(threading.Thread):
-    """Watches the server's counters; `last` is when it last answered a request with 200."""
-
-    def __init__(self, root: str) -> None:
-        super().__init__(daemon=True)
-        self.root = root
-        self.last = 0.0
-        self.samples: list[tuple[float, int]] = []  # (when, requests answered 200 by then)
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        ok = -1
-        with httpx.Client() as client:
-            while not self.stopped.wait(0.05):
-                now = client.get(self.root + "/stats").json()["ok"]
-                self.samples.append((time.monotonic(), now))
-                if now != ok:
-                    ok, self.last = now, time.monotonic()
-
-    def rate_after(self, start: float) -> float:
-        """Requests answered 200 per second from `start` to the last answer."""
-        at, done = next((t, ok) for t, ok in self.samples if t >= start)
-        final = self.samples[-1][1]
-        return (final - done) / (self.last - at)
 
 
 def _quota_run(rate: float, *, given: bool, n: int) -> tuple[float, float, float, dict[str, Any]]:

@@ -17,9 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embedkit import BackendInfo, InputError
 from embedkit._auth import Secret
-from embedkit._decode import Matrix
 from embedkit.ray import (
     BadRowError,
     FleetQuota,
@@ -29,7 +27,7 @@ from embedkit.ray import (
     _FleetPace,
 )
 
-from .fakes import DIM, vectors_for
+from .fakes import DIM, FakeBackend, vectors_for
 
 
 class _Ready:
@@ -195,27 +193,6 @@ async def test_a_pace_learned_from_one_workers_429_paces_another() -> None:
 
 
 # ----------------------------------------------------------------- a worker's batches
-
-
-class FakeBackend:
-    def __init__(self, refuse: frozenset[str] = frozenset()) -> None:
-        self.refuse = refuse
-
-    async def start(self) -> BackendInfo:
-        return BackendInfo(model_id="fake")
-
-    async def embed_batch(self, texts: list[str]) -> Matrix:
-        await anyio.lowlevel.checkpoint()
-        for text in texts:
-            if text in self.refuse:
-                raise InputError(422, f"refused {text}")
-        return vectors_for(texts)
-
-    async def aclose(self) -> None:
-        pass
-
-    def describe(self) -> str:
-        return "fake"
 
 
 def _worker(on_bad: str, refuse: frozenset[str] = frozenset()) -> _EmbedBatches:
