@@ -14,7 +14,6 @@ import importlib
 import importlib.util
 import logging
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,6 +28,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+NO_RAY = "--engine ray needs the ray extra: pip install 'embedkit[ray]' ({})"
 
 
 _HELP = {
@@ -157,6 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         return _bench(args.rest)
     if args.engine == "ray":
+        try:
+            from .ray import _embed_ray  # the Ray engine lives beside embed_files
+        except ImportError as exc:  # pyarrow, which embedkit.ray needs
+            _Console().error(NO_RAY.format(exc))
+            return EXIT_FAILED
         return _embed_ray(args)
     return _embed(args)
 
@@ -318,66 +324,4 @@ def _embed(args: argparse.Namespace) -> int:
         if console.progress is not None:
             console.progress.close()
             console.progress = None
-    return EXIT_OK
-
-
-# ------------------------------------------------------------------------ embed on Ray
-
-
-def _embed_ray(args: argparse.Namespace) -> int:
-    """`embedkit embed INPUT -o OUT_DIR --engine ray`: `embedkit.ray.embed_files` on a cluster."""
-    console = _Console()
-    for flag, given in (
-        ("--resume", args.resume),
-        ("stdin (-)", args.input == "-"),
-        ("--id-field (every input column is kept)", args.id_field is not None),
-    ):
-        if given:
-            console.error(f"{flag} is for --engine process; --engine ray writes a new folder")
-            return EXIT_USAGE
-    if args.workers < 1:
-        console.error("--workers must be at least 1")
-        return EXIT_USAGE
-    try:
-        import ray
-
-        import embedkit.ray
-    except ImportError as exc:
-        console.error(f"--engine ray needs the ray extra: pip install 'embedkit[ray]' ({exc})")
-        return EXIT_FAILED
-    from ._errors import EmbedkitError
-
-    names = {"batch_size": "max_batch_size", "concurrency": "max_concurrency"}
-    names.update(rps="requests_per_second", cache_size="cache_size", model="model", url="url")
-    names.update({name: name for name in ("normalize", "prompt_name", "dimensions", "truncate")})
-    options = {names[k]: getattr(args, k) for k in names if getattr(args, k) is not None}
-    options["cache_size"] = options.get("cache_size") or 0
-    started = time.monotonic()
-    try:
-        ray.init(address=args.address, logging_level=logging.ERROR, log_to_driver=args.verbose)
-        ray.data.DataContext.get_current().enable_progress_bars = not args.quiet
-        rows = embedkit.ray.embed_files(
-            args.input,
-            args.output,
-            format=args.format,
-            column=args.column or args.field,
-            overwrite=args.force,
-            workers=args.workers,
-            on_bad=args.on_bad,
-            batch_size=args.block_size,
-            api=args.api,
-            **options,
-        )
-    except (ValueError, TypeError, CorpusError) as exc:
-        console.error(str(exc))
-        return EXIT_USAGE
-    except (EmbedkitError, ray.exceptions.RayError) as exc:
-        console.error(f"error: {exc}")
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    finally:
-        ray.shutdown()
-    if not args.quiet:
-        console.error(f"wrote {args.output} ({rows:,} rows) in {time.monotonic() - started:.1f} s")
     return EXIT_OK
