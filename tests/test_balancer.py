@@ -300,3 +300,139 @@ async def test_each_replicas_tei_limits_are_read_and_obeyed_per_replica() -> Non
     total = b.fit_caps(info.max_batch_size)
     assert [r.concurrency.maximum for r in b.replicas] == [4, 8, 8]  # 64 inputs / 16 a batch
     assert total == 20  # the scheduler's concurrency: the sum of the replicas' caps
+
+
+# ------------------------------------------------------------------- learned pace per replica
+
+
+async def answer(b: BalancedBackend, replica: Replica, texts: list[str]) -> Matrix:
+    """Send one batch to `replica` (as `embed_batch` would, were it chosen)."""
+    others = {id(r) for r in b.replicas if r is not replica}
+    chosen = await b._acquire(len(texts), others)
+    assert chosen is replica
+    return await b._send(replica, texts)
+
+
+async def teach_pace(
+    b: BalancedBackend, replica: Replica, clock: VirtualClock, rate: float
+) -> None:
+    """`replica` answers `rate` requests/s for two seconds, then refuses one with 429."""
+    fake = replica.backend
+    assert isinstance(fake, FakeReplica)
+    for _ in range(int(2 * rate)):
+        clock.now += 1 / rate
+        await answer(b, replica, ["x"])
+    fake.fail = RateLimitError(429, "slow down", retry_after=0.0)
+    with pytest.raises(RateLimitError):
+        await answer(b, replica, ["x"])
+    fake.fail = None
+
+
+@pytest.mark.asyncio
+async def test_a_429ing_replica_is_paced_and_the_other_keeps_full_speed() -> None:
+    clock = VirtualClock()
+    limited, free = FakeReplica("limited"), FakeReplica("free")
+    replicas = [
+        Replica(f, name=f.name, probe=f.probe, max_concurrency=4, clock=clock, sleep=clock.sleep)
+        for f in (limited, free)
+    ]
+    b = BalancedBackend(replicas, clock=clock)
+    r_limited, r_free = replicas
+    for _ in range(40):  # both answer 20 requests/s for two seconds
+        clock.now += 0.05
+        await answer(b, r_limited, ["x"])
+        await answer(b, r_free, ["x"])
+    assert r_limited.learned is not None
+    assert r_free.learned is not None
+    assert r_limited.learned.rate is None
+    assert clock.sleeps == []
+    limited.fail = RateLimitError(429, "slow down", retry_after=0.0)
+    with pytest.raises(RateLimitError):
+        await answer(b, r_limited, ["x"])
+    limited.fail = None
+    # The refusing replica is paced just under what it let through; the other is not paced.
+    assert r_limited.learned.rate == pytest.approx(20 * 0.97, rel=0.05)
+    assert r_free.learned.rate is None
+    # The free replica goes on at full speed: 100 requests, no wait at all.
+    for _ in range(100):
+        await answer(b, r_free, ["x"])
+    assert clock.sleeps == []
+    # The limited one waits ~1/rate before each request after the first (a burst of one).
+    start = clock.now
+    for _ in range(21):
+        await answer(b, r_limited, ["x"])
+    assert len(clock.sleeps) == 20
+    assert all(1 / 25 < s < 1 / 15 for s in clock.sleeps), clock.sleeps
+    assert 20 / 25 < clock.now - start < 20 / 15
+    assert r_free.learned.rate is None  # still unpaced
+
+
+@pytest.mark.asyncio
+async def test_each_replica_keeps_its_own_pace() -> None:
+    """A slow replica's pace (8/s) is not the fast one's (50/s): each is learned apart."""
+    clock = VirtualClock()
+    slow, fast = FakeReplica("slow"), FakeReplica("fast")
+    replicas = [
+        Replica(f, name=f.name, probe=f.probe, max_concurrency=4, clock=clock, sleep=clock.sleep)
+        for f in (slow, fast)
+    ]
+    b = BalancedBackend(replicas, clock=clock)
+    r_slow, r_fast = replicas
+    await teach_pace(b, r_slow, clock, rate=8.0)
+    await teach_pace(b, r_fast, clock, rate=50.0)
+    assert r_slow.learned is not None
+    assert r_fast.learned is not None
+    # just under what got through (n answers over n - 1 intervals: a little over the rate)
+    assert r_slow.learned.rate is not None
+    assert 0.9 * 8 < r_slow.learned.rate < 8 * 1.1
+    assert r_fast.learned.rate is not None
+    assert 0.9 * 50 < r_fast.learned.rate < 50 * 1.1
+    for replica, rate in ((r_fast, 50.0), (r_slow, 8.0)):
+        clock.sleeps.clear()
+        for _ in range(11):
+            await answer(b, replica, ["x"])
+        assert len(clock.sleeps) >= 10
+        assert all(0.8 / rate < s < 1.3 / rate for s in clock.sleeps[-10:]), (rate, clock.sleeps)
+
+
+@pytest.mark.asyncio
+async def test_a_request_held_by_one_replicas_pace_does_not_hold_the_others() -> None:
+    clock = VirtualClock()
+    held = anyio.Event()  # the slow replica's pace never lets its next request go
+    waiting = anyio.Event()
+
+    async def slow_pace(seconds: float) -> None:
+        waiting.set()
+        await held.wait()
+
+    slow, fast = FakeReplica("slow"), FakeReplica("fast")
+    r_slow = Replica(
+        slow, name="slow", probe=slow.probe, max_concurrency=1, clock=clock, sleep=slow_pace
+    )
+    r_fast = Replica(fast, name="fast", probe=fast.probe, max_concurrency=8, clock=clock)
+    b = BalancedBackend([r_slow, r_fast], clock=clock)
+    for _ in range(40):  # 20 requests/s from each, then a 429 from the slow one
+        clock.now += 0.05
+        await answer(b, r_slow, ["x"])
+        await answer(b, r_fast, ["x"])
+    slow.fail = RateLimitError(429, "slow down", retry_after=0.0)
+    with pytest.raises(RateLimitError):
+        await answer(b, r_slow, ["x"])
+    slow.fail = None
+    r_slow.per_text = 1.0  # measured slow: a batch is better sent to the fast replica
+    calls = slow.calls, fast.calls
+    texts = [f"t{i}" for i in range(50)]
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(answer, b, r_slow, ["first"])  # its one token: sent at once
+            tg.start_soon(answer, b, r_slow, ["second"])  # held by its pace
+            await waiting.wait()
+            rows = [await b.embed_batch([t]) for t in texts]
+            assert not held.is_set()
+            assert slow.calls == calls[0] + 1  # the second is still waiting on the pace
+            tg.cancel_scope.cancel()
+    np.testing.assert_array_equal(np.concatenate(rows), vectors_for(texts, 8))
+    assert fast.calls == calls[1] + 50
+    assert r_fast.learned is not None
+    assert r_fast.learned.rate is None
+    assert [(r.in_flight, r.concurrency.in_flight) for r in b.replicas] == [(0, 0), (0, 0)]
