@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import numpy as np
@@ -27,7 +28,7 @@ from embedkit import Endpoint, ResponseError, RetryPolicy
 from .fakes import vectors_for
 from .faultserver import FaultServer
 from .hashserver import HashServer
-from .servers import ROOT, stop
+from .servers import ROOT, free_port, running, stop
 
 pytestmark = [pytest.mark.integration]
 
@@ -307,3 +308,31 @@ async def test_nginx_round_robin_and_least_conn_over_the_same_replicas(
                     assert stats.retries == {}
                 else:  # the batches nginx had sent to the dead replica came back as 502
                     assert stats.retries.get("502", 0) >= 1, stats.retries
+
+
+@pytest.mark.asyncio
+async def test_two_embedkit_serve_processes_as_replicas_answer_as_one_does(
+    serve_url: str, tmp_path: Path
+) -> None:
+    """The session's `embedkit serve` and a second one (the packaged model, offline)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "embedkit", "serve", "--port", str(port)]
+    argv += ["--log-level", "warning"]
+    second = f"http://127.0.0.1:{port}"
+    corpus = [f"Sentence {i}: the {w} is on the table." for i, w in enumerate(WORDS * 30)]
+    with running(argv, health_url=second + "/health", log=tmp_path / "serve-2.log"):
+        async with embedkit.AsyncEmbedder(api="tei", url=serve_url) as one:
+            alone = await one.embed_many(corpus)
+        async with embedkit.AsyncEmbedder(api="tei", url=[serve_url, second]) as both:
+            matrix = await both.embed_many(corpus)
+            stats = both.stats()
+    assert alone.shape == matrix.shape == (len(corpus), 384)
+    assert matrix.dtype == np.float32
+    np.testing.assert_allclose(matrix, alone, rtol=0, atol=1e-5)  # row i is text i's vector
+    assert [e.url for e in stats.endpoints] == [serve_url + "/embed", second + "/embed"]
+    assert all(e.requests > 0 and e.texts > 0 for e in stats.endpoints), stats.endpoints
+    assert sum(e.texts for e in stats.endpoints) == len(corpus)
+    assert all(e.errors == {} and e.failovers == 0 for e in stats.endpoints)
+
+
+WORDS = ["cat", "book", "cup", "lamp", "phone", "key", "apple", "letter", "pen", "plate"]
