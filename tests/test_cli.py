@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,20 @@ def wait_for_state(
 def kill(process: subprocess.Popen[bytes]) -> None:
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
+
+
+def killed_at(
+    args: list[str | Path], state: Path, thresholds: Iterable[int], cwd: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `embedkit embed ARGS` once per threshold, each time `kill -9`ed as soon as its
+    state file says that many rows are committed; yields each killed process."""
+    for threshold in thresholds:
+        process = spawn(args, cwd=cwd)
+        try:
+            wait_for_state(state, lambda s, t=threshold: s["committed"] >= t, process)
+        finally:
+            kill(process)
+        yield process
 
 
 # ---------------------------------------------------------------------------------- runs
@@ -213,12 +227,8 @@ def test_killed_again_and_again_at_arbitrary_points_still_ends_byte_identical(
     state_path = tmp_path / "out.npy.state.json"
     with HashServer.running(dim=DIM, delay=0.004) as server:
         args += ["--api", "tei", "--url", server.url]
-        for threshold in (400, 2_200, 4_000):
-            process = spawn([*args, "--resume"], cwd=tmp_path)
-            try:
-                wait_for_state(state_path, lambda s, t=threshold: s["committed"] >= t, process)
-            finally:
-                kill(process)
+        for process in killed_at([*args, "--resume"], state_path, (400, 2_200, 4_000), tmp_path):
+            assert process.returncode == -signal.SIGKILL
         in_tmp = [tmp_path / a if a in ("c.txt", "out.npy") else a for a in args]
         status, err = embed(capsys, *in_tmp, "--resume")
     assert status == 0, err

@@ -22,7 +22,7 @@ from embedkit import AsyncEmbedder, CorpusError, Embedder, EmbedkitError, FilePr
 
 from .fakes import FakeBackend, vectors_for
 from .hashserver import HashServer
-from .test_cli import kill, spawn, wait_for_state
+from .test_cli import kill, killed_at, spawn, wait_for_state
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -284,12 +284,7 @@ def test_kill_9_again_and_again_then_resume_gives_the_same_parquet(tmp_path: Pat
     state_path = tmp_path / "out.parquet.state.json"
     with HashServer.running(dim=8, delay=0.004) as server:
         args += ["--api", "tei", "--url", server.url]
-        for threshold in (500, 2_000, 4_000):
-            process = spawn([*args, "--resume"], cwd=tmp_path)
-            try:
-                wait_for_state(state_path, lambda s, t=threshold: s["committed"] >= t, process)
-            finally:
-                kill(process)
+        for process in killed_at([*args, "--resume"], state_path, (500, 2_000, 4_000), tmp_path):
             assert process.returncode == -signal.SIGKILL
             assert not (tmp_path / "out.parquet").exists()
         # the library resumes what the CLI started: the same run, spelled in Python

@@ -370,14 +370,25 @@ def loading_once(server: Server) -> Callable[[list[str], dict[str, Any]], httpx.
 
 
 @pytest.mark.asyncio
-async def test_wait_for_model_turns_on_after_a_first_503_loading() -> None:
-    server = Server("hf")
+@pytest.mark.parametrize(
+    ("api", "options", "headers"),
+    [
+        ("hf", {}, [None, "true", "true"]),  # turned on by the 503, and kept for the next call
+        ("tei", {}, [None, "true"]),  # TEI learns it too
+        ("hf", {"wait_for_model": False}, [None, None]),  # forced off stays off
+    ],
+    ids=["hf", "tei", "hf-forced-off"],
+)
+async def test_wait_for_model_after_a_first_503_loading(
+    api: str, options: dict[str, Any], headers: list[str | None]
+) -> None:
+    server = Server(api)
     server.answer = loading_once(server)
     retry = embedkit.RetryPolicy(sleep=no_sleep)
-    async with embedder("hf", server, retry=retry) as emb:
-        await emb.embed("a")
-        await emb.embed("b")
-    assert [r.headers.get("x-wait-for-model") for r in server.requests] == [None, "true", "true"]
+    async with embedder(api, server, retry=retry, **options) as emb:
+        for text in ["a", "b"][: len(headers) - 1]:  # the first call is sent twice
+            await emb.embed(text)
+    assert [r.headers.get("x-wait-for-model") for r in server.requests] == headers
 
 
 @pytest.mark.asyncio
@@ -386,27 +397,6 @@ async def test_wait_for_model_forced_on() -> None:
     async with embedder("hf", server, wait_for_model=True) as emb:
         await emb.embed("a")
     assert server.requests[0].headers["x-wait-for-model"] == "true"
-
-
-@pytest.mark.asyncio
-async def test_wait_for_model_forced_off_stays_off_after_503() -> None:
-    server = Server("hf")
-    server.answer = loading_once(server)
-    retry = embedkit.RetryPolicy(sleep=no_sleep)
-    async with embedder("hf", server, retry=retry, wait_for_model=False) as emb:
-        await emb.embed("a")
-    assert len(server.requests) == 2
-    assert all("x-wait-for-model" not in r.headers for r in server.requests)
-
-
-@pytest.mark.asyncio
-async def test_tei_also_learns_wait_for_model() -> None:
-    server = Server("tei")
-    server.answer = loading_once(server)
-    retry = embedkit.RetryPolicy(sleep=no_sleep)
-    async with embedder("tei", server, retry=retry) as emb:
-        await emb.embed("a")
-    assert [r.headers.get("x-wait-for-model") for r in server.requests] == [None, "true"]
 
 
 # ------------------------------------------------------------------------ response shapes
