@@ -164,6 +164,20 @@ class Dialect:
         raise NotImplementedError
 
 
+def json_object(payload: Any, field: str) -> dict[str, Any]:
+    """The parsed body, which every dialect wants as a JSON object holding `field`."""
+    if not isinstance(payload, dict):
+        raise ApiError("validation", f"the body must be a JSON object with `{field}`")
+    return payload
+
+
+def error_response(error: ApiError, body: dict[str, Any], status: int) -> Response:
+    """A dialect's JSON error `body`; while loading, with `estimated_time` and `Retry-After`."""
+    if error.kind == "loading":
+        body["estimated_time"] = error.estimated_time
+    return json_response(body, status, loading_headers(error))
+
+
 def loading_headers(error: ApiError) -> dict[str, str]:
     """`Retry-After` for a loading answer."""
     if error.kind == "loading" and error.estimated_time is not None:

@@ -18,8 +18,9 @@ from ._common import (
     ApiError,
     Dialect,
     EmbedRequest,
+    error_response,
+    json_object,
     json_response,
-    loading_headers,
     parse_options,
     parse_texts,
 )
@@ -44,8 +45,7 @@ class HFDialect(Dialect):
     name: ClassVar[str] = "hf"
 
     def parse(self, payload: Any) -> EmbedRequest:
-        if not isinstance(payload, dict):
-            raise ApiError("validation", "the body must be a JSON object with `inputs`")
+        payload = json_object(payload, "inputs")
         texts, single = parse_texts(payload.get("inputs"), "inputs")
         merged = dict(payload)
         parameters = payload.get("parameters")
@@ -62,7 +62,4 @@ class HFDialect(Dialect):
         return json_response(matrix[0] if request.single else matrix)
 
     def error(self, error: ApiError) -> Response:
-        body: dict[str, Any] = {"error": error.message}
-        if error.kind == "loading":
-            body["estimated_time"] = error.estimated_time
-        return json_response(body, _STATUS[error.kind], loading_headers(error))
+        return error_response(error, {"error": error.message}, _STATUS[error.kind])

@@ -18,8 +18,9 @@ from ._common import (
     ApiError,
     Dialect,
     EmbedRequest,
+    error_response,
+    json_object,
     json_response,
-    loading_headers,
     parse_dimensions,
     parse_texts,
 )
@@ -45,8 +46,7 @@ class OpenAIDialect(Dialect):
     counts_tokens: ClassVar[bool] = True
 
     def parse(self, payload: Any) -> EmbedRequest:
-        if not isinstance(payload, dict):
-            raise ApiError("validation", "the body must be a JSON object with `input`")
+        payload = json_object(payload, "input")
         value = payload.get("input")
         if isinstance(value, list) and value and all(isinstance(v, (int, list)) for v in value):
             raise ApiError(
@@ -87,14 +87,5 @@ class OpenAIDialect(Dialect):
 
     def error(self, error: ApiError) -> Response:
         status, error_type, code = _ERRORS[error.kind]
-        body: dict[str, Any] = {
-            "error": {
-                "message": error.message,
-                "type": error_type,
-                "param": error.param,
-                "code": code,
-            }
-        }
-        if error.kind == "loading":
-            body["estimated_time"] = error.estimated_time
-        return json_response(body, status, loading_headers(error))
+        body = {"message": error.message, "type": error_type, "param": error.param, "code": code}
+        return error_response(error, {"error": body}, status)

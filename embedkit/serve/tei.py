@@ -17,8 +17,9 @@ from ._common import (
     ApiError,
     Dialect,
     EmbedRequest,
+    error_response,
+    json_object,
     json_response,
-    loading_headers,
     parse_options,
     parse_texts,
 )
@@ -40,8 +41,7 @@ class TEIDialect(Dialect):
     name: ClassVar[str] = "tei"
 
     def parse(self, payload: Any) -> EmbedRequest:
-        if not isinstance(payload, dict):
-            raise ApiError("validation", "the body must be a JSON object with `inputs`")
+        payload = json_object(payload, "inputs")
         texts, _single = parse_texts(payload.get("inputs"), "inputs")
         request = EmbedRequest(texts=texts)
         parse_options(payload, request)
@@ -58,7 +58,4 @@ class TEIDialect(Dialect):
         if error.kind == "bad_json":
             return Response(error.message, status_code=400, media_type="text/plain")
         status, error_type = _TYPES[error.kind]
-        body: dict[str, Any] = {"error": error.message, "error_type": error_type}
-        if error.kind == "loading":
-            body["estimated_time"] = error.estimated_time
-        return json_response(body, status, loading_headers(error))
+        return error_response(error, {"error": error.message, "error_type": error_type}, status)
