@@ -14,6 +14,7 @@ from embedkit import Endpoint, ResponseError, TransportError
 from embedkit._balancer import BalancedBackend, Replica, ReplicaState
 from embedkit._decode import Matrix
 from embedkit._errors import ModelLoadingError, RateLimitError, ServerError
+from embedkit._limits import Sleep
 from embedkit._protocols import BackendInfo
 
 from .fakes import VirtualClock, vectors_for
@@ -305,6 +306,23 @@ async def test_each_replicas_tei_limits_are_read_and_obeyed_per_replica() -> Non
 # ------------------------------------------------------------------- learned pace per replica
 
 
+def pair(
+    clock: VirtualClock,
+    first: FakeReplica,
+    second: FakeReplica,
+    *,
+    caps: tuple[int, int] = (4, 4),
+    first_sleep: Sleep | None = None,
+) -> BalancedBackend:
+    """Two replicas whose learned paces run on `clock` (the first may wait its own way)."""
+    sleeps = (first_sleep or clock.sleep, clock.sleep)
+    replicas = [
+        Replica(f, name=f.name, probe=f.probe, max_concurrency=cap, clock=clock, sleep=sleep)
+        for f, cap, sleep in zip((first, second), caps, sleeps, strict=True)
+    ]
+    return BalancedBackend(replicas, clock=clock)
+
+
 async def answer(b: BalancedBackend, replica: Replica, texts: list[str]) -> Matrix:
     """Send one batch to `replica` (as `embed_batch` would, were it chosen)."""
     others = {id(r) for r in b.replicas if r is not replica}
@@ -319,6 +337,8 @@ async def teach_pace(
     """`replica` answers `rate` requests/s for two seconds, then refuses one with 429."""
     fake = replica.backend
     assert isinstance(fake, FakeReplica)
+    assert replica.learned is not None
+    assert replica.learned.rate is None  # unpaced before its first 429
     for _ in range(int(2 * rate)):
         clock.now += 1 / rate
         await answer(b, replica, ["x"])
@@ -331,26 +351,13 @@ async def teach_pace(
 @pytest.mark.asyncio
 async def test_a_429ing_replica_is_paced_and_the_other_keeps_full_speed() -> None:
     clock = VirtualClock()
-    limited, free = FakeReplica("limited"), FakeReplica("free")
-    replicas = [
-        Replica(f, name=f.name, probe=f.probe, max_concurrency=4, clock=clock, sleep=clock.sleep)
-        for f in (limited, free)
-    ]
-    b = BalancedBackend(replicas, clock=clock)
-    r_limited, r_free = replicas
-    for _ in range(40):  # both answer 20 requests/s for two seconds
-        clock.now += 0.05
-        await answer(b, r_limited, ["x"])
-        await answer(b, r_free, ["x"])
+    b = pair(clock, FakeReplica("limited"), FakeReplica("free"))
+    r_limited, r_free = b.replicas
+    await teach_pace(b, r_limited, clock, rate=20.0)
+    assert clock.sleeps == []
+    # The refusing replica is paced just under what it let through; the other is not paced.
     assert r_limited.learned is not None
     assert r_free.learned is not None
-    assert r_limited.learned.rate is None
-    assert clock.sleeps == []
-    limited.fail = RateLimitError(429, "slow down", retry_after=0.0)
-    with pytest.raises(RateLimitError):
-        await answer(b, r_limited, ["x"])
-    limited.fail = None
-    # The refusing replica is paced just under what it let through; the other is not paced.
     assert r_limited.learned.rate == pytest.approx(20 * 0.97, rel=0.05)
     assert r_free.learned.rate is None
     # The free replica goes on at full speed: 100 requests, no wait at all.
@@ -371,13 +378,8 @@ async def test_a_429ing_replica_is_paced_and_the_other_keeps_full_speed() -> Non
 async def test_each_replica_keeps_its_own_pace() -> None:
     """A slow replica's pace (8/s) is not the fast one's (50/s): each is learned apart."""
     clock = VirtualClock()
-    slow, fast = FakeReplica("slow"), FakeReplica("fast")
-    replicas = [
-        Replica(f, name=f.name, probe=f.probe, max_concurrency=4, clock=clock, sleep=clock.sleep)
-        for f in (slow, fast)
-    ]
-    b = BalancedBackend(replicas, clock=clock)
-    r_slow, r_fast = replicas
+    b = pair(clock, FakeReplica("slow"), FakeReplica("fast"))
+    r_slow, r_fast = b.replicas
     await teach_pace(b, r_slow, clock, rate=8.0)
     await teach_pace(b, r_fast, clock, rate=50.0)
     assert r_slow.learned is not None
@@ -406,19 +408,9 @@ async def test_a_request_held_by_one_replicas_pace_does_not_hold_the_others() ->
         await held.wait()
 
     slow, fast = FakeReplica("slow"), FakeReplica("fast")
-    r_slow = Replica(
-        slow, name="slow", probe=slow.probe, max_concurrency=1, clock=clock, sleep=slow_pace
-    )
-    r_fast = Replica(fast, name="fast", probe=fast.probe, max_concurrency=8, clock=clock)
-    b = BalancedBackend([r_slow, r_fast], clock=clock)
-    for _ in range(40):  # 20 requests/s from each, then a 429 from the slow one
-        clock.now += 0.05
-        await answer(b, r_slow, ["x"])
-        await answer(b, r_fast, ["x"])
-    slow.fail = RateLimitError(429, "slow down", retry_after=0.0)
-    with pytest.raises(RateLimitError):
-        await answer(b, r_slow, ["x"])
-    slow.fail = None
+    b = pair(clock, slow, fast, caps=(1, 8), first_sleep=slow_pace)
+    r_slow, r_fast = b.replicas
+    await teach_pace(b, r_slow, clock, rate=20.0)
     r_slow.per_text = 1.0  # measured slow: a batch is better sent to the fast replica
     calls = slow.calls, fast.calls
     texts = [f"t{i}" for i in range(50)]
@@ -433,6 +425,7 @@ async def test_a_request_held_by_one_replicas_pace_does_not_hold_the_others() ->
             tg.cancel_scope.cancel()
     np.testing.assert_array_equal(np.concatenate(rows), vectors_for(texts, 8))
     assert fast.calls == calls[1] + 50
+    assert clock.sleeps == []  # the fast replica never waited
     assert r_fast.learned is not None
     assert r_fast.learned.rate is None
     assert [(r.in_flight, r.concurrency.in_flight) for r in b.replicas] == [(0, 0), (0, 0)]
