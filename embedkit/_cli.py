@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,8 +29,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-NO_RAY = "--engine ray needs the ray extra: pip install 'embedkit[ray]' ({})"
 
 
 _HELP = {
@@ -158,11 +157,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         return _bench(args.rest)
     if args.engine == "ray":
-        try:
-            from .ray import _embed_ray  # the Ray engine lives beside embed_files
-        except ImportError as exc:  # pyarrow, which embedkit.ray needs
-            _Console().error(NO_RAY.format(exc))
-            return EXIT_FAILED
         return _embed_ray(args)
     return _embed(args)
 
@@ -324,4 +318,36 @@ def _embed(args: argparse.Namespace) -> int:
         if console.progress is not None:
             console.progress.close()
             console.progress = None
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------ embed on Ray
+
+
+def _embed_ray(args: argparse.Namespace) -> int:
+    """`embedkit embed INPUT -o OUT_DIR --engine ray`: `embedkit.ray` runs it (beside
+    `embed_files`); here, only Ray's import (for this engine alone), messages and status."""
+    console = _Console()
+    try:
+        import ray
+
+        from .ray import _embed_files_command
+    except ImportError as exc:
+        console.error(f"--engine ray needs the ray extra: pip install 'embedkit[ray]' ({exc})")
+        return EXIT_FAILED
+    from ._errors import EmbedkitError
+
+    started = time.monotonic()
+    try:
+        rows = _embed_files_command(args)
+    except (ValueError, TypeError, CorpusError) as exc:
+        console.error(str(exc))
+        return EXIT_USAGE
+    except (EmbedkitError, ray.exceptions.RayError) as exc:
+        console.error(f"error: {exc}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    if not args.quiet:
+        console.error(f"wrote {args.output} ({rows:,} rows) in {time.monotonic() - started:.1f} s")
     return EXIT_OK

@@ -852,45 +852,37 @@ def embed_files(
     return int(pyarrow.dataset.dataset(output_dir, format="parquet").count_rows())
 
 
-def _embed_ray(args: argparse.Namespace) -> int:
-    """`embedkit embed INPUT -o OUT_DIR --engine ray`: `embed_files` on a cluster.
+def _embed_files_command(args: argparse.Namespace) -> int:
+    """`embedkit embed INPUT -o OUT_DIR --engine ray`: the command's flags as `embed_files`'
+    arguments, run on a cluster; returns the rows written.
 
-    The command's Ray engine (`_cli.main` calls it), here so that the CLI module stays free
-    of Ray; returns the exit status.
+    Joins the cluster at `--address` (or starts a local one) for the run and leaves it after.
+    A flag only the process engine takes is a `ValueError`; the command (`_cli.py`) turns
+    errors into messages and exit statuses.
     """
     import logging
 
-    from ._cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, NO_RAY, _Console
-    from ._corpus import CorpusError
+    import ray
+    import ray.data
 
-    console = _Console()
     for flag, given in (
         ("--resume", args.resume),
         ("stdin (-)", args.input == "-"),
         ("--id-field (every input column is kept)", args.id_field is not None),
     ):
         if given:
-            console.error(f"{flag} is for --engine process; --engine ray writes a new folder")
-            return EXIT_USAGE
+            raise ValueError(f"{flag} is for --engine process; --engine ray writes a new folder")
     if args.workers < 1:
-        console.error("--workers must be at least 1")
-        return EXIT_USAGE
-    try:
-        import ray
-        import ray.data
-    except ImportError as exc:
-        console.error(NO_RAY.format(exc))
-        return EXIT_FAILED
+        raise ValueError("--workers must be at least 1")
     names = {"batch_size": "max_batch_size", "concurrency": "max_concurrency"}
     names.update(rps="requests_per_second", cache_size="cache_size", model="model", url="url")
     names.update({name: name for name in ("normalize", "prompt_name", "dimensions", "truncate")})
     options = {names[k]: getattr(args, k) for k in names if getattr(args, k) is not None}
     options["cache_size"] = options.get("cache_size") or 0
-    started = time.monotonic()
     try:
         ray.init(address=args.address, logging_level=logging.ERROR, log_to_driver=args.verbose)
         ray.data.DataContext.get_current().enable_progress_bars = not args.quiet
-        rows = embed_files(
+        return embed_files(
             args.input,
             args.output,
             format=args.format,
@@ -902,19 +894,8 @@ def _embed_ray(args: argparse.Namespace) -> int:
             api=args.api,
             **options,
         )
-    except (ValueError, TypeError, CorpusError) as exc:
-        console.error(str(exc))
-        return EXIT_USAGE
-    except (EmbedkitError, ray.exceptions.RayError) as exc:
-        console.error(f"error: {exc}")
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
     finally:
         ray.shutdown()
-    if not args.quiet:
-        console.error(f"wrote {args.output} ({rows:,} rows) in {time.monotonic() - started:.1f} s")
-    return EXIT_OK
 
 
 def _path(name: str) -> Any:
