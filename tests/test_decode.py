@@ -172,6 +172,30 @@ def test_malformed_json_rows(data: Any, n: int, needle: str | None) -> None:
         from_json_rows(data, n)
 
 
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(
+                allow_nan=False, allow_infinity=False, width=64, min_value=-1e38, max_value=1e38
+            ),
+            st.integers(-(2**60), 2**60),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_the_numbers_only_path_rounds_as_float64_then_float32(row: list[float]) -> None:
+    expected = np.array([row], dtype=np.float64).astype(np.float32)
+    out = from_json_rows([row], 1, numbers_only=True)
+    assert out.tobytes() == expected.tobytes()
+
+
+def test_the_numbers_only_path_refuses_an_overflow_without_a_warning() -> None:
+    with pytest.raises(ResponseError, match="NaN or infinite"):
+        from_json_rows([[1e39, 1.0]], 1, numbers_only=True)  # warnings are errors here
+
+
 def test_json_result_is_float32_for_integer_answers() -> None:
     assert_clean(from_json_rows([[1, 2, 3]], 1), (1, 3))
 
