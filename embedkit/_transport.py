@@ -29,6 +29,12 @@ Layers
   bytes nobody asked for) is closed instead, TLS or not.  When the pool is full, an
   idle connection to another origin is evicted; otherwise the request waits in FIFO
   order for a release, bounded by the ``pool`` timeout.
+* **The backend's fast path.**  `HttpBackend` builds the bytes of its request line
+  and headers once (`PreparedPost`, byte for byte what ``httpx.Request`` would
+  serialize) and posts each body with `FastTransport.send_prepared`: the same pool,
+  re-sending, timeouts and errors, without httpx's Request and Response models.  Its
+  `RawResponse` holds the body as received; an answer with a Content-Encoding goes
+  through ``httpx.Response`` (`RawResponse.to_httpx`) to be decoded as httpx does.
 
 What it does the way httpcore does
 ----------------------------------
@@ -47,7 +53,9 @@ What it does the way httpcore does
   right after the send counts as a failed write.
 * **Timeouts** come from ``request.extensions["timeout"]`` (httpx sets it):
   ``connect`` bounds connection setup, ``write`` each send, ``read`` each wait for
-  response bytes, ``pool`` the wait for a connection.
+  response bytes, ``pool`` the wait for a connection.  One cancel scope covers a
+  whole exchange (see `_Deadline`): a scope with a deadline costs more CPU on
+  asyncio than parsing a response, so there is not one per send and per receive.
 * **Cancellation safety.**  A connection whose request was interrupted is closed,
   never returned to the pool, and its slot is released.
 
