@@ -4,8 +4,9 @@ Every path ends in `checked()`: (n, dim) rows, float32, C-contiguous, all finite
 input. A mismatch is a `ResponseError`, never a silent reshape or truncation.
 
 Measured on the project's 2-core CI machine, for 32 rows of 384 floats: `orjson.loads` then
-`np.array(...).astype(float32)` is the fastest JSON route (~22 µs a row; building
-float32 directly from the lists is slower), and base64 is ~7 µs a row.
+`np.array(..., dtype=float32)` is the fastest JSON route (~20 µs a row; ~0.3 µs less than
+through float64 and `astype`, once strings are known absent), and base64 is ~7 µs a row with
+`binascii.a2b_base64`, ~4 µs with `_unpadded_base64` (the same bytes, in numpy).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ __all__ = [
 
 Matrix = npt.NDArray[np.float32]
 Pooling = Literal["mean", "cls"]
+
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+#: `bytes.translate` table: a base64 character to its 6-bit value, anything else to 0xFF.
+_B64_VALUES = bytes(_B64_ALPHABET.find(c) & 0xFF for c in range(256))
 
 
 def checked(matrix: npt.NDArray[Any], n: int) -> Matrix:
@@ -82,9 +87,15 @@ def from_json_rows(
     if not isinstance(data, list):
         raise ResponseError(f"expected a JSON list of embeddings, got {type(data).__name__}")
     try:
-        # without dtype unless the body has no strings: a forced float64 would parse "1"
-        # (a string) as 1.0
-        matrix = np.array(data, dtype=np.float64) if numbers_only else np.array(data)
+        if numbers_only:
+            # Straight to float32: the same rounding as through float64 (one C cast of
+            # each double), one copy less; an overflow becomes inf, which checked() refuses.
+            with np.errstate(over="ignore"):
+                matrix = np.array(data, dtype=np.float32)
+        else:
+            # without dtype unless the body has no strings: a forced float would parse "1"
+            # (a string) as 1.0
+            matrix = np.array(data)
     except (ValueError, TypeError):
         matrix = None  # ragged (token-level answers vary in length) or not numbers
     if matrix is not None and matrix.ndim == 1 and n == 1 and matrix.shape[0] > 0:
@@ -120,6 +131,34 @@ def _depth(data: Any) -> int:
     return depth
 
 
+def _unpadded_base64(text: str) -> npt.NDArray[np.uint8] | None:
+    """`binascii.a2b_base64(text)`, byte for byte, for unpadded standard base64; else None.
+
+    ~1.7x faster than binascii on embedding rows: `bytes.translate` turns the characters
+    into their 6-bit values, then numpy packs each four into three bytes, on 32-bit lanes.
+    None (the caller uses binascii) for anything else: padding, whitespace, characters
+    outside the alphabet (which binascii skips), a length that is not a multiple of 4.
+    """
+    try:
+        raw = text.encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    if len(raw) % 4:
+        return None
+    values = raw.translate(_B64_VALUES)
+    if b"\xff" in values:
+        return None
+    lanes = np.frombuffer(values, dtype="<u4")  # four 6-bit values a, b, c, d: a in the low byte
+    bits = (
+        ((lanes & 0xFF) << 18) | ((lanes & 0xFF00) << 4) | ((lanes >> 10) & 0x3FC0) | (lanes >> 24)
+    )
+    out = np.empty((lanes.shape[0], 3), dtype=np.uint8)
+    out[:, 0] = bits >> 16  # a uint8 target keeps the low 8 bits
+    out[:, 1] = bits >> 8
+    out[:, 2] = bits
+    return out.reshape(-1)
+
+
 def from_base64_rows(encoded: Sequence[str], n: int) -> Matrix:
     """Decode base64 strings of little-endian float32 (OpenAI `encoding_format="base64"`)."""
     if len(encoded) != n:
@@ -134,7 +173,10 @@ def from_base64_rows(encoded: Sequence[str], n: int) -> Matrix:
     try:
         if uniform and not first.endswith("="):
             # No padding inside: one decode for the whole batch.
-            raw = binascii.a2b_base64("".join(encoded))
+            joined = "".join(encoded)
+            raw = _unpadded_base64(joined)
+            if raw is None:
+                raw = np.frombuffer(binascii.a2b_base64(joined), dtype=np.uint8)
             matrix = np.frombuffer(raw, dtype="<f4").reshape(n, -1)
         else:
             rows = [np.frombuffer(binascii.a2b_base64(s), dtype="<f4") for s in encoded]

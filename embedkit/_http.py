@@ -7,6 +7,7 @@ exceptions (`raise ... from exc`), so nothing above it handles httpx types.
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Mapping
 
 import httpx
 
@@ -22,7 +23,7 @@ from ._errors import (
 )
 from ._protocols import BackendInfo, WireProtocol
 from ._route import CertTypes, VerifyTypes, build_client, send_limited
-from ._transport import FastTransport, ResponseTooLarge
+from ._transport import FastTransport, PreparedPost, ResponseTooLarge
 from ._version import __version__ as _version
 
 __all__ = ["DEFAULT_MAX_RESPONSE_SIZE", "DEFAULT_TIMEOUT", "HttpBackend"]
@@ -33,6 +34,9 @@ DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0, pool=None)
 DEFAULT_MAX_RESPONSE_SIZE = 256 * 1024 * 1024
 
 _USER_AGENT = f"embedkit/{_version} python-httpx/{httpx.__version__}"
+#: The headers of an answer whose headers nobody reads (a success on the fast path).
+_NO_HEADERS: Mapping[str, str] = httpx.Headers()
+_Answer = tuple[int, bytes, Mapping[str, str]]
 
 
 def _safe_url(url: str) -> str:
@@ -104,6 +108,7 @@ class HttpBackend:
         self._owns_client = client is None
         self._max_response_size = max_response_size
         self._direct: FastTransport | None = None
+        self._prepared: PreparedPost | None = None
         if client is None:
             client, self._direct = build_client(
                 self._url,
@@ -117,6 +122,7 @@ class HttpBackend:
             )
         self._client = client
         self._timeout = {"timeout": httpx.Timeout(timeout).as_dict()}
+        self._timeouts = self._timeout["timeout"]
         self._forced_wait = wait_for_model
         self.wait_for_model = bool(wait_for_model)
         self._base_headers: dict[str, str] = {
@@ -138,6 +144,10 @@ class HttpBackend:
         self._direct_headers = httpx.Headers(
             {"accept-encoding": "gzip, deflate", "user-agent": _USER_AGENT, **headers}
         )
+        if self._direct is not None:
+            # The bytes httpx.Request would serialize, built once (None: headers that set
+            # their own framing or hold CR/LF take the httpx.Request path, which says so).
+            self._prepared = PreparedPost.build(self._url, self._direct_headers)
         return headers
 
     @property
@@ -146,9 +156,18 @@ class HttpBackend:
         connection before reading them (never counted as the retry policy's retries)."""
         return self._direct.resent_requests if self._direct is not None else 0
 
-    async def _post(self, body: bytes) -> httpx.Response:
+    async def _post(self, body: bytes) -> _Answer:
+        """Status, body (Content-Encoding undone) and headers of the answer to a POST."""
         direct = self._direct
         if direct is not None:
+            prepared = self._prepared
+            if prepared is not None:
+                raw = await direct.send_prepared(prepared, body, self._timeouts)
+                if raw.status < 400 and not raw.encoded:
+                    return raw.status, raw.content, _NO_HEADERS
+                response = raw.to_httpx()  # httpx undoes Content-Encoding, parses headers
+                await response.aread()
+                return response.status_code, response.content, response.headers
             request = httpx.Request(
                 "POST",
                 self._url,
@@ -158,12 +177,16 @@ class HttpBackend:
             )
             response = await direct.handle_async_request(request)
             await response.aread()
-            return response
-        limit = self._max_response_size
-        if limit is None:
-            return await self._client.post(self._url, content=body, headers=self._headers)
-        request = self._client.build_request("POST", self._url, content=body, headers=self._headers)
-        return await send_limited(self._client, request, limit)
+        else:
+            limit = self._max_response_size
+            if limit is None:
+                response = await self._client.post(self._url, content=body, headers=self._headers)
+            else:
+                request = self._client.build_request(
+                    "POST", self._url, content=body, headers=self._headers
+                )
+                response = await send_limited(self._client, request, limit)
+        return response.status_code, response.content, response.headers
 
     async def start(self) -> BackendInfo:
         """Ask the server for its limits (TEI `/info`); other protocols learn nothing."""
@@ -190,7 +213,7 @@ class HttpBackend:
     async def embed_batch(self, texts: list[str]) -> Matrix:
         """POST one batch and decode it, or raise the matching embedkit error."""
         try:
-            response = await self._post(self.protocol.body(texts))
+            status, content, headers = await self._post(self.protocol.body(texts))
         except ResponseTooLarge as exc:
             raise ResponseError(f"{exc} from {_safe_url(self.protocol.endpoint)}") from exc
         except httpx.TimeoutException as exc:
@@ -202,8 +225,8 @@ class HttpBackend:
             raise TransportError(
                 f"{type(exc).__name__} talking to {_safe_url(self.protocol.endpoint)}: {detail}"
             ) from exc
-        if response.status_code >= 400:
-            error = error_from_response(response.status_code, response.content, response.headers)
+        if status >= 400:
+            error = error_from_response(status, content, headers)
             if (
                 isinstance(error, ModelLoadingError)
                 and self._forced_wait is None
@@ -214,7 +237,7 @@ class HttpBackend:
                 self._headers = self._build_headers()
             raise self._redact(error)
         try:
-            return self.protocol.decode(response.content, len(texts))
+            return self.protocol.decode(content, len(texts))
         except EmbedkitError as exc:
             raise self._redact(exc) from exc.__cause__
 

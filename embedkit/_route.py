@@ -102,8 +102,10 @@ def build_client(
     """The client embedkit builds, and the `FastTransport` under it if it has one.
 
     With the client and transport both embedkit's, the backend sends straight to the
-    transport: httpx's client layer (auth, cookies, redirects, hooks) costs ~115 µs a
-    request and does nothing here. A user-supplied transport goes through the client.
+    transport (`FastTransport.send_prepared`, with the request head built once):
+    httpx's client layer (auth, cookies, redirects, hooks) costs ~115 µs a request, and
+    its Request/Response models ~25 µs more, and they do nothing here. A user-supplied
+    transport goes through the client.
     """
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections

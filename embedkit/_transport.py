@@ -29,6 +29,12 @@ Layers
   bytes nobody asked for) is closed instead, TLS or not.  When the pool is full, an
   idle connection to another origin is evicted; otherwise the request waits in FIFO
   order for a release, bounded by the ``pool`` timeout.
+* **The backend's fast path.**  `HttpBackend` builds the bytes of its request line
+  and headers once (`PreparedPost`, byte for byte what ``httpx.Request`` would
+  serialize) and posts each body with `FastTransport.send_prepared`: the same pool,
+  re-sending, timeouts and errors, without httpx's Request and Response models.  Its
+  `RawResponse` holds the body as received; an answer with a Content-Encoding goes
+  through ``httpx.Response`` (`RawResponse.to_httpx`) to be decoded as httpx does.
 
 What it does the way httpcore does
 ----------------------------------
@@ -47,7 +53,9 @@ What it does the way httpcore does
   right after the send counts as a failed write.
 * **Timeouts** come from ``request.extensions["timeout"]`` (httpx sets it):
   ``connect`` bounds connection setup, ``write`` each send, ``read`` each wait for
-  response bytes, ``pool`` the wait for a connection.
+  response bytes, ``pool`` the wait for a connection.  One cancel scope covers a
+  whole exchange (see `_Deadline`): a scope with a deadline costs more CPU on
+  asyncio than parsing a response, so there is not one per send and per receive.
 * **Cancellation safety.**  A connection whose request was interrupted is closed,
   never returned to the pool, and its slot is released.
 
@@ -81,13 +89,15 @@ import anyio.abc
 import httptools
 import httpx
 
-__all__ = ["MAX_HEAD_SIZE", "FastTransport", "ResponseTooLarge"]
+__all__ = ["MAX_HEAD_SIZE", "FastTransport", "PreparedPost", "RawResponse", "ResponseTooLarge"]
 
 #: Largest response head (status line and headers) accepted, in bytes; httpcore's h11 limit.
 MAX_HEAD_SIZE = 100 * 1024
 #: Bytes of framing (chunk-size line, extensions, trailers) allowed per chunk.
 _MAX_CHUNK_OVERHEAD = 16 * 1024
-_RECV_SIZE = 65536
+#: Bytes asked for per receive: asyncio reads at most 256 KiB per wake-up, and anyio
+#: splits (copies) a chunk larger than what was asked for, one receive per piece.
+_RECV_SIZE = 256 * 1024
 _SMALL_BODY = 64 * 1024
 _PURGE_INTERVAL = 1.0
 
@@ -118,7 +128,9 @@ class _Message:
         "body_size",
         "chunks",
         "complete",
+        "encoded",
         "extra",
+        "fed",
         "head_request",
         "headers",
         "headers_done",
@@ -138,6 +150,7 @@ class _Message:
         self.limit: int | None = None
         self.head_request = False
         self.complete = False
+        self.fed = 0
         self.reset()
 
     def reset(self) -> None:
@@ -149,6 +162,7 @@ class _Message:
         self.headers_done = False
         self.saw_length = False
         self.saw_te = False
+        self.encoded = False  # a Content-Encoding header: the body needs httpx's decoders
         self.extra = False  # bytes arrived after the message: the connection is out of step
 
     def start(self, head_request: bool, limit: int | None) -> None:
@@ -156,6 +170,7 @@ class _Message:
         self.complete = self.keep_alive = False
         self.head_request = head_request
         self.limit = limit
+        self.fed = 0  # bytes fed to the parser for this response (head, framing and body)
 
     # httptools callbacks ----------------------------------------------------------
 
@@ -174,9 +189,11 @@ class _Message:
         if value and value[-1] in (32, 9):  # llhttp keeps trailing whitespace; h11 drops it
             value = value.rstrip(b" \t")
         size = len(name)
-        if size == 17 or size == 14:
+        if size == 17 or size == 14 or size == 16:
             lname = name.lower()
-            if lname == b"transfer-encoding":
+            if lname == b"content-encoding":
+                self.encoded = True
+            elif lname == b"transfer-encoding":
                 if self.saw_te:
                     raise httpx.RemoteProtocolError("Repeated Transfer-Encoding header")
                 if value.strip(b" \t").lower() != b"chunked":
@@ -249,9 +266,9 @@ class _Message:
             f"(received {self.body_size} bytes)"
         )
 
-    def head_overflow(self, fed: int) -> bool:
+    def head_overflow(self) -> bool:
         """Whether more framing than any sane response needs has arrived."""
-        return fed - self.body_size > MAX_HEAD_SIZE + self.chunks * _MAX_CHUNK_OVERHEAD
+        return self.fed - self.body_size > MAX_HEAD_SIZE + self.chunks * _MAX_CHUNK_OVERHEAD
 
 
 # --------------------------------------------------------------------------- pool
@@ -312,31 +329,64 @@ class _Conn:
             with anyio.CancelScope(shield=True), contextlib.suppress(*_IO_ERRORS):
                 await stream.aclose()
 
-    async def send(self, data: bytes, limit: float | None) -> None:
-        assert self.stream is not None
-        if limit is None:
-            await self.stream.send(data)
-            return
-        with anyio.CancelScope(deadline=anyio.current_time() + limit) as scope:
-            await self.stream.send(data)
-        if scope.cancelled_caught:
-            raise httpx.WriteTimeout("Timed out while sending the request")
 
-    async def receive(self, limit: float | None) -> bytes:
-        """The next bytes from the server, ``b""`` at EOF; ``limit``: the read timeout."""
-        assert self.stream is not None
-        try:
-            if limit is None:
-                data = await self.stream.receive(_RECV_SIZE)
-            else:
-                with anyio.CancelScope(deadline=anyio.current_time() + limit) as scope:
-                    data = await self.stream.receive(_RECV_SIZE)
-                if scope.cancelled_caught:
-                    raise httpx.ReadTimeout("Timed out while reading the response")
-        except anyio.EndOfStream:
-            return b""
-        self.received = True
-        return data
+class _Deadline:
+    """The write and read timeouts of one exchange, kept by one cancel scope.
+
+    Entering and leaving an anyio cancel scope with a deadline costs ~10 µs on asyncio,
+    more than parsing a response, so one scope covers a whole exchange instead of one
+    scope per send and per receive.  ``write`` bounds each send: the deadline is moved
+    before every piece of a large body, and a deadline that fires while sending is a
+    `httpx.WriteTimeout`.  ``read`` bounds each wait for response bytes: the deadline
+    is not moved as bytes arrive; when it fires and bytes did arrive within ``read``
+    seconds, reading resumes under a new scope (a receive is safe to cancel: no byte
+    is lost), so it is a `httpx.ReadTimeout` only after ``read`` seconds without one.
+    Times are anyio's clock, so that a test's virtual clock (trio's MockClock) is obeyed.
+    """
+
+    __slots__ = ("read", "reading", "since", "write")
+
+    def __init__(self, timeouts: _Timeouts) -> None:
+        self.write: float | None = timeouts.get("write")
+        self.read: float | None = timeouts.get("read")
+        self.reading = False
+        self.since = math.nan  # the last progress (anyio.current_time())
+
+    def scope(self) -> anyio.CancelScope:
+        """A cancel scope for the current phase, with the deadline its limit sets."""
+        limit = self.read if self.reading else self.write
+        if not self.reading:
+            self.since = anyio.current_time()
+        if limit is None:
+            return anyio.CancelScope()
+        return anyio.CancelScope(deadline=self.since + limit)
+
+    def wrote(self, scope: anyio.CancelScope) -> None:
+        """A piece of the body went out: the next one gets the whole write timeout."""
+        self.since = anyio.current_time()
+        if self.write is not None:
+            scope.deadline = self.since + self.write
+
+    def start_reading(self, scope: anyio.CancelScope) -> None:
+        """The request is sent (or failed): from now on the read timeout applies."""
+        self.reading = True
+        self.since = anyio.current_time()
+        read = self.read
+        # A deadline later than the read timeout's must move; an earlier one (the
+        # write timeout's, when read >= write) is left to fire and be re-armed.
+        if read is not None and (self.write is None or read < self.write):
+            scope.deadline = self.since + read
+
+    def progress(self) -> None:
+        """Response bytes arrived."""
+        self.since = anyio.current_time()
+
+    def expired(self) -> bool:
+        """After the scope fired: whether the current phase really ran out of time."""
+        if not self.reading:
+            return True
+        # the deadline's own arithmetic: a deadline that fired always counts as reached
+        return self.read is not None and anyio.current_time() >= self.since + self.read
 
 
 class _EarlyResponse(Exception):
@@ -351,7 +401,8 @@ class _Resend(Exception):
         self.error = error
 
 
-_Result = tuple[int, bytes, bytes, _Headers, bytes, bool]
+#: status, reason, HTTP version, headers, body (as received), reusable, Content-Encoding set
+_Result = tuple[int, bytes, bytes, _Headers, bytes, bool, bool]
 
 
 class FastTransport(httpx.AsyncBaseTransport):
@@ -424,52 +475,19 @@ class FastTransport(httpx.AsyncBaseTransport):
         """Send ``request`` and return its response, with the body already read."""
         if self._closed:
             raise RuntimeError("Cannot send a request: the FastTransport has been closed.")
-        url = request.url
-        scheme = url.scheme
-        if scheme == "http":
-            port = url.port or 80
-        elif scheme == "https":
-            port = url.port or 443
-        else:
-            raise httpx.UnsupportedProtocol(
-                f"FastTransport supports only http:// and https:// URLs, not {url}",
-                request=request,
-            )
-        key: _PoolKey = (scheme, url.host, port)
+        key = _pool_key(request.url, request)
         timeouts: _Timeouts = request.extensions.get("timeout") or self._default_timeouts
         try:
             body = request.content
         except httpx.RequestNotRead:
             body = await request.aread()
         first, second, close = _serialize(request, body)
-
-        doomed: list[_Conn] = []
-        conn = self._try_acquire(key, doomed, queued=False)
-        if conn is None or doomed:
-            conn = await self._acquire(key, conn, doomed, timeouts.get("pool"), request)
-        try:
-            try:
-                if conn.stream is None:
-                    await self._connect(conn, request, timeouts)
-                result = await self._exchange(conn, request, first, second, close, timeouts)
-            except _Resend as resend:
-                # The server had dropped this keep-alive connection before our request
-                # reached it: one fresh attempt, keeping our pool slot.
-                await conn.aclose()
-                if self._closed:
-                    raise resend.error from resend.__cause__
-                self._resent += 1
-                await self._connect(conn, request, timeouts)
-                result = await self._exchange(conn, request, first, second, close, timeouts)
-        except BaseException:
-            await self._discard(conn)
-            raise
-
-        status, reason, version, headers, content, keep_alive = result
-        if keep_alive and not self._closed:
-            self._release(conn)
-        else:
-            await self._discard(conn)
+        sni = request.extensions.get("sni_hostname") or key[1]
+        if isinstance(sni, bytes):
+            sni = sni.decode("ascii")
+        status, reason, version, headers, content, _, _ = await self._round_trip(
+            key, first, second, close, timeouts, request, request.method == "HEAD", sni
+        )
         return httpx.Response(
             status,
             headers=headers,
@@ -478,10 +496,80 @@ class FastTransport(httpx.AsyncBaseTransport):
             extensions={"http_version": version, "reason_phrase": reason},
         )
 
+    async def send_prepared(
+        self, prepared: PreparedPost, body: bytes, timeouts: _Timeouts | None
+    ) -> RawResponse:
+        """POST ``body`` with a head built once (`PreparedPost`): no httpx models.
+
+        The same connection pool, re-sending, limits and errors as
+        `handle_async_request` (errors carry no ``request``).  The body comes back as
+        received: when ``RawResponse.encoded`` is true, its Content-Encoding is still to
+        be undone (`RawResponse.to_httpx` does it as httpx would).
+        """
+        if self._closed:
+            raise RuntimeError("Cannot send a request: the FastTransport has been closed.")
+        head = prepared.head + b"Content-Length: %d\r\n\r\n" % len(body)
+        if len(body) <= _SMALL_BODY:
+            first, second = head + body, b""
+        else:
+            first, second = head, body
+        result = await self._round_trip(
+            prepared.key,
+            first,
+            second,
+            prepared.close,
+            timeouts or self._default_timeouts,
+            None,
+            False,
+            prepared.key[1],
+        )
+        return RawResponse(*result)
+
+    async def _round_trip(
+        self,
+        key: _PoolKey,
+        first: bytes,
+        second: bytes,
+        close: bool,
+        timeouts: _Timeouts,
+        request: httpx.Request | None,
+        head: bool,
+        sni: str,
+    ) -> _Result:
+        """Take a connection, exchange one request and response on it, give it back."""
+        doomed: list[_Conn] = []
+        conn = self._try_acquire(key, doomed, queued=False)
+        if conn is None or doomed:
+            conn = await self._acquire(key, conn, doomed, timeouts.get("pool"), request)
+        try:
+            try:
+                if conn.stream is None:
+                    await self._connect(conn, request, timeouts, sni)
+                result = await self._exchange(conn, request, head, first, second, close, timeouts)
+            except _Resend as resend:
+                # The server had dropped this keep-alive connection before our request
+                # reached it: one fresh attempt, keeping our pool slot.
+                await conn.aclose()
+                if self._closed:
+                    raise resend.error from resend.__cause__
+                self._resent += 1
+                await self._connect(conn, request, timeouts, sni)
+                result = await self._exchange(conn, request, head, first, second, close, timeouts)
+        except BaseException:
+            await self._discard(conn)
+            raise
+
+        if result[5] and not self._closed:
+            self._release(conn)
+        else:
+            await self._discard(conn)
+        return result
+
     async def _exchange(
         self,
         conn: _Conn,
-        request: httpx.Request,
+        request: httpx.Request | None,
+        head: bool,
         first: bytes,
         second: bytes,
         close: bool,
@@ -489,68 +577,104 @@ class FastTransport(httpx.AsyncBaseTransport):
     ) -> _Result:
         """Write the request on ``conn`` and read its complete response."""
         conn.received = False
-        write_timeout = timeouts.get("write")
-        try:
-            await conn.send(first, write_timeout)
-            # A large body goes in pieces; a server that answers before reading it all
-            # (a proxy's 413) is heard between pieces instead of after a failed write.
-            for start in range(0, len(second), _SMALL_BODY):
-                if conn.readable():
-                    raise _EarlyResponse
-                await conn.send(second[start : start + _SMALL_BODY], write_timeout)
-            if conn.reused and conn.closed_underneath():
-                # asyncio reports a failed send by closing the socket, not by raising.
-                raise anyio.BrokenResourceError
-        except (*_IO_ERRORS, _EarlyResponse) as exc:
-            write_error = httpx.WriteError(f"Failed to send the request: {exc!r}", request=request)
-            # The server may have answered before closing (a proxy's 413): read that.
-            try:
-                result = await self._read(conn, request, close, timeouts)
-            except (*_IO_ERRORS, httpx.TransportError):
-                if conn.reused and not conn.received:
-                    raise _Resend(write_error) from exc
-                raise write_error from exc
-            return (*result[:5], False)  # the rest of the body is unsent: not reusable
-        try:
-            return await self._read(conn, request, close, timeouts)
-        except _IO_ERRORS as exc:
-            raise httpx.ReadError(f"Failed to read the response: {exc!r}", request=request) from exc
-        except httpx.TransportError as exc:
-            exc.request = request
-            raise
-
-    async def _read(
-        self, conn: _Conn, request: httpx.Request, close: bool, timeouts: _Timeouts
-    ) -> _Result:
-        """Read one complete response from ``conn``."""
         message = conn.message
         assert message is not None
-        message.start(request.method == "HEAD", self._max_response_size)
-        read_timeout = timeouts.get("read")
-        fed = 0
-        while not message.complete:
-            data = await conn.receive(read_timeout)
-            if not data:
-                message.eof(conn.received)
-                break
-            fed += len(data)
-            message.feed(data)
-            if not message.complete and message.head_overflow(fed):
-                raise httpx.RemoteProtocolError("Response head or chunk framing too large")
+        message.start(head, self._max_response_size)
+        clock = _Deadline(timeouts)
+        write_error: httpx.WriteError | None = None
+        write_cause: BaseException | None = None
+        try:
+            while True:
+                with clock.scope() as scope:
+                    if not clock.reading:
+                        try:
+                            await self._write(conn, first, second, clock, scope)
+                        except (*_IO_ERRORS, _EarlyResponse) as exc:
+                            write_error = httpx.WriteError(
+                                f"Failed to send the request: {exc!r}", request=request
+                            )
+                            write_cause = exc
+                        clock.start_reading(scope)
+                    await self._read(conn, message, clock)
+                if not scope.cancelled_caught:
+                    break
+                if clock.expired():
+                    if clock.reading:
+                        raise httpx.ReadTimeout("Timed out while reading the response")
+                    raise httpx.WriteTimeout("Timed out while sending the request")
+        except (*_IO_ERRORS, httpx.TransportError) as exc:
+            if write_error is not None:
+                # The server may have answered before closing (a proxy's 413); it did not.
+                if conn.reused and not conn.received:
+                    raise _Resend(write_error) from write_cause
+                raise write_error from write_cause
+            if isinstance(exc, httpx.TransportError):
+                if request is not None:
+                    exc.request = request
+                raise
+            raise httpx.ReadError(f"Failed to read the response: {exc!r}", request=request) from exc
         parser = message.parser
-        keep_alive = message.keep_alive and not (close or message.extra or message.head_request)
+        keep_alive = (
+            message.keep_alive
+            and write_error is None  # the rest of the body is unsent: not reusable
+            and not (close or message.extra or message.head_request)
+        )
         body = message.body
         content = body[0] if len(body) == 1 else b"".join(body)
         version = b"HTTP/" + parser.get_http_version().encode("ascii")
         status = parser.get_status_code()
-        return status, message.reason, version, message.headers, content, keep_alive
+        return (
+            status,
+            message.reason,
+            version,
+            message.headers,
+            content,
+            keep_alive,
+            message.encoded,
+        )
 
-    async def _connect(self, conn: _Conn, request: httpx.Request, timeouts: _Timeouts) -> None:
+    async def _write(
+        self, conn: _Conn, first: bytes, second: bytes, clock: _Deadline, scope: anyio.CancelScope
+    ) -> None:
+        """Send the request: the head (with a small body), then a large body in pieces."""
+        stream = conn.stream
+        assert stream is not None
+        await stream.send(first)
+        # A large body goes in pieces; a server that answers before reading it all
+        # (a proxy's 413) is heard between pieces instead of after a failed write.
+        for start in range(0, len(second), _SMALL_BODY):
+            if conn.readable():
+                raise _EarlyResponse
+            clock.wrote(scope)
+            await stream.send(second[start : start + _SMALL_BODY])
+        if conn.reused and conn.closed_underneath():
+            # asyncio reports a failed send by closing the socket, not by raising.
+            raise anyio.BrokenResourceError
+
+    async def _read(self, conn: _Conn, message: _Message, clock: _Deadline) -> None:
+        """Read until ``message`` holds one complete response (resumable after a cancel)."""
+        stream = conn.stream
+        assert stream is not None
+        while not message.complete:
+            try:
+                data = await stream.receive(_RECV_SIZE)
+            except anyio.EndOfStream:
+                data = b""
+            if not data:
+                message.eof(conn.received)
+                return
+            conn.received = True
+            clock.progress()
+            message.fed += len(data)
+            message.feed(data)
+            if not message.complete and message.head_overflow():
+                raise httpx.RemoteProtocolError("Response head or chunk framing too large")
+
+    async def _connect(
+        self, conn: _Conn, request: httpx.Request | None, timeouts: _Timeouts, sni: str
+    ) -> None:
         scheme, host, port = conn.key
         conn.reused = False
-        sni = request.extensions.get("sni_hostname") or host
-        if isinstance(sni, bytes):
-            sni = sni.decode("ascii")
         try:
             with anyio.fail_after(timeouts.get("connect")):
                 conn.stream = await self._open_stream(scheme, host, port, sni)
@@ -592,7 +716,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         conn: _Conn | None,
         doomed: list[_Conn],
         pool_timeout: float | None,
-        request: httpx.Request,
+        request: httpx.Request | None,
     ) -> _Conn:
         """The slow path of taking a connection: wait for one, close dropped ones."""
         if conn is None:
@@ -714,6 +838,92 @@ class FastTransport(httpx.AsyncBaseTransport):
             self._waiters.popleft().set()
         for conn in idle:
             await conn.aclose()
+
+
+def _pool_key(url: httpx.URL, request: httpx.Request | None) -> _PoolKey:
+    scheme = url.scheme
+    if scheme == "http":
+        port = url.port or 80
+    elif scheme == "https":
+        port = url.port or 443
+    else:
+        raise httpx.UnsupportedProtocol(
+            f"FastTransport supports only http:// and https:// URLs, not {url}",
+            request=request,
+        )
+    return scheme, url.host, port
+
+
+_LENGTH_LINE = b"Content-Length: 1\r\n\r\n"
+
+
+class PreparedPost:
+    """The bytes of a POST's request line and headers, built once for many bodies.
+
+    They are what `handle_async_request` would send for an ``httpx.Request("POST", url,
+    headers=headers, content=body)``, minus the ``Content-Length`` line that httpx puts
+    last, which `FastTransport.send_prepared` adds for each body.  `build` returns
+    ``None`` when that does not hold (the headers set their own framing, or hold CR/LF):
+    then requests must take the ordinary path, which reports the problem.
+    """
+
+    __slots__ = ("close", "head", "key")
+
+    def __init__(self, key: _PoolKey, head: bytes, close: bool) -> None:
+        self.key = key
+        self.head = head
+        self.close = close
+
+    def __repr__(self) -> str:
+        # never the head: it holds the Authorization header
+        return f"PreparedPost({self.key[0]}://{self.key[1]}:{self.key[2]})"
+
+    @classmethod
+    def build(cls, url: httpx.URL, headers: httpx.Headers) -> PreparedPost | None:
+        """The prepared head for POSTs to ``url`` with ``headers``, if it can be built."""
+        try:
+            request = httpx.Request("POST", url, headers=headers, content=b"x")
+            key = _pool_key(url, request)
+            first, second, close = _serialize(request, b"x")
+        except httpx.HTTPError:
+            return None
+        if second or not first.endswith(b"\r\n" + _LENGTH_LINE + b"x"):
+            return None
+        return cls(key, first[: -len(_LENGTH_LINE) - 1], close)
+
+
+class RawResponse:
+    """A response read by `FastTransport.send_prepared`, without httpx's models."""
+
+    __slots__ = ("content", "encoded", "headers", "reason", "reusable", "status", "version")
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        version: bytes,
+        headers: _Headers,
+        content: bytes,
+        reusable: bool,
+        encoded: bool,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        #: the body as received: still Content-Encoded when `encoded`
+        self.content = content
+        self.reusable = reusable
+        self.encoded = encoded
+
+    def to_httpx(self) -> httpx.Response:
+        """The `httpx.Response` `handle_async_request` would have returned (unread)."""
+        return httpx.Response(
+            self.status,
+            headers=self.headers,
+            stream=httpx.ByteStream(self.content),
+            extensions={"http_version": self.version, "reason_phrase": self.reason},
+        )
 
 
 def _serialize(request: httpx.Request, body: bytes) -> tuple[bytes, bytes, bool]:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+import binascii
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from embedkit import ResponseError
 from embedkit._decode import (
+    _unpadded_base64,
     checked,
     from_base64_rows,
     from_json_rows,
@@ -168,6 +172,30 @@ def test_malformed_json_rows(data: Any, n: int, needle: str | None) -> None:
         from_json_rows(data, n)
 
 
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(
+                allow_nan=False, allow_infinity=False, width=64, min_value=-1e38, max_value=1e38
+            ),
+            st.integers(-(2**60), 2**60),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_the_numbers_only_path_rounds_as_float64_then_float32(row: list[float]) -> None:
+    expected = np.array([row], dtype=np.float64).astype(np.float32)
+    out = from_json_rows([row], 1, numbers_only=True)
+    assert out.tobytes() == expected.tobytes()
+
+
+def test_the_numbers_only_path_refuses_an_overflow_without_a_warning() -> None:
+    with pytest.raises(ResponseError, match="NaN or infinite"):
+        from_json_rows([[1e39, 1.0]], 1, numbers_only=True)  # warnings are errors here
+
+
 def test_json_result_is_float32_for_integer_answers() -> None:
     assert_clean(from_json_rows([[1, 2, 3]], 1), (1, 3))
 
@@ -209,6 +237,50 @@ def test_base64_is_read_little_endian_whatever_the_host() -> None:
 def test_malformed_base64(encoded: list[Any], n: int, needle: str | None) -> None:
     with pytest.raises(ResponseError, match=needle):
         from_base64_rows(encoded, n)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.binary(max_size=600).map(lambda b: b[: len(b) - len(b) % 3]))
+def test_the_numpy_base64_decoder_is_binascii_byte_for_byte(data: bytes) -> None:
+    text = base64.b64encode(data).decode("ascii")
+    decoded = _unpadded_base64(text)
+    assert decoded is not None
+    assert decoded.dtype == np.uint8
+    assert decoded.tobytes() == binascii.a2b_base64(text) == data
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "AACAPw==",  # padding
+        "AACAP w==",  # whitespace, which binascii skips
+        "AACA\nPwAA",
+        "AAC*PwAA",  # outside the alphabet, which binascii skips
+        "AACAPwA",  # not a multiple of 4
+        "AACAPwAé",  # not ASCII
+        "AA-_PwAA",  # the URL-safe alphabet is not OpenAI's
+    ],
+)
+def test_the_numpy_base64_decoder_leaves_everything_else_to_binascii(text: str) -> None:
+    assert _unpadded_base64(text) is None
+
+
+@pytest.mark.parametrize("dim", [1, 3, 384, 1024, 1536])
+def test_base64_batches_decode_exactly_padded_or_not(dim: int) -> None:
+    rng = np.random.default_rng(dim)
+    rows = rng.standard_normal((5, dim)).astype(np.float32)
+    out = from_base64_rows([b64(row) for row in rows], 5)
+    assert_clean(out, (5, dim))
+    assert out.tobytes() == rows.astype("<f4").tobytes()
+
+
+def test_base64_rows_with_characters_binascii_skips_decode_as_before() -> None:
+    # Not valid base64 to the numpy decoder; binascii (non-strict) skips the stray bytes.
+    rows = [b64([1.0, 2.0, 3.0]), b64([4.0, 5.0, 6.0])]
+    noisy = [rows[0][:4] + "\n" + rows[0][4:-1], rows[1][:4] + "*" + rows[1][4:-1]]
+    assert all(len(r) == len(noisy[0]) for r in noisy)
+    out = from_base64_rows([r + rows[i][-1] for i, r in enumerate(noisy)], 2)
+    np.testing.assert_array_equal(out, [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
 
 
 # ------------------------------------------------------------------------------ indexes
