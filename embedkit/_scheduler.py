@@ -20,9 +20,12 @@
    characters. A text already in flight, or twice in the batch, is not sent again: the caller
    joins the *waiters* of the copy being sent. A text in the LRU cache is answered at once.
 4. Each batch runs in its own task: `send(texts)` (the seam: an HTTP backend, a local model,
-   or a test function) under the retry policy. On success row k goes to every waiter of
-   text k. A batch refused for its size is split; a batch refused for one bad input is
-   bisected until only the bad text fails. Other errors go to the batch's callers.
+   or a test function) under the retry policy. On success, if a batch may leave at once (as
+   the dispatcher would send it: within the limit, unpaced, not held), the answered slot
+   forms it and sends it *before* handing out the rows it received, so the server gets its
+   next request before the callers wake up. Then row k goes to every waiter of text k.
+   A batch refused for its size is split; a batch refused for one bad input is bisected
+   until only the bad text fails. Other errors go to the batch's callers.
 5. A caller wakes when its last row lands (or its first error), and gets its matrix. A caller
    that is cancelled marks its job finished: its queued texts are skipped, rows still in
    flight are dropped on arrival. A caller holds a slot only while it sends a full batch
@@ -433,9 +436,19 @@ class Scheduler:
         finally:
             self._drivers.discard(scope)
         self._running.discard(batch)
+        if scope.cancelled_caught:  # closed, and close() failed the batch
+            slot.release()
+            return
+        follow = self._follow_on(slot)
+        if follow is not None:  # the slot goes on with it, in a task started before the rows
+            try:
+                tg.start_soon(self._run_batch, follow)
+                slot.held = False  # the new task holds it now
+            except RuntimeError:  # the task group has stopped: the scheduler is closing
+                self._running.discard(follow)
+                self._fail(follow, ClientClosedError("the embedder was closed"))
         slot.release()
-        if not scope.cancelled_caught:  # else: closed, and close() failed the batch
-            self._deliver(batch, matrix)
+        self._deliver(batch, matrix)
 
     def _hand_over(
         self, tg: TaskGroup, func: Callable[..., Coroutine[Any, Any, None]], *args: Any
@@ -520,13 +533,56 @@ class Scheduler:
     # --------------------------------------------------------------------- batches
 
     async def _run_batch(self, batch: _Batch, held: bool = True) -> None:
+        """Send `batch`, then keep its slot busy: while a batch may leave the moment an answer
+        comes back (`_follow_on`), this task sends it, and only then hands out the rows it
+        holds, so the slot is refilled before any caller wakes up."""
         slot = _Slot(self.concurrency)
         slot.held = held  # False: a batch handed over by a cancelled caller, no slot yet
+        current: _Batch | None = batch
         try:
-            await self._resolve(batch, slot)
+            while current is not None:
+                batch, current = current, None
+                try:
+                    matrix = await self._attempts(batch, slot)
+                except Exception as exc:
+                    await self._recover(batch, slot, exc)
+                    return
+                self._running.discard(batch)
+                current = self._follow_on(slot)
+                self._deliver(batch, matrix)
         finally:
             self._running.discard(batch)
+            if current is not None:  # formed, never sent (only if delivering raised)
+                self._running.discard(current)
+                self._fail(current, EmbedkitError("a batch was dropped before it was sent"))
             slot.release()
+
+    def _follow_on(self, slot: _Slot) -> _Batch | None:
+        """The next batch for a slot whose answer has just come back, if it may leave now.
+
+        Only what the dispatcher would send at once: the slot is still within the limit,
+        nothing paces or pauses requests, and the model would not hold the batch back.
+        Otherwise None, and the slot goes back to the dispatcher.
+        """
+        queue = self._queue
+        concurrency = self.concurrency
+        if (
+            not queue
+            or self._closed
+            or not slot.held
+            or concurrency.in_flight > int(concurrency.limit)
+            or not self.quota.idle()
+        ):
+            return None
+        model = self.model
+        now = model.clock()
+        waited = now - queue[0].at
+        if model.hold(self._queued, self.max_batch_size, self._sending, waited, now) is not None:
+            return None
+        batch = self._form_batch()
+        if batch is not None:
+            self._running.add(batch)
+        return batch
 
     async def _resolve(self, batch: _Batch, slot: _Slot) -> None:
         """Send a batch and hand out its rows, splitting it when the server asks."""

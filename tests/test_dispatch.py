@@ -16,10 +16,10 @@ import trio
 import trio.testing
 
 from embedkit._decode import Matrix
-from embedkit._limits import AdaptiveConcurrency, ServerModel
+from embedkit._limits import AdaptiveConcurrency, ServerModel, TokenBucket
 from embedkit._scheduler import Scheduler
 
-from .fakes import vectors_for
+from .fakes import VirtualClock, vectors_for
 
 FIXED, PER_TEXT, SLOTS = 0.010, 0.0002, 4
 
@@ -255,3 +255,69 @@ async def test_a_cancelled_caller_that_was_sending_hands_the_batch_to_the_others
     for i in range(3):
         np.testing.assert_array_equal(results[i], vectors_for([f"t{i}"]))
     assert concurrency.in_flight == 0  # no slot leaked
+
+
+@pytest.mark.asyncio
+async def test_an_answered_slot_sends_the_next_batch_before_its_callers_wake() -> None:
+    log: list[tuple[str, str]] = []
+
+    async def send(texts: list[str]) -> Matrix:
+        log.append(("send", texts[0]))
+        await anyio.lowlevel.checkpoint()
+        return vectors_for(texts)
+
+    scheduler = Scheduler(send, max_batch_size=4, concurrency=AdaptiveConcurrency(1))
+
+    async def caller(i: int) -> None:
+        out = await scheduler.submit([f"t{i}"])
+        np.testing.assert_array_equal(out, vectors_for([f"t{i}"]))
+        log.append(("done", f"t{i}"))
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        async with anyio.create_task_group() as callers:
+            for i in range(16):
+                callers.start_soon(caller, i)
+        tg.cancel_scope.cancel()
+    sends = [text for kind, text in log if kind == "send"]
+    assert sends == ["t0", "t4", "t8", "t12"]  # four full batches, in order
+    # Batch k's callers resume only after batch k + 1 is on its way, whether batch k was
+    # sent by a caller (the first) or by the slot's own task (the others).
+    for k in range(3):
+        next_send = log.index(("send", f"t{4 * (k + 1)}"))
+        for i in range(4 * k, 4 * k + 4):
+            assert log.index(("done", f"t{i}")) > next_send
+    assert scheduler.concurrency.in_flight == 0
+
+
+@pytest.mark.asyncio
+async def test_an_answered_slot_is_refilled_only_within_the_request_rate() -> None:
+    clock = VirtualClock()
+    sent_at: list[tuple[str, float]] = []
+
+    async def send(texts: list[str]) -> Matrix:
+        sent_at.append((texts[0], clock()))
+        await anyio.lowlevel.checkpoint()
+        return vectors_for(texts)
+
+    scheduler = Scheduler(
+        send,
+        max_batch_size=4,
+        concurrency=AdaptiveConcurrency(1),
+        request_rate=TokenBucket(1.0, burst=1.0, clock=clock, sleep=clock.sleep),
+    )
+    results: dict[int, Matrix] = {}
+
+    async def caller(i: int) -> None:
+        results[i] = await scheduler.submit([f"t{i}"])
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        async with anyio.create_task_group() as callers:
+            for i in range(12):
+                callers.start_soon(caller, i)
+        tg.cancel_scope.cancel()
+    # One request a second, although each answer found a full batch waiting.
+    assert sent_at == [("t0", 0.0), ("t4", 1.0), ("t8", 2.0)]
+    for i in range(12):
+        np.testing.assert_array_equal(results[i], vectors_for([f"t{i}"]))
