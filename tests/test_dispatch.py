@@ -38,13 +38,26 @@ def test_the_model_learns_the_fixed_and_per_text_cost() -> None:
     assert model.per_text == pytest.approx(PER_TEXT)
 
 
-def test_an_answer_that_queued_in_the_server_lowers_its_parallelism() -> None:
+def test_answers_that_queued_in_the_server_lower_its_parallelism() -> None:
     model = learned(parallel=8)
-    model.observe(16, FIXED + 16 * PER_TEXT, 4)  # on time with 4 out: no change
+    for _ in range(3):
+        model.observe(16, FIXED + 16 * PER_TEXT, 4)  # on time with 4 out: no change
     assert model.parallel == 8
-    model.observe(16, 2 * (FIXED + 16 * PER_TEXT), 5)  # a whole service time late
+    for _ in range(3):
+        model.observe(16, 2 * (FIXED + 16 * PER_TEXT), 5)  # a whole service time late
     assert model.parallel == 4
-    assert model.queued_answers == 1
+    assert model.queued_answers == 3
+
+
+def test_one_late_answer_is_a_stall_not_a_queue() -> None:
+    model = learned(parallel=8)
+    for out in (2, 3, 4):
+        for _ in range(5):
+            model.observe(16, FIXED + 16 * PER_TEXT, out)
+    model.observe(16, 3 * (FIXED + 16 * PER_TEXT), 3)  # a garbage collection, say
+    assert model.parallel == 8
+    model.observe(16, 3 * (FIXED + 16 * PER_TEXT), 5)  # a new level's first answer, late
+    assert model.parallel == 8
 
 
 def test_a_busy_event_loop_that_slows_every_answer_is_not_a_queueing_server() -> None:
@@ -57,12 +70,43 @@ def test_a_busy_event_loop_that_slows_every_answer_is_not_a_queueing_server() ->
 
 def test_parallelism_rises_again_when_the_level_stops_queueing() -> None:
     model = learned(parallel=8)
-    model.observe(16, FIXED + 16 * PER_TEXT, 4)
-    model.observe(16, 2 * (FIXED + 16 * PER_TEXT), 5)
+    for _ in range(3):
+        model.observe(16, FIXED + 16 * PER_TEXT, 4)
+        model.observe(16, 2 * (FIXED + 16 * PER_TEXT), 5)
     assert model.parallel == 4
     for _ in range(40):  # the server got more slots: 5 out no longer queue
         model.observe(16, FIXED + 16 * PER_TEXT, 5)
     assert model.parallel == 8
+
+
+def test_a_level_last_heard_from_while_idle_does_not_set_the_reference() -> None:
+    model = learned(parallel=8)
+    for _ in range(5):  # the warm-up: one request at a time on an idle client
+        model.observe(1, FIXED + PER_TEXT, 1)
+    rng = random.Random(3)
+    for _ in range(400):  # then load: a busy event loop adds ~30% to every answer
+        out = rng.randint(2, 6)
+        late = 1.3 if out <= 4 else 1.3 + 0.6  # 5 and 6 out also queue in the server
+        model.observe(16, late * (FIXED + 16 * PER_TEXT), out)
+    assert model.parallel == 4
+
+
+def test_the_parallelism_estimate_holds_steady_under_noisy_answers() -> None:
+    model = learned(parallel=8)
+    rng = random.Random(11)
+    estimates = []
+    for i in range(3000):
+        out = rng.randint(1, 8)
+        size = rng.choice((1, 4, 16, 32))
+        ratio = 1.0 + rng.expovariate(1 / 0.08)  # the event loop's jitter
+        if rng.random() < 0.04:
+            ratio += rng.uniform(1.0, 3.0)  # a stall: a collection, another process
+        if out > SLOTS:
+            ratio += rng.uniform(0.3, 1.0)  # waited for one of the server's 4 slots
+        model.observe(size, ratio * (FIXED + size * PER_TEXT), out)
+        if i >= 200:
+            estimates.append(model.parallel)
+    assert set(estimates) == {SLOTS}
 
 
 def test_an_idle_pipe_never_holds_a_text_back() -> None:
@@ -108,8 +152,16 @@ class _FormWhenASlotFrees(ServerModel):
         return None
 
 
-def _open_loop(model_class: type[ServerModel], load: float, seconds: float) -> dict[str, float]:
-    """Poisson single-text calls against a 4-slot cost-model server, on virtual time."""
+def _open_loop(
+    model_class: type[ServerModel],
+    load: float,
+    seconds: float,
+    *,
+    seed: int = 7,
+    warm_up: int = 0,
+) -> dict[str, float]:
+    """Poisson single-text calls against a 4-slot cost-model server, on virtual time
+    (after `warm_up` calls one at a time on the idle client, as a benchmark warms up)."""
 
     async def main() -> dict[str, float]:
         slots = trio.Semaphore(SLOTS)
@@ -124,7 +176,7 @@ def _open_loop(model_class: type[ServerModel], load: float, seconds: float) -> d
         model = model_class(8, clock=trio.current_time, sleep=trio.sleep)
         scheduler = Scheduler(send, concurrency=AdaptiveConcurrency(8), model=model)
         capacity = SLOTS * 32 / (FIXED + 32 * PER_TEXT)
-        rng = random.Random(7)
+        rng = random.Random(seed)
         latencies: list[float] = []
 
         async def call(i: int, at: float) -> None:
@@ -134,6 +186,9 @@ def _open_loop(model_class: type[ServerModel], load: float, seconds: float) -> d
 
         async with trio.open_nursery() as nursery:
             await nursery.start(scheduler.run)
+            for k in range(warm_up):
+                await scheduler.submit([f"warm-up {k}"])
+                await trio.sleep(0.05)
             async with trio.open_nursery() as callers:
                 start = trio.current_time()
                 t, i = 0.0, 0
@@ -164,6 +219,16 @@ def test_under_moderate_load_small_batches_no_longer_queue_in_the_server() -> No
     assert now["parallel"] == SLOTS
     assert now["p99"] < 1.5 * full
     assert now["p50"] < before["p50"] / 1.5
+
+
+@pytest.mark.parametrize("seed", [7, 107])
+def test_after_an_idle_warm_up_the_model_still_finds_the_servers_slots(seed: int) -> None:
+    # The warm-up's one-text answers leave a level-1 reference from an idle client and a
+    # rough early floor; levels read against that floor are read again as it is learned
+    # (seed 7 locks at 2 without that; seed 107 locked at 2 with the moving averages).
+    now = _open_loop(ServerModel, 0.5, 1.0, seed=seed, warm_up=20)
+    assert now["parallel"] == SLOTS
+    assert now["p99"] < 1.5 * (FIXED + 32 * PER_TEXT)
 
 
 def test_at_low_load_a_text_pays_about_one_service_time() -> None:
