@@ -461,6 +461,20 @@ class ServerModel:
             return None
         return fixed - waited
 
+    def enough(self, max_batch: int, in_flight: int, now: float) -> int:
+        """The fewest queued texts for which `hold` would send at once, with `in_flight`
+        requests out at the present arrival rate (the rate grows as texts arrive, so it is
+        a lower bound: ask `hold` again when the queue gets there)."""
+        if in_flight >= self.parallel:
+            return max_batch
+        if in_flight < self.parallel - 1 or self.fixed is None:
+            return 1
+        rate = self.rate(now)
+        room = self.utilisation * self.parallel - rate * self.per_text
+        if room <= 0:
+            return max_batch
+        return max(1, min(max_batch, math.ceil(rate * self.fixed / room)))
+
 
 class Quota(Protocol):
     """Where the scheduler gets permission to send, and where it reports what came back.

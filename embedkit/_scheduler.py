@@ -9,8 +9,9 @@
    pile up, and the next free slot takes a full batch. A full batch always leaves; a
    sub-full one leaves at once while the server keeps a slot in reserve, and otherwise only
    when it is big enough for the arrival rate or has waited one request's fixed cost
-   (`ServerModel.hold`). When the pipe is idle, a lone call is sent at once: there is no
-   batching delay.
+   (`ServerModel.hold`). While it holds, only an answer, the alarm, or an arrival that
+   brings the queue to what the model would send (`ServerModel.enough`) wakes it. When the
+   pipe is idle, a lone call is sent at once: there is no batching delay.
    A caller whose text completes a full batch while a slot is free does not wait for the
    dispatcher: it forms that batch and sends it from its own task (`submit`). A burst of
    thousands of calls thus has requests on the wire while later callers are still arriving.
@@ -268,6 +269,7 @@ class Scheduler:
         self._inflight: dict[str, _Waiters] = {}
         self._running: set[_Batch] = set()
         self._wakeup: anyio.Event | None = None
+        self._wake_at = 1  # texts queued that make a new arrival worth waking the dispatcher
         self._closed = False
         self._queued = 0  # texts in the queue not yet put in a batch
         self._sending = 0  # requests out now
@@ -321,7 +323,7 @@ class Scheduler:
             self._queued += n
             self._queue.append(job)
             wakeup = self._wakeup
-            if wakeup is not None:
+            if wakeup is not None and self._queued >= self._wake_at:
                 self._wakeup = None  # one wake-up is enough, however many callers arrive
                 wakeup.set()
         return job
@@ -386,7 +388,10 @@ class Scheduler:
             )
             if delay is None:
                 return
-            self._wakeup = wakeup = self._new_event()  # set by a new text or an answer
+            # Set by an answer, or by an arrival that brings the queue to what the model
+            # would send at once: arrivals short of that would only be held again.
+            self._wake_at = model.enough(self.max_batch_size, self._sending, now)
+            self._wakeup = wakeup = self._new_event()
             try:
                 if delay == math.inf:
                     await wakeup.wait()
@@ -397,6 +402,7 @@ class Scheduler:
                         tg.cancel_scope.cancel()
             finally:
                 self._wakeup = None
+                self._wake_at = 1
 
     async def _alarm(self, delay: float, wakeup: anyio.Event) -> None:
         await self.model.sleep(delay)

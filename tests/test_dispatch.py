@@ -139,6 +139,20 @@ def test_the_last_slot_waits_for_company_at_most_one_fixed_cost() -> None:
     assert model.hold(31, 32, 3, 0.0, now) is None  # big enough for the arrival rate
 
 
+def test_enough_is_the_queue_at_which_the_hold_ends() -> None:
+    model = learned(parallel=4)
+    rate = 6000.0
+    for i in range(300):
+        model.arrived(i / rate, 1)
+    now = 300 / rate
+    assert model.enough(32, 4, now) == 32  # every server slot busy: only a full batch
+    assert model.enough(32, 1, now) == 1  # slots in reserve: anything
+    k = model.enough(32, 3, now)  # the last slot: big enough for the arrival rate
+    assert 1 < k < 32
+    assert model.hold(k, 32, 3, 0.0, now) is None
+    assert model.hold(k - 1, 32, 3, 0.0, now) is not None
+
+
 def test_at_a_low_arrival_rate_the_last_slot_takes_a_small_batch() -> None:
     model = learned(parallel=4)
     model.arrived(0.0, 1)
@@ -385,4 +399,52 @@ async def test_an_answered_slot_is_refilled_only_within_the_request_rate() -> No
     # One request a second, although each answer found a full batch waiting.
     assert sent_at == [("t0", 0.0), ("t4", 1.0), ("t8", 2.0)]
     for i in range(12):
+        np.testing.assert_array_equal(results[i], vectors_for([f"t{i}"]))
+
+
+class _CountingModel(ServerModel):
+    """The server model, counting how often the dispatcher asks it whether to hold."""
+
+    asked = 0
+
+    def hold(
+        self, queued: int, max_batch: int, in_flight: int, waited: float, now: float
+    ) -> float | None:
+        self.asked += 1
+        return super().hold(queued, max_batch, in_flight, waited, now)
+
+
+@pytest.mark.asyncio
+async def test_arrivals_that_cannot_change_a_hold_do_not_wake_the_dispatcher() -> None:
+    model = _CountingModel(8)
+    model.parallel = 1  # one request out keeps every sub-full batch waiting for an answer
+    gate = anyio.Event()
+    batches: list[list[str]] = []
+
+    async def send(texts: list[str]) -> Matrix:
+        batches.append(list(texts))
+        if texts == ["t0"]:
+            await gate.wait()
+        return vectors_for(texts)
+
+    scheduler = Scheduler(send, max_batch_size=8, concurrency=AdaptiveConcurrency(8), model=model)
+    results: dict[int, Matrix] = {}
+
+    async def caller(i: int) -> None:
+        results[i] = await scheduler.submit([f"t{i}"])
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        async with anyio.create_task_group() as callers:
+            for i in range(17):  # one at a time, each given the chance to wake the dispatcher
+                callers.start_soon(caller, i)
+                for _ in range(5):
+                    await anyio.lowlevel.checkpoint()
+            gate.set()
+        tg.cancel_scope.cancel()
+    assert [len(b) for b in batches] == [1, 8, 8]
+    # Asked as each batch started waiting and once its queue was full, not once an arrival:
+    # with every server slot busy, only a full batch (or an answer) can change the answer.
+    assert model.asked <= 2 * len(batches) + 1
+    for i in range(17):
         np.testing.assert_array_equal(results[i], vectors_for([f"t{i}"]))
