@@ -270,6 +270,8 @@ class Scheduler:
         self._running: set[_Batch] = set()
         self._wakeup: anyio.Event | None = None
         self._wake_at = 1  # texts queued that make a new arrival worth waking the dispatcher
+        self._alarm_at: float | None = None  # when a hold ends (ServerModel clock)
+        self._alarm_armed: anyio.Event | None = None  # set to wake an idle alarm
         self._closed = False
         self._queued = 0  # texts in the queue not yet put in a batch
         self._sending = 0  # requests out now
@@ -348,6 +350,7 @@ class Scheduler:
         """The dispatcher loop. Runs until cancelled."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            tg.start_soon(self._alarm)
             task_status.started()
             try:
                 await self._dispatch(tg)
@@ -381,32 +384,53 @@ class Scheduler:
         """Wait while the model says a sub-full batch should not leave yet."""
         model = self.model
         queue = self._queue
-        while queue:
-            now = model.clock()
-            delay = model.hold(
-                self._queued, self.max_batch_size, self._sending, now - queue[0].at, now
-            )
-            if delay is None:
-                return
-            # Set by an answer, or by an arrival that brings the queue to what the model
-            # would send at once: arrivals short of that would only be held again.
-            self._wake_at = model.enough(self.max_batch_size, self._sending, now)
-            self._wakeup = wakeup = self._new_event()
-            try:
-                if delay == math.inf:
+        try:
+            while queue:
+                now = model.clock()
+                delay = model.hold(
+                    self._queued, self.max_batch_size, self._sending, now - queue[0].at, now
+                )
+                if delay is None:
+                    return
+                # Set by an answer, the alarm, or an arrival that brings the queue to what
+                # the model would send at once: arrivals short of that would be held again.
+                self._wake_at = model.enough(self.max_batch_size, self._sending, now)
+                self._wakeup = wakeup = self._new_event()
+                self._alarm_at = None if delay == math.inf else now + delay
+                armed = self._alarm_armed
+                if armed is not None and self._alarm_at is not None:
+                    self._alarm_armed = None
+                    armed.set()
+                try:
                     await wakeup.wait()
-                else:
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._alarm, delay, wakeup)
-                        await wakeup.wait()
-                        tg.cancel_scope.cancel()
-            finally:
-                self._wakeup = None
-                self._wake_at = 1
+                finally:
+                    self._wakeup = None
+                    self._wake_at = 1
+        finally:
+            self._alarm_at = None
 
-    async def _alarm(self, delay: float, wakeup: anyio.Event) -> None:
-        await self.model.sleep(delay)
-        wakeup.set()
+    async def _alarm(self) -> None:
+        """Wake the dispatcher when a hold's time is up (`_alarm_at`, on the model's clock).
+
+        One task for the scheduler's life, never cancelled mid-sleep: a hold that ends early
+        only disarms it. (A task per hold, cancelled when the hold ended, left a cancelled
+        task, its exception and traceback, as cyclic garbage for every arrival.) The time
+        for one head of the queue only moves later, so sleeping towards the time set when
+        the sleep began and reading it again on waking is never late.
+        """
+        model = self.model
+        while True:
+            at = self._alarm_at
+            if at is None:
+                self._alarm_armed = armed = self._new_event()
+                await armed.wait()
+                continue
+            left = at - model.clock()
+            if left > 0:
+                await model.sleep(left)
+                continue
+            self._alarm_at = None
+            self._wake()
 
     def _wake(self) -> None:
         wakeup = self._wakeup

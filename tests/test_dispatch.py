@@ -6,6 +6,7 @@ virtual clock against a fake server with a cost model (4 slots, 10 ms + 0.2 ms p
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 
@@ -448,3 +449,47 @@ async def test_arrivals_that_cannot_change_a_hold_do_not_wake_the_dispatcher() -
     assert model.asked <= 2 * len(batches) + 1
     for i in range(17):
         np.testing.assert_array_equal(results[i], vectors_for([f"t{i}"]))
+
+
+@pytest.mark.asyncio
+async def test_holding_for_company_leaves_no_cyclic_garbage() -> None:
+    """Each hold used to start an alarm task and cancel it when an arrival or an answer
+    ended the hold: a cancelled task, its exception and traceback, left for the cycle
+    collector, whose full passes then stalled a busy client for tens of milliseconds."""
+    model = ServerModel(8)
+    model.parallel = 2  # with one request out, a sub-full batch holds for the last slot
+    model.fixed = 3600.0  # ... for up to an hour, so only arrivals and answers end holds
+    gate = anyio.Event()
+    batches: list[list[str]] = []
+
+    async def send(texts: list[str]) -> Matrix:
+        batches.append(list(texts))
+        if texts == ["t0"]:
+            await gate.wait()
+        return vectors_for(texts)
+
+    scheduler = Scheduler(send, max_batch_size=8, concurrency=AdaptiveConcurrency(8), model=model)
+    results: dict[int, Matrix] = {}
+
+    async def caller(i: int) -> None:
+        results[i] = await scheduler.submit([f"t{i}"])
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        gc.collect()
+        gc.disable()
+        try:
+            async with anyio.create_task_group() as callers:
+                for i in range(401):
+                    callers.start_soon(caller, i)
+                    for _ in range(5):
+                        await anyio.lowlevel.checkpoint()
+                gate.set()
+            found = gc.collect()  # what 401 calls and their holds left for the collector
+        finally:
+            gc.enable()
+        tg.cancel_scope.cancel()
+    assert sorted(t for b in batches for t in b) == sorted(f"t{i}" for i in range(401))
+    for i in range(401):
+        np.testing.assert_array_equal(results[i], vectors_for([f"t{i}"]))
+    assert found < 20  # the old alarm task left ~250 objects here
