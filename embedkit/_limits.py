@@ -268,6 +268,10 @@ class LearnedRate:
             self.bucket.rate = new
 
 
+#: answers a level needs before its median counts (one or two could be a stall)
+_LEVEL_SAMPLES = 3
+
+
 class ServerModel:
     """When is a batch that is not full worth sending? A model learned from the answers.
 
@@ -280,11 +284,15 @@ class ServerModel:
     * `fixed` and `per_text`: the server's unqueued cost, seconds per request and per text
       (the lower envelope of latency against batch size, over a sliding window);
     * `parallel`: how many requests it serves at once. For each number of requests out when
-      a request left, a moving average of its latency over the unqueued cost of its size:
-      the first level at which that slowdown is over 1.15x the least slowdown of any level
-      is where requests started to queue in the server. Comparing levels with each other,
-      not with the floor, keeps a busy event loop (which slows every answer alike) from
-      passing for a queueing server. Until some level shows it, `parallel` is the
+      a request left (a *level*), the median of its last `samples` slowdowns (latency over
+      the unqueued cost of its size): the first level whose median is over 1.15x the least
+      median of the *recent* levels is where requests started to queue in the server.
+      Comparing levels with each other, not with the floor, keeps a busy event loop (which
+      slows every answer alike) from passing for a queueing server; medians keep one stall
+      (a garbage collection, another process) from moving a level; and only levels heard
+      from within the last `recent` answers set the reference, so a level last seen on an
+      idle client (the warm-up) cannot make every level look queued once the loop is busy.
+      A level needs 3 answers to count. Until some level shows queueing, `parallel` is the
       concurrency limit; it is never inferred below 2 (one noisy level must not turn the
       client into a one-request-at-a-time Nagle);
     * the arrival rate of texts, over the last `window` seconds.
@@ -308,6 +316,8 @@ class ServerModel:
         sleep: Sleep = anyio.sleep,
         utilisation: float = 0.85,
         window: float = 0.05,
+        samples: int = 16,
+        recent: int = 256,
     ) -> None:
         self.parallel = max(1, parallel)
         self.fixed: float | None = None
@@ -318,9 +328,17 @@ class ServerModel:
         self.window = window
         self.queued_answers = 0
         self._maximum = self.parallel
-        # requests out when one was sent -> moving average of its latency over the unqueued
-        # cost of its batch size (1.0: no queueing; the event loop's own delays lift all alike)
-        self._slowdown: dict[int, float] = {}
+        # requests out when one was sent -> its last answers (texts, seconds), the median of
+        # their slowdowns (latency over the unqueued cost of their size, by the current fit;
+        # 1.0: no queueing; the event loop's own delays lift all alike), and the answer count
+        # when the level was last heard from
+        self._levels: dict[int, deque[tuple[int, float]]] = {}
+        self._fitted = (0.0, 0.0)  # the fit the medians were computed with
+        self._median: dict[int, float] = {}
+        self._heard: dict[int, int] = {}
+        self._answers = 0
+        self._samples = max(1, samples)
+        self._recent = recent
         # batch-size bucket (bit length) -> [min s, its size, previous window's min s, its size, n]
         self._floor: dict[int, list[float]] = {}
         self._arrivals: deque[tuple[float, int]] = deque()
@@ -362,18 +380,51 @@ class ServerModel:
         if base <= 0:
             return
         ratio = seconds / base
-        slowdown = self._slowdown
-        old = slowdown.get(in_flight)
-        slowdown[in_flight] = ratio if old is None else old + 0.1 * (ratio - old)
-        levels = sorted(slowdown)
-        reference = min(slowdown.values())
+        self._answers += 1
+        ring = self._levels.get(in_flight)
+        if ring is None:
+            ring = self._levels[in_flight] = deque(maxlen=self._samples)
+        ring.append((texts, seconds))
+        self._heard[in_flight] = self._answers
+        fit = (self.fixed, self.per_text)
+        old_fixed, old_per_text = self._fitted
+        if abs(fit[0] - old_fixed) > 0.01 * fit[0] or abs(fit[1] - old_per_text) > 0.01 * fit[1]:
+            # The floor moved: re-read every level by it, or slowdowns measured against an
+            # early, rough fit would keep a rarely used level looking queued.
+            self._fitted = fit
+            for level in self._levels:
+                self._remedian(level)
+        else:
+            self._remedian(in_flight)
+        self._estimate(ratio)
+
+    def _remedian(self, level: int) -> None:
+        ring = self._levels[level]
+        if len(ring) < _LEVEL_SAMPLES:
+            return
+        fixed, per_text = self.fixed or 0.0, self.per_text
+        ratios = sorted(s / max(fixed + per_text * n, 1e-9) for n, s in ring)
+        self._median[level] = ratios[len(ratios) // 2]
+
+    def _estimate(self, ratio: float) -> None:
+        medians = self._median
+        if not medians:
+            return
+        horizon = self._answers - self._recent
+        heard = self._heard
+        reference = min(
+            (m for level, m in medians.items() if heard[level] > horizon), default=math.inf
+        )
+        if reference == math.inf:  # no level heard from lately: keep what we know
+            return
         if ratio > 1.15 * reference:
             self.queued_answers += 1
-        self.parallel = self._maximum
-        for level in levels:
-            if slowdown[level] > 1.15 * reference:
-                self.parallel = max(min(2, self._maximum), level - 1)
+        parallel = self._maximum
+        for level in sorted(medians):
+            if medians[level] > 1.15 * reference:
+                parallel = max(min(2, self._maximum), level - 1)
                 break
+        self.parallel = parallel
 
     def _fit(self) -> None:
         points = []
@@ -409,6 +460,20 @@ class ServerModel:
         if room > 0 and queued * room >= rate * fixed:
             return None
         return fixed - waited
+
+    def enough(self, max_batch: int, in_flight: int, now: float) -> int:
+        """The fewest queued texts for which `hold` would send at once, with `in_flight`
+        requests out at the present arrival rate (the rate grows as texts arrive, so it is
+        a lower bound: ask `hold` again when the queue gets there)."""
+        if in_flight >= self.parallel:
+            return max_batch
+        if in_flight < self.parallel - 1 or self.fixed is None:
+            return 1
+        rate = self.rate(now)
+        room = self.utilisation * self.parallel - rate * self.per_text
+        if room <= 0:
+            return max_batch
+        return max(1, min(max_batch, math.ceil(rate * self.fixed / room)))
 
 
 class Quota(Protocol):

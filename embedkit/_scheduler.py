@@ -9,8 +9,9 @@
    pile up, and the next free slot takes a full batch. A full batch always leaves; a
    sub-full one leaves at once while the server keeps a slot in reserve, and otherwise only
    when it is big enough for the arrival rate or has waited one request's fixed cost
-   (`ServerModel.hold`). When the pipe is idle, a lone call is sent at once: there is no
-   batching delay.
+   (`ServerModel.hold`). While it holds, only an answer, the alarm, or an arrival that
+   brings the queue to what the model would send (`ServerModel.enough`) wakes it. When the
+   pipe is idle, a lone call is sent at once: there is no batching delay.
    A caller whose text completes a full batch while a slot is free does not wait for the
    dispatcher: it forms that batch and sends it from its own task (`submit`). A burst of
    thousands of calls thus has requests on the wire while later callers are still arriving.
@@ -20,9 +21,12 @@
    characters. A text already in flight, or twice in the batch, is not sent again: the caller
    joins the *waiters* of the copy being sent. A text in the LRU cache is answered at once.
 4. Each batch runs in its own task: `send(texts)` (the seam: an HTTP backend, a local model,
-   or a test function) under the retry policy. On success row k goes to every waiter of
-   text k. A batch refused for its size is split; a batch refused for one bad input is
-   bisected until only the bad text fails. Other errors go to the batch's callers.
+   or a test function) under the retry policy. On success, if a batch may leave at once (as
+   the dispatcher would send it: within the limit, unpaced, not held), the answered slot
+   forms it and sends it *before* handing out the rows it received, so the server gets its
+   next request before the callers wake up. Then row k goes to every waiter of text k.
+   A batch refused for its size is split; a batch refused for one bad input is bisected
+   until only the bad text fails. Other errors go to the batch's callers.
 5. A caller wakes when its last row lands (or its first error), and gets its matrix. A caller
    that is cancelled marks its job finished: its queued texts are skipped, rows still in
    flight are dropped on arrival. A caller holds a slot only while it sends a full batch
@@ -265,6 +269,9 @@ class Scheduler:
         self._inflight: dict[str, _Waiters] = {}
         self._running: set[_Batch] = set()
         self._wakeup: anyio.Event | None = None
+        self._wake_at = 1  # texts queued that make a new arrival worth waking the dispatcher
+        self._alarm_at: float | None = None  # when a hold ends (ServerModel clock)
+        self._alarm_armed: anyio.Event | None = None  # set to wake an idle alarm
         self._closed = False
         self._queued = 0  # texts in the queue not yet put in a batch
         self._sending = 0  # requests out now
@@ -318,7 +325,7 @@ class Scheduler:
             self._queued += n
             self._queue.append(job)
             wakeup = self._wakeup
-            if wakeup is not None:
+            if wakeup is not None and self._queued >= self._wake_at:
                 self._wakeup = None  # one wake-up is enough, however many callers arrive
                 wakeup.set()
         return job
@@ -343,6 +350,7 @@ class Scheduler:
         """The dispatcher loop. Runs until cancelled."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            tg.start_soon(self._alarm)
             task_status.started()
             try:
                 await self._dispatch(tg)
@@ -376,28 +384,53 @@ class Scheduler:
         """Wait while the model says a sub-full batch should not leave yet."""
         model = self.model
         queue = self._queue
-        while queue:
-            now = model.clock()
-            delay = model.hold(
-                self._queued, self.max_batch_size, self._sending, now - queue[0].at, now
-            )
-            if delay is None:
-                return
-            self._wakeup = wakeup = self._new_event()  # set by a new text or an answer
-            try:
-                if delay == math.inf:
+        try:
+            while queue:
+                now = model.clock()
+                delay = model.hold(
+                    self._queued, self.max_batch_size, self._sending, now - queue[0].at, now
+                )
+                if delay is None:
+                    return
+                # Set by an answer, the alarm, or an arrival that brings the queue to what
+                # the model would send at once: arrivals short of that would be held again.
+                self._wake_at = model.enough(self.max_batch_size, self._sending, now)
+                self._wakeup = wakeup = self._new_event()
+                self._alarm_at = None if delay == math.inf else now + delay
+                armed = self._alarm_armed
+                if armed is not None and self._alarm_at is not None:
+                    self._alarm_armed = None
+                    armed.set()
+                try:
                     await wakeup.wait()
-                else:
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._alarm, delay, wakeup)
-                        await wakeup.wait()
-                        tg.cancel_scope.cancel()
-            finally:
-                self._wakeup = None
+                finally:
+                    self._wakeup = None
+                    self._wake_at = 1
+        finally:
+            self._alarm_at = None
 
-    async def _alarm(self, delay: float, wakeup: anyio.Event) -> None:
-        await self.model.sleep(delay)
-        wakeup.set()
+    async def _alarm(self) -> None:
+        """Wake the dispatcher when a hold's time is up (`_alarm_at`, on the model's clock).
+
+        One task for the scheduler's life, never cancelled mid-sleep: a hold that ends early
+        only disarms it. (A task per hold, cancelled when the hold ended, left a cancelled
+        task, its exception and traceback, as cyclic garbage for every arrival.) The time
+        for one head of the queue only moves later, so sleeping towards the time set when
+        the sleep began and reading it again on waking is never late.
+        """
+        model = self.model
+        while True:
+            at = self._alarm_at
+            if at is None:
+                self._alarm_armed = armed = self._new_event()
+                await armed.wait()
+                continue
+            left = at - model.clock()
+            if left > 0:
+                await model.sleep(left)
+                continue
+            self._alarm_at = None
+            self._wake()
 
     def _wake(self) -> None:
         wakeup = self._wakeup
@@ -433,9 +466,19 @@ class Scheduler:
         finally:
             self._drivers.discard(scope)
         self._running.discard(batch)
+        if scope.cancelled_caught:  # closed, and close() failed the batch
+            slot.release()
+            return
+        follow = self._follow_on(slot)
+        if follow is not None:  # the slot goes on with it, in a task started before the rows
+            try:
+                tg.start_soon(self._run_batch, follow)
+                slot.held = False  # the new task holds it now
+            except RuntimeError:  # the task group has stopped: the scheduler is closing
+                self._running.discard(follow)
+                self._fail(follow, ClientClosedError("the embedder was closed"))
         slot.release()
-        if not scope.cancelled_caught:  # else: closed, and close() failed the batch
-            self._deliver(batch, matrix)
+        self._deliver(batch, matrix)
 
     def _hand_over(
         self, tg: TaskGroup, func: Callable[..., Coroutine[Any, Any, None]], *args: Any
@@ -520,13 +563,56 @@ class Scheduler:
     # --------------------------------------------------------------------- batches
 
     async def _run_batch(self, batch: _Batch, held: bool = True) -> None:
+        """Send `batch`, then keep its slot busy: while a batch may leave the moment an answer
+        comes back (`_follow_on`), this task sends it, and only then hands out the rows it
+        holds, so the slot is refilled before any caller wakes up."""
         slot = _Slot(self.concurrency)
         slot.held = held  # False: a batch handed over by a cancelled caller, no slot yet
+        current: _Batch | None = batch
         try:
-            await self._resolve(batch, slot)
+            while current is not None:
+                batch, current = current, None
+                try:
+                    matrix = await self._attempts(batch, slot)
+                except Exception as exc:
+                    await self._recover(batch, slot, exc)
+                    return
+                self._running.discard(batch)
+                current = self._follow_on(slot)
+                self._deliver(batch, matrix)
         finally:
             self._running.discard(batch)
+            if current is not None:  # formed, never sent (only if delivering raised)
+                self._running.discard(current)
+                self._fail(current, EmbedkitError("a batch was dropped before it was sent"))
             slot.release()
+
+    def _follow_on(self, slot: _Slot) -> _Batch | None:
+        """The next batch for a slot whose answer has just come back, if it may leave now.
+
+        Only what the dispatcher would send at once: the slot is still within the limit,
+        nothing paces or pauses requests, and the model would not hold the batch back.
+        Otherwise None, and the slot goes back to the dispatcher.
+        """
+        queue = self._queue
+        concurrency = self.concurrency
+        if (
+            not queue
+            or self._closed
+            or not slot.held
+            or concurrency.in_flight > int(concurrency.limit)
+            or not self.quota.idle()
+        ):
+            return None
+        model = self.model
+        now = model.clock()
+        waited = now - queue[0].at
+        if model.hold(self._queued, self.max_batch_size, self._sending, waited, now) is not None:
+            return None
+        batch = self._form_batch()
+        if batch is not None:
+            self._running.add(batch)
+        return batch
 
     async def _resolve(self, batch: _Batch, slot: _Slot) -> None:
         """Send a batch and hand out its rows, splitting it when the server asks."""

@@ -6,6 +6,7 @@ virtual clock against a fake server with a cost model (4 slots, 10 ms + 0.2 ms p
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 
@@ -16,10 +17,10 @@ import trio
 import trio.testing
 
 from embedkit._decode import Matrix
-from embedkit._limits import AdaptiveConcurrency, ServerModel
+from embedkit._limits import AdaptiveConcurrency, ServerModel, TokenBucket
 from embedkit._scheduler import Scheduler
 
-from .fakes import vectors_for
+from .fakes import VirtualClock, vectors_for
 
 FIXED, PER_TEXT, SLOTS = 0.010, 0.0002, 4
 
@@ -38,13 +39,26 @@ def test_the_model_learns_the_fixed_and_per_text_cost() -> None:
     assert model.per_text == pytest.approx(PER_TEXT)
 
 
-def test_an_answer_that_queued_in_the_server_lowers_its_parallelism() -> None:
+def test_answers_that_queued_in_the_server_lower_its_parallelism() -> None:
     model = learned(parallel=8)
-    model.observe(16, FIXED + 16 * PER_TEXT, 4)  # on time with 4 out: no change
+    for _ in range(3):
+        model.observe(16, FIXED + 16 * PER_TEXT, 4)  # on time with 4 out: no change
     assert model.parallel == 8
-    model.observe(16, 2 * (FIXED + 16 * PER_TEXT), 5)  # a whole service time late
+    for _ in range(3):
+        model.observe(16, 2 * (FIXED + 16 * PER_TEXT), 5)  # a whole service time late
     assert model.parallel == 4
-    assert model.queued_answers == 1
+    assert model.queued_answers == 3
+
+
+def test_one_late_answer_is_a_stall_not_a_queue() -> None:
+    model = learned(parallel=8)
+    for out in (2, 3, 4):
+        for _ in range(5):
+            model.observe(16, FIXED + 16 * PER_TEXT, out)
+    model.observe(16, 3 * (FIXED + 16 * PER_TEXT), 3)  # a garbage collection, say
+    assert model.parallel == 8
+    model.observe(16, 3 * (FIXED + 16 * PER_TEXT), 5)  # a new level's first answer, late
+    assert model.parallel == 8
 
 
 def test_a_busy_event_loop_that_slows_every_answer_is_not_a_queueing_server() -> None:
@@ -57,12 +71,43 @@ def test_a_busy_event_loop_that_slows_every_answer_is_not_a_queueing_server() ->
 
 def test_parallelism_rises_again_when_the_level_stops_queueing() -> None:
     model = learned(parallel=8)
-    model.observe(16, FIXED + 16 * PER_TEXT, 4)
-    model.observe(16, 2 * (FIXED + 16 * PER_TEXT), 5)
+    for _ in range(3):
+        model.observe(16, FIXED + 16 * PER_TEXT, 4)
+        model.observe(16, 2 * (FIXED + 16 * PER_TEXT), 5)
     assert model.parallel == 4
     for _ in range(40):  # the server got more slots: 5 out no longer queue
         model.observe(16, FIXED + 16 * PER_TEXT, 5)
     assert model.parallel == 8
+
+
+def test_a_level_last_heard_from_while_idle_does_not_set_the_reference() -> None:
+    model = learned(parallel=8)
+    for _ in range(5):  # the warm-up: one request at a time on an idle client
+        model.observe(1, FIXED + PER_TEXT, 1)
+    rng = random.Random(3)
+    for _ in range(400):  # then load: a busy event loop adds ~30% to every answer
+        out = rng.randint(2, 6)
+        late = 1.3 if out <= 4 else 1.3 + 0.6  # 5 and 6 out also queue in the server
+        model.observe(16, late * (FIXED + 16 * PER_TEXT), out)
+    assert model.parallel == 4
+
+
+def test_the_parallelism_estimate_holds_steady_under_noisy_answers() -> None:
+    model = learned(parallel=8)
+    rng = random.Random(11)
+    estimates = []
+    for i in range(3000):
+        out = rng.randint(1, 8)
+        size = rng.choice((1, 4, 16, 32))
+        ratio = 1.0 + rng.expovariate(1 / 0.08)  # the event loop's jitter
+        if rng.random() < 0.04:
+            ratio += rng.uniform(1.0, 3.0)  # a stall: a collection, another process
+        if out > SLOTS:
+            ratio += rng.uniform(0.3, 1.0)  # waited for one of the server's 4 slots
+        model.observe(size, ratio * (FIXED + size * PER_TEXT), out)
+        if i >= 200:
+            estimates.append(model.parallel)
+    assert set(estimates) == {SLOTS}
 
 
 def test_an_idle_pipe_never_holds_a_text_back() -> None:
@@ -95,6 +140,20 @@ def test_the_last_slot_waits_for_company_at_most_one_fixed_cost() -> None:
     assert model.hold(31, 32, 3, 0.0, now) is None  # big enough for the arrival rate
 
 
+def test_enough_is_the_queue_at_which_the_hold_ends() -> None:
+    model = learned(parallel=4)
+    rate = 6000.0
+    for i in range(300):
+        model.arrived(i / rate, 1)
+    now = 300 / rate
+    assert model.enough(32, 4, now) == 32  # every server slot busy: only a full batch
+    assert model.enough(32, 1, now) == 1  # slots in reserve: anything
+    k = model.enough(32, 3, now)  # the last slot: big enough for the arrival rate
+    assert 1 < k < 32
+    assert model.hold(k, 32, 3, 0.0, now) is None
+    assert model.hold(k - 1, 32, 3, 0.0, now) is not None
+
+
 def test_at_a_low_arrival_rate_the_last_slot_takes_a_small_batch() -> None:
     model = learned(parallel=4)
     model.arrived(0.0, 1)
@@ -108,8 +167,16 @@ class _FormWhenASlotFrees(ServerModel):
         return None
 
 
-def _open_loop(model_class: type[ServerModel], load: float, seconds: float) -> dict[str, float]:
-    """Poisson single-text calls against a 4-slot cost-model server, on virtual time."""
+def _open_loop(
+    model_class: type[ServerModel],
+    load: float,
+    seconds: float,
+    *,
+    seed: int = 7,
+    warm_up: int = 0,
+) -> dict[str, float]:
+    """Poisson single-text calls against a 4-slot cost-model server, on virtual time
+    (after `warm_up` calls one at a time on the idle client, as a benchmark warms up)."""
 
     async def main() -> dict[str, float]:
         slots = trio.Semaphore(SLOTS)
@@ -124,7 +191,7 @@ def _open_loop(model_class: type[ServerModel], load: float, seconds: float) -> d
         model = model_class(8, clock=trio.current_time, sleep=trio.sleep)
         scheduler = Scheduler(send, concurrency=AdaptiveConcurrency(8), model=model)
         capacity = SLOTS * 32 / (FIXED + 32 * PER_TEXT)
-        rng = random.Random(7)
+        rng = random.Random(seed)
         latencies: list[float] = []
 
         async def call(i: int, at: float) -> None:
@@ -134,6 +201,9 @@ def _open_loop(model_class: type[ServerModel], load: float, seconds: float) -> d
 
         async with trio.open_nursery() as nursery:
             await nursery.start(scheduler.run)
+            for k in range(warm_up):
+                await scheduler.submit([f"warm-up {k}"])
+                await trio.sleep(0.05)
             async with trio.open_nursery() as callers:
                 start = trio.current_time()
                 t, i = 0.0, 0
@@ -164,6 +234,16 @@ def test_under_moderate_load_small_batches_no_longer_queue_in_the_server() -> No
     assert now["parallel"] == SLOTS
     assert now["p99"] < 1.5 * full
     assert now["p50"] < before["p50"] / 1.5
+
+
+@pytest.mark.parametrize("seed", [7, 107])
+def test_after_an_idle_warm_up_the_model_still_finds_the_servers_slots(seed: int) -> None:
+    # The warm-up's one-text answers leave a level-1 reference from an idle client and a
+    # rough early floor; levels read against that floor are read again as it is learned
+    # (seed 7 locks at 2 without that; seed 107 locked at 2 with the moving averages).
+    now = _open_loop(ServerModel, 0.5, 1.0, seed=seed, warm_up=20)
+    assert now["parallel"] == SLOTS
+    assert now["p99"] < 1.5 * (FIXED + 32 * PER_TEXT)
 
 
 def test_at_low_load_a_text_pays_about_one_service_time() -> None:
@@ -255,3 +335,161 @@ async def test_a_cancelled_caller_that_was_sending_hands_the_batch_to_the_others
     for i in range(3):
         np.testing.assert_array_equal(results[i], vectors_for([f"t{i}"]))
     assert concurrency.in_flight == 0  # no slot leaked
+
+
+@pytest.mark.asyncio
+async def test_an_answered_slot_sends_the_next_batch_before_its_callers_wake() -> None:
+    log: list[tuple[str, str]] = []
+
+    async def send(texts: list[str]) -> Matrix:
+        log.append(("send", texts[0]))
+        await anyio.lowlevel.checkpoint()
+        return vectors_for(texts)
+
+    scheduler = Scheduler(send, max_batch_size=4, concurrency=AdaptiveConcurrency(1))
+
+    async def caller(i: int) -> None:
+        out = await scheduler.submit([f"t{i}"])
+        np.testing.assert_array_equal(out, vectors_for([f"t{i}"]))
+        log.append(("done", f"t{i}"))
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        async with anyio.create_task_group() as callers:
+            for i in range(16):
+                callers.start_soon(caller, i)
+        tg.cancel_scope.cancel()
+    sends = [text for kind, text in log if kind == "send"]
+    assert sends == ["t0", "t4", "t8", "t12"]  # four full batches, in order
+    # Batch k's callers resume only after batch k + 1 is on its way, whether batch k was
+    # sent by a caller (the first) or by the slot's own task (the others).
+    for k in range(3):
+        next_send = log.index(("send", f"t{4 * (k + 1)}"))
+        for i in range(4 * k, 4 * k + 4):
+            assert log.index(("done", f"t{i}")) > next_send
+    assert scheduler.concurrency.in_flight == 0
+
+
+@pytest.mark.asyncio
+async def test_an_answered_slot_is_refilled_only_within_the_request_rate() -> None:
+    clock = VirtualClock()
+    sent_at: list[tuple[str, float]] = []
+
+    async def send(texts: list[str]) -> Matrix:
+        sent_at.append((texts[0], clock()))
+        await anyio.lowlevel.checkpoint()
+        return vectors_for(texts)
+
+    scheduler = Scheduler(
+        send,
+        max_batch_size=4,
+        concurrency=AdaptiveConcurrency(1),
+        request_rate=TokenBucket(1.0, burst=1.0, clock=clock, sleep=clock.sleep),
+    )
+    results: dict[int, Matrix] = {}
+
+    async def caller(i: int) -> None:
+        results[i] = await scheduler.submit([f"t{i}"])
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        async with anyio.create_task_group() as callers:
+            for i in range(12):
+                callers.start_soon(caller, i)
+        tg.cancel_scope.cancel()
+    # One request a second, although each answer found a full batch waiting.
+    assert sent_at == [("t0", 0.0), ("t4", 1.0), ("t8", 2.0)]
+    for i in range(12):
+        np.testing.assert_array_equal(results[i], vectors_for([f"t{i}"]))
+
+
+class _CountingModel(ServerModel):
+    """The server model, counting how often the dispatcher asks it whether to hold."""
+
+    asked = 0
+
+    def hold(
+        self, queued: int, max_batch: int, in_flight: int, waited: float, now: float
+    ) -> float | None:
+        self.asked += 1
+        return super().hold(queued, max_batch, in_flight, waited, now)
+
+
+@pytest.mark.asyncio
+async def test_arrivals_that_cannot_change_a_hold_do_not_wake_the_dispatcher() -> None:
+    model = _CountingModel(8)
+    model.parallel = 1  # one request out keeps every sub-full batch waiting for an answer
+    gate = anyio.Event()
+    batches: list[list[str]] = []
+
+    async def send(texts: list[str]) -> Matrix:
+        batches.append(list(texts))
+        if texts == ["t0"]:
+            await gate.wait()
+        return vectors_for(texts)
+
+    scheduler = Scheduler(send, max_batch_size=8, concurrency=AdaptiveConcurrency(8), model=model)
+    results: dict[int, Matrix] = {}
+
+    async def caller(i: int) -> None:
+        results[i] = await scheduler.submit([f"t{i}"])
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        async with anyio.create_task_group() as callers:
+            for i in range(17):  # one at a time, each given the chance to wake the dispatcher
+                callers.start_soon(caller, i)
+                for _ in range(5):
+                    await anyio.lowlevel.checkpoint()
+            gate.set()
+        tg.cancel_scope.cancel()
+    assert [len(b) for b in batches] == [1, 8, 8]
+    # Asked as each batch started waiting and once its queue was full, not once an arrival:
+    # with every server slot busy, only a full batch (or an answer) can change the answer.
+    assert model.asked <= 2 * len(batches) + 1
+    for i in range(17):
+        np.testing.assert_array_equal(results[i], vectors_for([f"t{i}"]))
+
+
+@pytest.mark.asyncio
+async def test_holding_for_company_leaves_no_cyclic_garbage() -> None:
+    """Each hold used to start an alarm task and cancel it when an arrival or an answer
+    ended the hold: a cancelled task, its exception and traceback, left for the cycle
+    collector, whose full passes then stalled a busy client for tens of milliseconds."""
+    model = ServerModel(8)
+    model.parallel = 2  # with one request out, a sub-full batch holds for the last slot
+    model.fixed = 3600.0  # ... for up to an hour, so only arrivals and answers end holds
+    gate = anyio.Event()
+    batches: list[list[str]] = []
+
+    async def send(texts: list[str]) -> Matrix:
+        batches.append(list(texts))
+        if texts == ["t0"]:
+            await gate.wait()
+        return vectors_for(texts)
+
+    scheduler = Scheduler(send, max_batch_size=8, concurrency=AdaptiveConcurrency(8), model=model)
+    results: dict[int, Matrix] = {}
+
+    async def caller(i: int) -> None:
+        results[i] = await scheduler.submit([f"t{i}"])
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        gc.collect()
+        gc.disable()
+        try:
+            async with anyio.create_task_group() as callers:
+                for i in range(401):
+                    callers.start_soon(caller, i)
+                    for _ in range(5):
+                        await anyio.lowlevel.checkpoint()
+                gate.set()
+            found = gc.collect()  # what 401 calls and their holds left for the collector
+        finally:
+            gc.enable()
+        tg.cancel_scope.cancel()
+    assert sorted(t for b in batches for t in b) == sorted(f"t{i}" for i in range(401))
+    for i in range(401):
+        np.testing.assert_array_equal(results[i], vectors_for([f"t{i}"]))
+    assert found < 20  # the old alarm task left ~250 objects here
