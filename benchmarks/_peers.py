@@ -293,7 +293,7 @@ class HttpxBatched(Client):
 def embedder(
     url: str, *, api: Api = "hf", model: str = "bench", **kwargs: Any
 ) -> embedkit.AsyncEmbedder:
-    """An embedkit client at its defaults (batch 32, concurrency 8) unless told otherwise."""
+    """An embedkit client at its defaults (batch 32, 64 for openai; concurrency 8) unless told."""
     if api == "hf":
         return embedkit.AsyncEmbedder(url=url, api="hf", token=TOKEN, **kwargs)
     return embedkit.AsyncEmbedder(model, url=url, api="openai", token=TOKEN, **kwargs)

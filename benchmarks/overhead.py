@@ -124,8 +124,13 @@ def run(opts: Any) -> Scenario:
                 oa_url + "/embeddings", content=body("openai", chunk, "base64")
             ).content
         makers: list[tuple[str, Callable[[], Any]]] = [
-            ("JSON", lambda: EmbedkitMany(hf_url, label="api='hf'")),
-            ("base64", lambda: EmbedkitMany(oa_url, api="openai", label="api='openai'")),
+            ("JSON", lambda: EmbedkitMany(hf_url, label="api='hf'", max_batch_size=BATCH)),
+            (
+                "base64",
+                lambda: EmbedkitMany(
+                    oa_url, api="openai", label="api='openai'", max_batch_size=BATCH
+                ),
+            ),
             ("JSON", lambda: HttpxBatched(hf_url)),
             ("base64", lambda: HttpxBatched(oa_url, api="openai", encoding="base64")),
         ]

@@ -12,6 +12,7 @@ from ._balancer import Endpoint as Endpoint
 from ._balancer import EndpointStats as EndpointStats
 from ._client import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_BATCH_SIZE
 from ._client import DEFAULT_MAX_CONCURRENCY as DEFAULT_MAX_CONCURRENCY
+from ._client import OPENAI_MAX_BATCH_SIZE as OPENAI_MAX_BATCH_SIZE
 from ._client import AsyncEmbedder as AsyncEmbedder
 from ._client import Embedder as Embedder
 from ._client import EmbedderOptions as EmbedderOptions
@@ -45,6 +46,7 @@ __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUT",
+    "OPENAI_MAX_BATCH_SIZE",
     "AsyncEmbedder",
     "AuthenticationError",
     "Backend",

@@ -43,7 +43,7 @@ _HELP = {
     "--id-field": "the field (jsonl) or column (csv, tsv, parquet) holding each record's id, "
     "written as the id column of a .parquet (default: the record number, as 'id')",
     "--format": "the input format (default: from the file name)",
-    "--batch-size": "texts per request at most (default 32)",
+    "--batch-size": "texts per request at most (default 32; 64 with --api openai)",
     "--concurrency": "requests in flight at most (default 8)",
     "--rps": "requests per second at most",
     "--cache-size": "remember the last N vectors, so repeats further apart than a block are "

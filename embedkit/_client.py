@@ -38,6 +38,7 @@ from ._texts import check_text, check_texts
 __all__ = [
     "DEFAULT_MAX_BATCH_SIZE",
     "DEFAULT_MAX_CONCURRENCY",
+    "OPENAI_MAX_BATCH_SIZE",
     "AsyncEmbedder",
     "Embedder",
     "EmbedderOptions",
@@ -45,6 +46,17 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BATCH_SIZE = 32
+#: The default `max_batch_size` for `api="openai"`. OpenAI-compatible servers state no batch
+#: limit (OpenAI and Infinity accept 2,048 inputs) and pay per request (HTTP and validation
+#: on the server; OpenAI's requests-per-minute quota), so a request carries more texts.
+OPENAI_MAX_BATCH_SIZE = 64
+
+
+def default_max_batch_size(api: str) -> int:
+    """The `max_batch_size` an embedder for `api` uses unless told one."""
+    return OPENAI_MAX_BATCH_SIZE if api == "openai" else DEFAULT_MAX_BATCH_SIZE
+
+
 DEFAULT_MAX_CONCURRENCY = 8
 
 Api = Literal["hf", "tei", "openai", "local"]
@@ -123,7 +135,7 @@ class EmbedderOptions(TypedDict, total=False):
     dimensions: int | None
     pooling: Pooling | None
     encoding_format: Literal["base64", "float"]
-    max_batch_size: int
+    max_batch_size: int | None
     max_batch_chars: int | None
     max_concurrency: int
     adaptive_concurrency: bool
@@ -167,7 +179,8 @@ class AsyncEmbedder:
         dimensions: Matryoshka output size (tei, openai, local; hf when the model has it).
         pooling: "mean" or "cls" to pool token-level answers (hf models without pooling).
         encoding_format: openai: "base64" (default, fast) or "float".
-        max_batch_size: texts per request at most (lowered to the server's own limit).
+        max_batch_size: texts per request at most (lowered to the server's own limit);
+            default `OPENAI_MAX_BATCH_SIZE` (64) for openai, else `DEFAULT_MAX_BATCH_SIZE` (32).
         max_batch_chars: characters per request at most, to stay under body limits.
         max_concurrency: requests in flight at most; adaptive below this after 429s. With
             several URLs, per replica (an `Endpoint` may set its own); the total is the sum.
@@ -207,7 +220,7 @@ class AsyncEmbedder:
         dimensions: int | None = None,
         pooling: Pooling | None = None,
         encoding_format: Literal["base64", "float"] = "base64",
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_batch_size: int | None = None,
         max_batch_chars: int | None = 500_000,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         adaptive_concurrency: bool = True,
@@ -228,6 +241,8 @@ class AsyncEmbedder:
         http2: bool = False,
         max_response_size: int | None = DEFAULT_MAX_RESPONSE_SIZE,
     ) -> None:
+        if max_batch_size is None:
+            max_batch_size = default_max_batch_size(api)
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if max_concurrency < 1:
@@ -646,7 +661,7 @@ class Embedder:
         dimensions: int | None = None,
         pooling: Pooling | None = None,
         encoding_format: Literal["base64", "float"] = "base64",
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_batch_size: int | None = None,
         max_batch_chars: int | None = 500_000,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         adaptive_concurrency: bool = True,

@@ -47,7 +47,7 @@ from typing_extensions import Self
 
 from ._auth import resolve_token
 from ._backend import Backend
-from ._client import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CONCURRENCY, AsyncEmbedder
+from ._client import DEFAULT_MAX_CONCURRENCY, AsyncEmbedder
 from ._decode import Matrix
 from ._errors import ClientClosedError
 from ._http import DEFAULT_MAX_RESPONSE_SIZE, DEFAULT_TIMEOUT
@@ -347,7 +347,7 @@ class EmbedkitModel(BaseModel):
     dimensions: int | None = None
     pooling: Literal["mean", "cls"] | None = None
     encoding_format: Literal["base64", "float"] = "base64"
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_batch_size: int | None = None
     max_batch_chars: int | None = 500_000
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     adaptive_concurrency: bool = True

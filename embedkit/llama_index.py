@@ -17,7 +17,7 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from pydantic import ConfigDict
 
-from ._client import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CONCURRENCY
+from ._client import DEFAULT_MAX_CONCURRENCY, default_max_batch_size
 from ._frameworks import EmbedkitModel
 
 __all__ = ["EmbedkitEmbedding"]
@@ -45,7 +45,7 @@ class EmbedkitEmbedding(EmbedkitModel, BaseEmbedding):
 
     def __init__(self, **data: Any) -> None:
         if "embed_batch_size" not in data:
-            batch = data.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)
+            batch = data.get("max_batch_size") or default_max_batch_size(data.get("api", "hf"))
             slots = data.get("max_concurrency", DEFAULT_MAX_CONCURRENCY)
             if isinstance(batch, int) and isinstance(slots, int) and batch > 0 and slots > 0:
                 data["embed_batch_size"] = min(batch * slots, 2048)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+from typing import Literal
 
 import anyio
 import httpx
@@ -137,6 +138,19 @@ def test_calls_from_many_threads_are_coalesced() -> None:
 def test_constructor_rejects_bad_settings_at_once() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         embedkit.AsyncEmbedder("m", max_batch_size=0)
+
+
+def test_the_default_batch_size_follows_the_api_and_an_explicit_one_wins() -> None:
+    openai = embedkit.AsyncEmbedder("m", api="openai", url="http://127.0.0.1:9/v1")
+    assert openai.max_batch_size == embedkit.OPENAI_MAX_BATCH_SIZE == 64
+    apis: tuple[Literal["hf", "tei"], ...] = ("hf", "tei")
+    for api in apis:
+        emb = embedkit.AsyncEmbedder("m", api=api, url="http://127.0.0.1:9")
+        assert emb.max_batch_size == embedkit.DEFAULT_MAX_BATCH_SIZE == 32
+    told = embedkit.AsyncEmbedder("m", api="openai", url="http://127.0.0.1:9/v1", max_batch_size=8)
+    assert told.max_batch_size == 8
+    with embedkit.Embedder("m", api="openai", url="http://127.0.0.1:9/v1") as blocking:
+        assert blocking.stats().max_batch_size == 64
     with pytest.raises(ValueError, match="max_concurrency"):
         embedkit.AsyncEmbedder("m", max_concurrency=0)
     with pytest.raises(ValueError, match="api must be"):

@@ -123,6 +123,7 @@ def errors() -> None:
 
 def configuration() -> None:
     assert_type(embedkit.DEFAULT_MAX_BATCH_SIZE, int)
+    assert_type(embedkit.OPENAI_MAX_BATCH_SIZE, int)
     assert_type(embedkit.DEFAULT_MAX_CONCURRENCY, int)
     assert_type(embedkit.DEFAULT_RETRY, RetryPolicy)
     assert_type(embedkit.DEFAULT_TIMEOUT, httpx.Timeout)
