@@ -169,20 +169,23 @@ class _FleetPace:
 
     def on_report(self, now: float, successes: int, span: float, worker: str = "") -> None:
         """`successes` answers over the last `span` seconds of one worker."""
-        reports = self._reports.setdefault(worker, collections.deque())
-        while reports and reports[0][1] < now - 2 * self._window:
-            reports.popleft()
-        for name in [name for name, kept in self._reports.items() if not kept]:
-            del self._reports[name]  # a worker gone quiet
+        horizon = now - 2 * self._window
+        for name in list(self._reports):
+            kept = self._reports[name]
+            while kept and kept[0][1] < horizon:
+                kept.popleft()
+            if not kept:
+                del self._reports[name]  # a worker gone quiet
         if span <= 0 and successes <= 0:
             return
+        reports = self._reports.setdefault(worker, collections.deque())
         # A worker's reports tile its time: each begins where its last one ended here. The
         # arrival times carry the actor's queueing (reports can arrive bunched), so a span
         # measured by the worker and hung from the arrival would overlap the last one and
         # count its seconds twice; `span` only places a worker's first report.
         begin = reports[-1][1] if reports else now - max(span, 1e-3)
         # a report of no successes still counts: it says the worker got none in its span
-        self._reports.setdefault(worker, reports).append((begin, now, successes))
+        reports.append((begin, now, successes))
         if successes > 0 and self.rate is not None and now - self._last_429 >= CUT_HOLD_SECONDS:
             # probe for more, not while the server is refusing; fast while unsure
             if not self._confident:
@@ -238,7 +241,8 @@ class _FleetPace:
         if now - self._last_cut < CUT_HOLD_SECONDS:
             return  # answers a request sent before every worker heard of the last cut
         observed, samples = self.observed(now, self._refusing_since)
-        if now - self._refusing_since < MIN_REFUSING_SECONDS:
+        refusing = now - self._refusing_since >= MIN_REFUSING_SECONDS
+        if not refusing:
             # the first 429s of a run of them: the window may hold time in which the fleet
             # sent less than the quota (workers starting, a gap between Ray's batches), and a
             # cut too deep takes seconds to grow back, while one too shallow is corrected by
@@ -249,7 +253,6 @@ class _FleetPace:
         current = self.rate if self.rate is not None else math.inf
         if observed > 0:
             new = max(0.1, observed * self._backoff)
-            refusing = now - self._refusing_since >= MIN_REFUSING_SECONDS
             if self.rate is not None and not (refusing and self._confident):
                 # at most halve a pace in one cut: a window in which the workers sent
                 # little (a busy machine, a gap between Ray batches) understates the quota;
