@@ -403,6 +403,20 @@ async def test_an_answered_slot_is_refilled_only_within_the_request_rate() -> No
         np.testing.assert_array_equal(results[i], vectors_for([f"t{i}"]))
 
 
+class _FirstHeld:
+    """A send whose first batch (`["t0"]`) waits for `gate`; every other answers at once."""
+
+    def __init__(self) -> None:
+        self.gate = anyio.Event()
+        self.batches: list[list[str]] = []
+
+    async def __call__(self, texts: list[str]) -> Matrix:
+        self.batches.append(list(texts))
+        if texts == ["t0"]:
+            await self.gate.wait()
+        return vectors_for(texts)
+
+
 class _CountingModel(ServerModel):
     """The server model, counting how often the dispatcher asks it whether to hold."""
 
@@ -419,15 +433,7 @@ class _CountingModel(ServerModel):
 async def test_arrivals_that_cannot_change_a_hold_do_not_wake_the_dispatcher() -> None:
     model = _CountingModel(8)
     model.parallel = 1  # one request out keeps every sub-full batch waiting for an answer
-    gate = anyio.Event()
-    batches: list[list[str]] = []
-
-    async def send(texts: list[str]) -> Matrix:
-        batches.append(list(texts))
-        if texts == ["t0"]:
-            await gate.wait()
-        return vectors_for(texts)
-
+    send = _FirstHeld()
     scheduler = Scheduler(send, max_batch_size=8, concurrency=AdaptiveConcurrency(8), model=model)
     results: dict[int, Matrix] = {}
 
@@ -441,12 +447,12 @@ async def test_arrivals_that_cannot_change_a_hold_do_not_wake_the_dispatcher() -
                 callers.start_soon(caller, i)
                 for _ in range(5):
                     await anyio.lowlevel.checkpoint()
-            gate.set()
+            send.gate.set()
         tg.cancel_scope.cancel()
-    assert [len(b) for b in batches] == [1, 8, 8]
+    assert [len(b) for b in send.batches] == [1, 8, 8]
     # Asked as each batch started waiting and once its queue was full, not once an arrival:
     # with every server slot busy, only a full batch (or an answer) can change the answer.
-    assert model.asked <= 2 * len(batches) + 1
+    assert model.asked <= 2 * len(send.batches) + 1
     for i in range(17):
         np.testing.assert_array_equal(results[i], vectors_for([f"t{i}"]))
 
@@ -459,15 +465,7 @@ async def test_holding_for_company_leaves_no_cyclic_garbage() -> None:
     model = ServerModel(8)
     model.parallel = 2  # with one request out, a sub-full batch holds for the last slot
     model.fixed = 3600.0  # ... for up to an hour, so only arrivals and answers end holds
-    gate = anyio.Event()
-    batches: list[list[str]] = []
-
-    async def send(texts: list[str]) -> Matrix:
-        batches.append(list(texts))
-        if texts == ["t0"]:
-            await gate.wait()
-        return vectors_for(texts)
-
+    send = _FirstHeld()
     scheduler = Scheduler(send, max_batch_size=8, concurrency=AdaptiveConcurrency(8), model=model)
     results: dict[int, Matrix] = {}
 
@@ -484,12 +482,12 @@ async def test_holding_for_company_leaves_no_cyclic_garbage() -> None:
                     callers.start_soon(caller, i)
                     for _ in range(5):
                         await anyio.lowlevel.checkpoint()
-                gate.set()
+                send.gate.set()
             found = gc.collect()  # what 401 calls and their holds left for the collector
         finally:
             gc.enable()
         tg.cancel_scope.cancel()
-    assert sorted(t for b in batches for t in b) == sorted(f"t{i}" for i in range(401))
+    assert sorted(t for b in send.batches for t in b) == sorted(f"t{i}" for i in range(401))
     for i in range(401):
         np.testing.assert_array_equal(results[i], vectors_for([f"t{i}"]))
     assert found < 20  # the old alarm task left ~250 objects here
