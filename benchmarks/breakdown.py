@@ -51,9 +51,9 @@ async def _drive(calls: int, one: Callable[[int], Awaitable[Any]]) -> float:
 
 
 async def _layers(hf_url: str, oa_url: str, texts: list[str], api: str) -> dict[str, float]:
-    from embedkit._http import HttpBackend
-    from embedkit._protocols import HFProtocol, OpenAIProtocol, Options
-    from embedkit._transport import FastTransport
+    from embedkit._backends.http import HttpBackend
+    from embedkit._backends.protocols import HFProtocol, OpenAIProtocol, Options
+    from embedkit._transports.transport import FastTransport
 
     calls = len(texts) // BATCH
     chunks = [texts[i * BATCH : (i + 1) * BATCH] for i in range(calls)]
@@ -119,9 +119,9 @@ async def _layers(hf_url: str, oa_url: str, texts: list[str], api: str) -> dict[
 
 
 async def _scheduler_alone(texts: list[str]) -> float:
-    from embedkit._limits import AdaptiveConcurrency
-    from embedkit._retry import DEFAULT_RETRY
-    from embedkit._scheduler import Scheduler
+    from embedkit._core.flow import AdaptiveConcurrency
+    from embedkit._core.retry import DEFAULT_RETRY
+    from embedkit._core.scheduler import Scheduler
 
     canned = np.ones((BATCH, 384), dtype=np.float32)
 

@@ -6,17 +6,25 @@ servers or a local model, as float32 numpy matrices.
         matrix = await emb.embed_many(["first", "second"])   # shape (2, dim)
 """
 
-from ._backend import Backend as Backend
-from ._backend import BackendInfo as BackendInfo
-from ._balancer import Endpoint as Endpoint
-from ._balancer import EndpointStats as EndpointStats
+from ._backends import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
+from ._backends import Backend as Backend
+from ._backends import BackendInfo as BackendInfo
+from ._backends import Endpoint as Endpoint
+from ._bulk import CorpusError as CorpusError
+from ._bulk import FileProgress as FileProgress
+from ._bulk import FileResult as FileResult
+from ._bulk import aembed_file as aembed_file
+from ._bulk import embed_file as embed_file
 from ._client import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_BATCH_SIZE
 from ._client import DEFAULT_MAX_CONCURRENCY as DEFAULT_MAX_CONCURRENCY
 from ._client import OPENAI_MAX_BATCH_SIZE as OPENAI_MAX_BATCH_SIZE
 from ._client import AsyncEmbedder as AsyncEmbedder
 from ._client import Embedder as Embedder
 from ._client import EmbedderOptions as EmbedderOptions
-from ._corpus import CorpusError as CorpusError
+from ._core import DEFAULT_RETRY as DEFAULT_RETRY
+from ._core import EndpointStats as EndpointStats
+from ._core import RetryPolicy as RetryPolicy
+from ._core import SchedulerStats as SchedulerStats
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import BatchTooLargeError as BatchTooLargeError
 from ._errors import ClientClosedError as ClientClosedError
@@ -29,14 +37,6 @@ from ._errors import ResponseError as ResponseError
 from ._errors import ServerError as ServerError
 from ._errors import StatusError as StatusError
 from ._errors import TransportError as TransportError
-from ._files import FileResult as FileResult
-from ._files import aembed_file as aembed_file
-from ._files import embed_file as embed_file
-from ._http import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
-from ._progress import FileProgress as FileProgress
-from ._retry import DEFAULT_RETRY as DEFAULT_RETRY
-from ._retry import RetryPolicy as RetryPolicy
-from ._scheduler import SchedulerStats as SchedulerStats
 from ._similarity import cosine_similarity as cosine_similarity
 from ._similarity import top_k as top_k
 from ._version import __version__ as __version__

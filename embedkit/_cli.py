@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import anyio
 
-from ._corpus import FORMATS, CorpusError, ResumeState
+from ._bulk import FORMATS, CorpusError, ResumeState
 
 __all__ = ["main"]
 
@@ -238,9 +238,8 @@ _PASSED = "field column id_field format resume on_bad block_size commit_interval
 
 
 def _embed(args: argparse.Namespace) -> int:
+    from ._bulk import ProgressLines, Words, run_file
     from ._errors import EmbedkitError
-    from ._files import Words, run_file
-    from ._progress import ProgressLines
 
     console = _Console()
     level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
@@ -269,7 +268,7 @@ def _embed(args: argparse.Namespace) -> int:
     progress: Any = None
     if not args.quiet:
         if console.stream.isatty():
-            from ._progress import progress_bar
+            from ._bulk import progress_bar
 
             progress = console.progress = progress_bar(0, file=console.stream, mininterval=0.1)
         else:

@@ -23,16 +23,31 @@ import numpy as np
 from anyio.from_thread import BlockingPortal
 
 from ._auth import resolve_token
-from ._backend import Backend
-from ._balancer import BalancedBackend, Endpoint, Replica
-from ._decode import Matrix, Pooling
+from ._backends import (
+    DEFAULT_MAX_RESPONSE_SIZE,
+    DEFAULT_TIMEOUT,
+    PROTOCOLS,
+    Backend,
+    BackendInfo,
+    BalancedBackend,
+    Endpoint,
+    HttpBackend,
+    OpenAIProtocol,
+    Options,
+    Replica,
+)
+from ._config import CertTypes, Matrix, Pooling, VerifyTypes
+from ._core import (
+    DEFAULT_RETRY,
+    AdaptiveConcurrency,
+    Cooldown,
+    Quota,
+    RetryPolicy,
+    Scheduler,
+    SchedulerStats,
+    TokenBucket,
+)
 from ._errors import ClientClosedError
-from ._http import DEFAULT_MAX_RESPONSE_SIZE, DEFAULT_TIMEOUT, HttpBackend
-from ._limits import AdaptiveConcurrency, Cooldown, Quota, TokenBucket
-from ._protocols import PROTOCOLS, BackendInfo, OpenAIProtocol, Options
-from ._retry import DEFAULT_RETRY, RetryPolicy
-from ._route import CertTypes, VerifyTypes
-from ._scheduler import Scheduler, SchedulerStats
 from ._texts import check_text, check_texts
 
 __all__ = [
@@ -294,7 +309,7 @@ class AsyncEmbedder:
                 raise ValueError(
                     "api='local' returns arrays directly; encoding_format= does not apply"
                 )
-            from ._local import LocalBackend  # the optional [local] extra
+            from ._backends import LocalBackend  # the optional [local] extra
 
             self._backend = LocalBackend(model, options=self._options, device=device)
         elif api in PROTOCOLS:

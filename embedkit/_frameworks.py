@@ -46,14 +46,11 @@ from pydantic import (
 from typing_extensions import Self
 
 from ._auth import resolve_token
-from ._backend import Backend
+from ._backends import DEFAULT_MAX_RESPONSE_SIZE, DEFAULT_TIMEOUT, Backend
 from ._client import DEFAULT_MAX_CONCURRENCY, AsyncEmbedder
-from ._decode import Matrix
+from ._config import CertTypes, Matrix, VerifyTypes
+from ._core import DEFAULT_RETRY, RetryPolicy, SchedulerStats
 from ._errors import ClientClosedError
-from ._http import DEFAULT_MAX_RESPONSE_SIZE, DEFAULT_TIMEOUT
-from ._retry import DEFAULT_RETRY, RetryPolicy
-from ._route import CertTypes, VerifyTypes
-from ._scheduler import SchedulerStats
 
 __all__ = ["EmbedkitModel", "SharedEmbedder"]
 

@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 
 from embedkit import BackendInfo, InputError
-from embedkit._decode import Matrix
+from embedkit._config import Matrix
 
 DIM = 32
 

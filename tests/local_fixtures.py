@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from embedkit._local import LocalModel
+from embedkit._backends.local import LocalModel
 
 from .servers import ROOT, free_port, stop, wait_healthy
 

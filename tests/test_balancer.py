@@ -11,11 +11,12 @@ import pytest
 
 import embedkit
 from embedkit import Endpoint, ResponseError, TransportError
-from embedkit._balancer import BalancedBackend, Replica, ReplicaState
-from embedkit._decode import Matrix
+from embedkit._backends.balancer import BalancedBackend, Replica
+from embedkit._backends.protocols import BackendInfo
+from embedkit._config import Matrix
+from embedkit._core.flow import Sleep
+from embedkit._core.stats import ReplicaState
 from embedkit._errors import ModelLoadingError, RateLimitError, ServerError
-from embedkit._limits import Sleep
-from embedkit._protocols import BackendInfo
 
 from .fakes import VirtualClock, vectors_for
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from embedkit import AsyncEmbedder, Embedder, InputError
-from embedkit._bulk import embed_each, plan
+from embedkit._bulk.progress import FileProgress, ProgressLines
+from embedkit._bulk.stream import embed_each, plan
 from embedkit._cli import _Console
-from embedkit._decode import Matrix
-from embedkit._progress import FileProgress, ProgressLines
+from embedkit._config import Matrix
 
 from .fakes import DIM, FakeBackend, vectors_for
 

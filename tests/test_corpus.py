@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedkit._corpus import (
+from embedkit._bulk.corpus import (
     Bad,
     CorpusError,
     NpyWriter,
@@ -161,7 +161,7 @@ def test_parquet_rows_nulls_and_start_across_batches(
 ) -> None:
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
-    from embedkit._corpus import ParquetCorpus
+    from embedkit._bulk.corpus import ParquetCorpus
 
     values = [f"row {i}" for i in range(25)]
     values[3] = None

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embedkit import ResponseError
-from embedkit._decode import (
+from embedkit._backends.decode import (
     _unpadded_base64,
     checked,
     from_base64_rows,
@@ -20,7 +20,7 @@ from embedkit._decode import (
     only_numbers,
     place_by_index,
 )
-from embedkit._protocols import HFProtocol, Options
+from embedkit._backends.protocols import HFProtocol, Options
 
 
 def b64(row: list[float]) -> str:

@@ -15,19 +15,20 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
+from embedkit._core.policy import BatchPolicy
 
-from embedkit._decode import Matrix
-from embedkit._limits import AdaptiveConcurrency, ServerModel, TokenBucket
-from embedkit._scheduler import Scheduler
+from embedkit._config import Matrix
+from embedkit._core.flow import AdaptiveConcurrency, TokenBucket
+from embedkit._core.scheduler import Scheduler
 
 from .fakes import VirtualClock, vectors_for
 
 FIXED, PER_TEXT, SLOTS = 0.010, 0.0002, 4
 
 
-def learned(parallel: int = 8) -> ServerModel:
+def learned(parallel: int = 8) -> BatchPolicy:
     """A model that has seen unqueued answers for 1 and 32 texts from the cost model."""
-    model = ServerModel(parallel, clock=lambda: 0.0)
+    model = BatchPolicy(parallel, clock=lambda: 0.0)
     model.observe(1, FIXED + PER_TEXT, 1)
     model.observe(32, FIXED + 32 * PER_TEXT, 1)
     return model
@@ -160,7 +161,7 @@ def test_at_a_low_arrival_rate_the_last_slot_takes_a_small_batch() -> None:
     assert model.hold(1, 32, 3, 0.0, 0.001) is None
 
 
-class _FormWhenASlotFrees(ServerModel):
+class _FormWhenASlotFrees(BatchPolicy):
     """The dispatch rule before the server model: any free slot takes what is queued."""
 
     def hold(self, *args: float) -> float | None:
@@ -168,7 +169,7 @@ class _FormWhenASlotFrees(ServerModel):
 
 
 def _open_loop(
-    model_class: type[ServerModel],
+    model_class: type[BatchPolicy],
     load: float,
     seconds: float,
     *,
@@ -227,7 +228,7 @@ def _open_loop(
 def test_under_moderate_load_small_batches_no_longer_queue_in_the_server() -> None:
     one_text, full = FIXED + PER_TEXT, FIXED + 32 * PER_TEXT
     before = _open_loop(_FormWhenASlotFrees, 0.5, 1.0)
-    now = _open_loop(ServerModel, 0.5, 1.0)
+    now = _open_loop(BatchPolicy, 0.5, 1.0)
     # Before: 8 requests out against 4 slots, every text waited a second service time.
     assert before["p50"] > 2 * one_text
     # Now: the model finds the server's 4 slots and keeps one in reserve.
@@ -241,13 +242,13 @@ def test_after_an_idle_warm_up_the_model_still_finds_the_servers_slots(seed: int
     # The warm-up's one-text answers leave a level-1 reference from an idle client and a
     # rough early floor; levels read against that floor are read again as it is learned
     # (seed 7 locks at 2 without that; seed 107 locked at 2 with the moving averages).
-    now = _open_loop(ServerModel, 0.5, 1.0, seed=seed, warm_up=20)
+    now = _open_loop(BatchPolicy, 0.5, 1.0, seed=seed, warm_up=20)
     assert now["parallel"] == SLOTS
     assert now["p99"] < 1.5 * (FIXED + 32 * PER_TEXT)
 
 
 def test_at_low_load_a_text_pays_about_one_service_time() -> None:
-    now = _open_loop(ServerModel, 0.1, 1.0)
+    now = _open_loop(BatchPolicy, 0.1, 1.0)
     assert now["p50"] < 1.2 * (FIXED + PER_TEXT)
 
 
@@ -417,7 +418,7 @@ class _FirstHeld:
         return vectors_for(texts)
 
 
-class _CountingModel(ServerModel):
+class _CountingModel(BatchPolicy):
     """The server model, counting how often the dispatcher asks it whether to hold."""
 
     asked = 0
@@ -462,7 +463,7 @@ async def test_holding_for_company_leaves_no_cyclic_garbage() -> None:
     """Each hold used to start an alarm task and cancel it when an arrival or an answer
     ended the hold: a cancelled task, its exception and traceback, left for the cycle
     collector, whose full passes then stalled a busy client for tens of milliseconds."""
-    model = ServerModel(8)
+    model = BatchPolicy(8)
     model.parallel = 2  # with one request out, a sub-full batch holds for the last slot
     model.fixed = 3600.0  # ... for up to an hour, so only arrivals and answers end holds
     send = _FirstHeld()

@@ -18,9 +18,9 @@ import trio.testing
 
 import embedkit
 from embedkit._auth import Secret
-from embedkit._http import HttpBackend
-from embedkit._protocols import HFProtocol, Options
-from embedkit._transport import FastTransport, PreparedPost, _serialize
+from embedkit._backends.http import HttpBackend
+from embedkit._backends.protocols import HFProtocol, Options
+from embedkit._transports.transport import FastTransport, PreparedPost, _serialize
 
 from .test_transport import Conn, Handler, Server, serve
 
@@ -152,7 +152,7 @@ async def test_the_fast_path_sends_httpx_headers_and_reads_every_kind_of_answer(
 
 
 def _user_agent() -> str:
-    from embedkit._http import _USER_AGENT
+    from embedkit._backends.http import _USER_AGENT
 
     return _USER_AGENT
 

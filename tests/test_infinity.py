@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from embedkit import AsyncEmbedder
-from embedkit._local import LocalModel
+from embedkit._backends.local import LocalModel
 
 from .local_fixtures import INFINITY_MODEL
 

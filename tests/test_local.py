@@ -18,8 +18,8 @@ import pytest
 
 import embedkit
 from embedkit import AsyncEmbedder, Embedder, InputError
-from embedkit._local import DEFAULT_LOCAL_MODEL, LocalBackend, LocalModel
-from embedkit._protocols import Options
+from embedkit._backends.local import DEFAULT_LOCAL_MODEL, LocalBackend, LocalModel
+from embedkit._backends.protocols import Options
 
 pytest.importorskip(
     "sentence_transformers", reason='needs the extra: pip install "embedkit[local]"'

@@ -137,7 +137,7 @@ def test_public_classes_have_readable_reprs() -> None:
 
 HEAVY = ["torch", "sentence_transformers", "starlette", "uvicorn", "pyarrow", "matplotlib"]
 HEAVY += ["langchain_core", "llama_index", "pydantic", "ray"]
-OPTIONAL = ["embedkit._local", "embedkit._cli", "embedkit.serve", "embedkit._bulk_cli"]
+OPTIONAL = ["embedkit._backends.local", "embedkit._cli", "embedkit.serve"]
 OPTIONAL += ["embedkit.ray"]
 OPTIONAL += ["embedkit.langchain", "embedkit.llama_index", "embedkit._frameworks"]
 

@@ -18,14 +18,7 @@ import pyarrow as pa
 import pytest
 
 from embedkit._auth import Secret
-from embedkit.ray import (
-    BadRowError,
-    FleetQuota,
-    QuotaActor,
-    _actor_cpus,
-    _EmbedBatches,
-    _FleetPace,
-)
+from embedkit.ray import BadRowError, FleetQuota, QuotaActor, _actor_cpus, _EmbedBatches, _FleetPace
 
 from .fakes import DIM, FakeBackend, vectors_for
 

@@ -18,9 +18,9 @@ import pytest
 
 import embedkit
 from embedkit import RateLimitError, RetryPolicy
-from embedkit._decode import Matrix
-from embedkit._limits import AdaptiveConcurrency, Cooldown, TokenBucket
-from embedkit._scheduler import Scheduler
+from embedkit._config import Matrix
+from embedkit._core.flow import AdaptiveConcurrency, Cooldown, TokenBucket
+from embedkit._core.scheduler import Scheduler
 
 from .fakes import VirtualClock, vector_for, vectors_for
 from .faultserver import FaultServer

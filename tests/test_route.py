@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 import embedkit
-from embedkit import _transport
-from embedkit._http import HttpBackend
-from embedkit._route import proxy_applies, ssl_context
-from embedkit._transport import FastTransport
+from embedkit._transports import transport as _transport
+from embedkit._backends.http import HttpBackend
+from embedkit._transports.route import proxy_applies, ssl_context
+from embedkit._transports.transport import FastTransport
 
 from .test_transport import Conn, Server, _make_cert, reset_on_close, respond_with, serve
 

@@ -23,9 +23,9 @@ from embedkit import (
     ServerError,
     TransportError,
 )
-from embedkit._decode import Matrix
-from embedkit._limits import AdaptiveConcurrency, Cooldown
-from embedkit._scheduler import Scheduler
+from embedkit._config import Matrix
+from embedkit._core.flow import AdaptiveConcurrency, Cooldown
+from embedkit._core.scheduler import Scheduler
 
 from .fakes import VirtualClock, vector_for, vectors_for
 

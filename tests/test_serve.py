@@ -19,7 +19,7 @@ import pytest
 
 import embedkit
 from embedkit import AsyncEmbedder, RetryPolicy
-from embedkit._local import LocalModel
+from embedkit._backends.local import LocalModel
 
 pytest.importorskip(
     "sentence_transformers", reason='needs the extra: pip install "embedkit[local]"'

@@ -1,4 +1,4 @@
-"""Tests for `embedkit._transport.FastTransport` against real loopback servers.
+"""Tests for `embedkit._transports.FastTransport` against real loopback servers.
 
 Most tests use a tiny scriptable HTTP server written on anyio (so the same server
 runs under asyncio and trio): each test gives it a handler that reads requests and
@@ -31,8 +31,8 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.tls import TLSStream
 
-from embedkit import _transport
-from embedkit._transport import FastTransport
+from embedkit._transports import transport as _transport
+from embedkit._transports.transport import FastTransport
 
 TIMEOUT = httpx.Timeout(5.0)
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]"

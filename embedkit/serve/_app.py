@@ -28,9 +28,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import __version__
+from .._backends import LocalModel, normalize_rows
 from .._errors import ClientClosedError, EmbedkitError, InputError
-from .._local import LocalModel, normalize_rows
+from .._version import __version__
 from ._common import ApiError, Dialect, EmbedRequest, json_response
 from ._engine import Engine, Loader
 from .hf import HFDialect

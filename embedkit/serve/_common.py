@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 from starlette.responses import Response
 
-from .._decode import Matrix
+from .._config import Matrix
 
 __all__ = ["ApiError", "Dialect", "EmbedRequest", "ErrorKind", "json_response", "parse_options"]
 

@@ -22,10 +22,9 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from .._backends import DEFAULT_LOCAL_MODEL, LocalBackend, LocalModel, Options, is_packaged
 from .._client import AsyncEmbedder
-from .._decode import Matrix
-from .._local import DEFAULT_LOCAL_MODEL, LocalBackend, LocalModel, is_packaged
-from .._protocols import Options
+from .._config import Matrix
 
 __all__ = ["Engine", "Loader"]
 

@@ -10,7 +10,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from .._local import cached_snapshot, check_installed, is_packaged
+from .._backends import cached_snapshot, check_installed, is_packaged
 from ._app import DEFAULT_MAX_BODY_BYTES, create_app
 
 __all__ = [

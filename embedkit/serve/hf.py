@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from starlette.responses import Response
 
-from .._decode import Matrix
+from .._config import Matrix
 from ._common import (
     ApiError,
     Dialect,

@@ -25,9 +25,9 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from ._decode import Matrix
-from ._errors import InputError
-from ._protocols import BackendInfo, Options
+from .._config import Matrix
+from .._errors import InputError
+from .protocols import BackendInfo, Options
 
 __all__ = [
     "DEFAULT_LOCAL_MODEL",

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import ClassVar
 from urllib.parse import quote
 
-from .._decode import Matrix, from_json_rows, only_numbers
+from ..._config import Matrix
+from ..decode import from_json_rows, only_numbers
 from ._base import WireProtocol, hf_style_body, load_json
 
 __all__ = ["HF_ROUTER", "HFProtocol"]

@@ -30,8 +30,6 @@ Nothing here knows about HTTP: replicas are any `Backend`s plus a `probe` corout
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import logging
 import math
 import time
@@ -41,9 +39,17 @@ from collections.abc import Awaitable, Callable, Sequence
 import anyio
 from anyio.abc import TaskStatus
 
-from ._backend import Backend
-from ._decode import Matrix
-from ._errors import (
+from .._config import Matrix
+from .._core import (
+    AdaptiveConcurrency,
+    Clock,
+    EndpointStats,
+    LearnedRate,
+    ReplicaState,
+    Sleep,
+    describe,
+)
+from .._errors import (
     EmbedkitError,
     ModelLoadingError,
     RateLimitError,
@@ -51,11 +57,10 @@ from ._errors import (
     ServerError,
     TransportError,
 )
-from ._limits import AdaptiveConcurrency, Clock, LearnedRate, Sleep
-from ._protocols import BackendInfo
-from ._retry import describe
+from .base import Backend
+from .protocols import BackendInfo
 
-__all__ = ["BalancedBackend", "Endpoint", "EndpointStats", "Replica", "ReplicaState"]
+__all__ = ["BalancedBackend", "Endpoint", "Replica"]
 
 logger = logging.getLogger("embedkit")
 
@@ -130,47 +135,6 @@ def _safe(url: str) -> str:
     host = host.rpartition("@")[2]
     path = path.partition("?")[0]
     return f"{scheme}{sep}{host}{slash}{path}"
-
-
-class ReplicaState(str, enum.Enum):
-    """Where a replica stands: taking work, paused after a 429, ejected, or loading."""
-
-    HEALTHY = "healthy"
-    COOLING = "cooling"
-    EJECTED = "ejected"
-    LOADING = "loading"
-
-
-@dataclasses.dataclass(frozen=True)
-class EndpointStats:
-    """One replica's figures, in `embedder.stats().endpoints`.
-
-    Attributes:
-        url: the replica (without credentials or query).
-        state: "healthy", "cooling" (after a 429), "ejected" (failing; probed) or
-            "loading" (503 while its model loads; probed).
-        requests: batches sent to it (failovers included).
-        texts: texts it answered.
-        errors: failed requests by cause (status code, or error name).
-        failovers: batches that failed here and were re-sent to another replica.
-        in_flight: requests to it now.
-        concurrency_limit: its current cap on requests in flight (AIMD).
-        latency_p50: median seconds per successful request (None before the first).
-        latency_p99: 99th percentile.
-        texts_per_s: texts answered per second since its first request.
-    """
-
-    url: str
-    state: str
-    requests: int
-    texts: int
-    errors: dict[str, int]
-    failovers: int
-    in_flight: int
-    concurrency_limit: float
-    latency_p50: float | None
-    latency_p99: float | None
-    texts_per_s: float | None
 
 
 class Replica:

@@ -7,8 +7,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import orjson
 
-from .._decode import Matrix, checked, from_base64_rows, place_by_index
-from .._errors import ResponseError
+from ..._config import Matrix
+from ..._errors import ResponseError
+from ..decode import checked, from_base64_rows, place_by_index
 from ._base import Options, WireProtocol, load_json
 
 __all__ = ["OPENAI_BASE", "OpenAIProtocol"]

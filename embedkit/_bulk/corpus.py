@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from ._errors import EmbedkitError
+from .._errors import EmbedkitError
 
 __all__ = [
     "FORMATS",

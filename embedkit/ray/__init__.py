@@ -47,9 +47,9 @@ import anyio
 import numpy as np
 import pyarrow as pa
 
-from ._auth import Secret, resolve_token
-from ._client import AsyncEmbedder
-from ._errors import EmbedkitError, InputError
+from .._auth import Secret, resolve_token
+from .._client import AsyncEmbedder
+from .._errors import EmbedkitError, InputError
 
 if TYPE_CHECKING:
     import argparse
@@ -641,7 +641,7 @@ class _EmbedBatches:
 
     async def _one_by_one(self, embedder: AsyncEmbedder, texts: list[str]) -> list[Any]:
         """After an `InputError`: embed each text alone, to find which ones are refused."""
-        from ._bulk import embed_each
+        from .._bulk import embed_each
 
         return await embed_each(embedder._open_scheduler(), texts)
 
@@ -821,7 +821,7 @@ def embed_files(
     import pyarrow.dataset
     import ray.data
 
-    from ._corpus import guess_format
+    from .._bulk import guess_format
 
     out_path = _path(output_dir)
     local = "://" not in output_dir

@@ -40,10 +40,10 @@ import numpy as np
 import numpy.typing as npt
 from anyio.from_thread import BlockingPortal
 
-from ._decode import Matrix
-from ._errors import InputError
-from ._scheduler import Scheduler, Ticket
-from ._texts import check_texts, first_bad
+from .._config import Matrix
+from .._core import Scheduler, Ticket
+from .._errors import InputError
+from .._texts import check_texts, first_bad
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -451,7 +451,7 @@ async def encode(
     # As sentence-transformers does: the whole input sorted by length, then put back.
     sent, gather = plan(texts, sort_by_length=True, dedup=True)
     depth = default_depth(batch_size, max_concurrency, scheduler.max_batch_size)
-    from ._progress import progress_bar
+    from .progress import progress_bar
 
     bar = progress_bar(len(sent)) if show_progress_bar and len(texts) > 1 else None
     out: Matrix | None = None

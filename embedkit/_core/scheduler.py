@@ -3,14 +3,14 @@
 1. `submit(texts)` wraps the caller's texts in a *job* (the texts, an output matrix filled
    later, an event) and appends it to one FIFO queue. It costs O(1) however many texts.
 2. One *dispatcher* task loops: wait for queued work, then take a concurrency slot (AIMD
-   limit), ask the `ServerModel` whether a batch should leave now, wait out any
+   limit), ask the `BatchPolicy` whether a batch should leave now, wait out any
    client-wide cooldown (after a 429) and the rate limiter, and only then *form a batch*
    from the head of the queue. Forming late is what coalesces: while slots are busy, texts
    pile up, and the next free slot takes a full batch. A full batch always leaves; a
    sub-full one leaves at once while the server keeps a slot in reserve, and otherwise only
    when it is big enough for the arrival rate or has waited one request's fixed cost
-   (`ServerModel.hold`). While it holds, only an answer, the alarm, or an arrival that
-   brings the queue to what the model would send (`ServerModel.enough`) wakes it. When the
+   (`BatchPolicy.hold`). While it holds, only an answer, the alarm, or an arrival that
+   brings the queue to what the model would send (`BatchPolicy.enough`) wakes it. When the
    pipe is idle, a lone call is sent at once: there is no batching delay.
    A caller whose text completes a full batch while a slot is free does not wait for the
    dispatcher: it forms that batch and sends it from its own task (`submit`). A burst of
@@ -40,7 +40,6 @@ hears about 429s (`LocalQuota` by default; `embedkit.ray` shares one across a fl
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 from collections import Counter, OrderedDict, deque
@@ -51,9 +50,8 @@ import anyio
 import numpy as np
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._balancer import EndpointStats
-from ._decode import Matrix
-from ._errors import (
+from .._config import Matrix
+from .._errors import (
     BatchTooLargeError,
     ClientClosedError,
     EmbedkitError,
@@ -62,68 +60,17 @@ from ._errors import (
     RateLimitError,
     ResponseError,
 )
-from ._limits import AdaptiveConcurrency, Cooldown, LocalQuota, Quota, ServerModel, TokenBucket
-from ._retry import RetryPolicy, describe
+from .flow import AdaptiveConcurrency, Cooldown, TokenBucket
+from .policy import BatchPolicy
+from .quota import LocalQuota, Quota
+from .retry import RetryPolicy, describe
+from .stats import SchedulerStats
 
-__all__ = ["Scheduler", "SchedulerStats", "Send", "Ticket"]
+__all__ = ["Scheduler", "Send", "Ticket"]
 
 logger = logging.getLogger("embedkit")
 
 Send = Callable[[list[str]], Awaitable[Matrix]]
-
-
-@dataclasses.dataclass(frozen=True)
-class SchedulerStats:
-    """A snapshot of what the embedder has done. Returned by `embedder.stats()`.
-
-    Attributes:
-        requests: batches sent to the backend, retries included.
-        texts: texts submitted by callers (duplicates and cache hits included).
-        texts_sent: texts actually sent (after dedup and cache).
-        batches: batches formed (each may take several requests when retried).
-        mean_batch_size: texts_sent / batches.
-        retries: retries by cause (status code, or error name for transport faults).
-        splits: batches split because the server refused their size.
-        bisections: batches bisected to isolate a bad input.
-        dedup_hits: texts that joined an identical text already on its way.
-        cache_hits: texts answered from the LRU cache.
-        failed_texts: texts whose caller got an error.
-        abandoned: batches dropped before sending because every caller had gone.
-        in_flight: batches being sent now.
-        queue_depth: texts waiting to be put in a batch.
-        concurrency_limit: the current adaptive concurrency limit.
-        request_rate: the request pace in force, requests/s: the configured one, or the one
-            learned from 429s; None while unpaced.
-        max_batch_size: the current batch size limit (lowered after a size refusal).
-        cooldowns: client-wide pauses started after 429s.
-        latency_p50: median seconds per successful request (None before the first).
-        latency_p90: 90th percentile.
-        latency_p99: 99th percentile.
-        endpoints: with several URLs, each replica's figures (see the "many replicas" guide).
-    """
-
-    requests: int
-    texts: int
-    texts_sent: int
-    batches: int
-    mean_batch_size: float
-    retries: dict[str, int]
-    splits: int
-    bisections: int
-    dedup_hits: int
-    cache_hits: int
-    failed_texts: int
-    abandoned: int
-    in_flight: int
-    queue_depth: int
-    concurrency_limit: float
-    request_rate: float | None
-    max_batch_size: int
-    cooldowns: int
-    latency_p50: float | None
-    latency_p90: float | None
-    latency_p99: float | None
-    endpoints: tuple[EndpointStats, ...] = ()
 
 
 class _Job:
@@ -140,7 +87,7 @@ class _Job:
         self.done = done
         self.error: BaseException | None = None
         self.finished = False
-        self.at = 0.0  # when it was queued (ServerModel clock)
+        self.at = 0.0  # when it was queued (BatchPolicy clock)
 
     def deliver(self, row: int, vector: Matrix) -> None:
         self.deliver_rows(row, vector.reshape(1, -1))
@@ -240,7 +187,7 @@ class Scheduler:
         dedup: bool = True,
         cache_size: int = 0,
         learn_rate: bool = True,
-        model: ServerModel | None = None,
+        model: BatchPolicy | None = None,
         quota: Quota | None = None,
     ) -> None:
         if max_batch_size < 1:
@@ -257,7 +204,7 @@ class Scheduler:
             input_rate=input_rate,
             learn_rate=learn_rate,
         )
-        self.model = model or ServerModel(self.concurrency.maximum)
+        self.model = model or BatchPolicy(self.concurrency.maximum)
         self._dedup = dedup
         self._cache: OrderedDict[str, Matrix] | None = OrderedDict() if cache_size > 0 else None
         self._cache_size = cache_size
@@ -270,7 +217,7 @@ class Scheduler:
         self._running: set[_Batch] = set()
         self._wakeup: anyio.Event | None = None
         self._wake_at = 1  # texts queued that make a new arrival worth waking the dispatcher
-        self._alarm_at: float | None = None  # when a hold ends (ServerModel clock)
+        self._alarm_at: float | None = None  # when a hold ends (BatchPolicy clock)
         self._alarm_armed: anyio.Event | None = None  # set to wake an idle alarm
         self._closed = False
         self._queued = 0  # texts in the queue not yet put in a batch

@@ -30,8 +30,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from ._corpus import CorpusError, NpyWriter, OutputPaths, ResumeState, fsync_dir
-from ._decode import Matrix
+from .._config import Matrix
+from .corpus import CorpusError, NpyWriter, OutputPaths, ResumeState, fsync_dir
 
 __all__ = [
     "ROW_GROUP_BYTES",

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ._errors import ResponseError
+from .._config import Matrix, Pooling
+from .._errors import ResponseError
 
 __all__ = [
     "Matrix",
@@ -30,8 +31,6 @@ __all__ = [
     "place_by_index",
 ]
 
-Matrix = npt.NDArray[np.float32]
-Pooling = Literal["mean", "cls"]
 
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 #: `bytes.translate` table: a base64 character to its 6-bit value, anything else to 0xFF.

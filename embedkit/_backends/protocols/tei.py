@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 import httpx
 import orjson
 
-from .._decode import Matrix, from_json_rows, only_numbers
+from ..._config import Matrix
+from ..decode import from_json_rows, only_numbers
 from ._base import BackendInfo, WireProtocol, hf_style_body, load_json
 
 __all__ = ["TEIProtocol"]

@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 import httpx
 import orjson
 
-from .._decode import Matrix, Pooling
-from .._errors import ResponseError
+from ..._config import Matrix, Pooling
+from ..._errors import ResponseError
 
 __all__ = ["BackendInfo", "Options", "WireProtocol"]
 

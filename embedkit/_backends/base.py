@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from ._decode import Matrix
-from ._protocols import BackendInfo
+from .._config import Matrix
+from .protocols import BackendInfo
 
 __all__ = ["Backend", "BackendInfo"]
 

@@ -22,23 +22,15 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from ._transport import FastTransport, ResponseTooLarge
+from .._config import CertTypes, VerifyTypes
+from .transport import FastTransport, ResponseTooLarge
 
 __all__ = [
-    "CertTypes",
-    "VerifyTypes",
     "build_client",
     "proxy_applies",
     "send_limited",
     "ssl_context",
 ]
-
-#: ``verify=``: True (httpx's trust store), False (no verification: testing only), a CA
-#: bundle file or directory, or a ready `ssl.SSLContext`.
-VerifyTypes = bool | str | os.PathLike[str] | ssl.SSLContext
-#: ``cert=``: a client certificate file (with its key), ``(cert, key)`` or
-#: ``(cert, key, password)``, as httpx takes it.
-CertTypes = str | tuple[str, str] | tuple[str, str, str]
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 

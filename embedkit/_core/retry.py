@@ -25,14 +25,8 @@ from typing import TypeVar
 import anyio
 import tenacity
 
-from ._errors import (
-    ModelLoadingError,
-    RateLimitError,
-    ServerError,
-    StatusError,
-    TransportError,
-)
-from ._limits import Sleep
+from .._errors import ModelLoadingError, RateLimitError, ServerError, StatusError, TransportError
+from .flow import Sleep
 
 __all__ = ["DEFAULT_RETRY", "RetryPolicy"]
 

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 
 import httpx
 
-from ._auth import Secret
-from ._decode import Matrix
-from ._errors import (
+from .._auth import Secret
+from .._config import CertTypes, Matrix, VerifyTypes
+from .._errors import (
     EmbedkitError,
     ModelLoadingError,
     ResponseError,
@@ -21,10 +21,9 @@ from ._errors import (
     TransportError,
     error_from_response,
 )
-from ._protocols import BackendInfo, WireProtocol
-from ._route import CertTypes, VerifyTypes, build_client, send_limited
-from ._transport import FastTransport, PreparedPost, ResponseTooLarge
-from ._version import __version__ as _version
+from .._transports import FastTransport, PreparedPost, ResponseTooLarge, build_client, send_limited
+from .._version import __version__ as _version
+from .protocols import BackendInfo, WireProtocol
 
 __all__ = ["DEFAULT_MAX_RESPONSE_SIZE", "DEFAULT_TIMEOUT", "HttpBackend"]
 

@@ -38,18 +38,18 @@ import anyio.from_thread
 import anyio.to_thread
 import numpy as np
 
-from ._bulk import default_depth, stream
-from ._client import AsyncEmbedder, Embedder, identity
-from ._corpus import Bad, Corpus, CorpusError, ResumeState, Scan, guess_format, open_corpus, spool
-from ._decode import Matrix
-from ._errors import EmbedkitError
-from ._progress import FileProgress, ProgressArg, reporter
-from ._sinks import NpySink, ParquetSink, Sink
+from .._client import AsyncEmbedder, Embedder, identity
+from .._config import Matrix
+from .._errors import EmbedkitError
+from .corpus import Bad, Corpus, CorpusError, ResumeState, Scan, guess_format, open_corpus, spool
+from .progress import FileProgress, ProgressArg, reporter
+from .sinks import NpySink, ParquetSink, Sink
+from .stream import default_depth, stream
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from ._client import EmbedderOptions
+    from .._client import EmbedderOptions
 
 __all__ = [
     "FileResult",

@@ -1,0 +1,65 @@
+"""Backends: the `Backend` protocol beside its implementations (HTTP, balanced replicas,
+local model), the wire protocols, the decoding of answers, and the one factory that builds
+a backend from an embedder's settings.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .balancer import BalancedBackend, Endpoint, Replica
+from .base import Backend
+from .http import DEFAULT_MAX_RESPONSE_SIZE, DEFAULT_TIMEOUT, HttpBackend
+from .protocols import PROTOCOLS, BackendInfo, OpenAIProtocol, Options
+
+__all__ = [
+    "DEFAULT_LOCAL_MODEL",
+    "DEFAULT_MAX_RESPONSE_SIZE",
+    "DEFAULT_TIMEOUT",
+    "PROTOCOLS",
+    "Backend",
+    "BackendInfo",
+    "BalancedBackend",
+    "Endpoint",
+    "HttpBackend",
+    "LocalBackend",
+    "LocalModel",
+    "OpenAIProtocol",
+    "Options",
+    "Replica",
+    "cached_snapshot",
+    "check_installed",
+    "is_packaged",
+    "normalize_rows",
+]
+
+# The local backend's module is loaded when one of its names is first asked for, so
+# `import embedkit` does not load it (the light-import test holds it to that).
+_LOCAL = {
+    "DEFAULT_LOCAL_MODEL",
+    "LocalBackend",
+    "LocalModel",
+    "cached_snapshot",
+    "check_installed",
+    "is_packaged",
+    "normalize_rows",
+}
+
+if TYPE_CHECKING:
+    from .local import (
+        DEFAULT_LOCAL_MODEL,
+        LocalBackend,
+        LocalModel,
+        cached_snapshot,
+        check_installed,
+        is_packaged,
+        normalize_rows,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOCAL:
+        from . import local
+
+        return getattr(local, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

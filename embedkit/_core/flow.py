@@ -1,0 +1,253 @@
+"""Flow control on anyio: adaptive concurrency (AIMD), token buckets, a shared cooldown and
+the request pace learned from 429s.
+
+All of them take an injectable clock (and sleep) so tests can run them on virtual time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+__all__ = ["AdaptiveConcurrency", "Clock", "Cooldown", "LearnedRate", "Sleep", "TokenBucket"]
+
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class AdaptiveConcurrency:
+    """A slot counter whose limit falls by half on overload and creeps back on success.
+
+    Additive increase is +1 per `limit` successes (one "window"), so recovery from 8 to 16
+    takes about 8 windows of clean answers. A burst of overload signals from attempts that
+    were already in flight when the limit was cut counts once, not once each: every attempt
+    carries a ticket, and only tickets issued after the last cut can cut again (one cut per
+    round trip, as in TCP congestion control).
+    """
+
+    def __init__(self, maximum: int, *, minimum: int = 1, adaptive: bool = True) -> None:
+        if maximum < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.maximum = maximum
+        self.minimum = max(1, min(minimum, maximum))
+        self.adaptive = adaptive
+        self.limit = float(maximum)
+        self.in_flight = 0
+        self.decreases = 0
+        self.probing = False
+        self._before_probe = float(maximum)
+        self._issued = 0
+        self._mark = 0
+        self._changed = anyio.Event()
+
+    async def acquire(self) -> None:
+        """Wait for a free slot."""
+        while self.in_flight >= int(self.limit):
+            await self._changed.wait()
+        self.in_flight += 1
+
+    def try_acquire(self) -> bool:
+        """Take a free slot without waiting; False when none is free."""
+        if self.in_flight >= int(self.limit):
+            return False
+        self.in_flight += 1
+        return True
+
+    def release(self) -> None:
+        """Give a slot back."""
+        self.in_flight -= 1
+        self._notify()
+
+    def ticket(self) -> int:
+        """A number for one attempt: pass it to `on_overload` if that attempt is refused."""
+        self._issued += 1
+        return self._issued
+
+    @property
+    def issued(self) -> int:
+        """The last ticket handed out."""
+        return self._issued
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def on_success(self) -> None:
+        """One request succeeded: grow the limit additively, up to the maximum."""
+        if self.probing:
+            self.probing = False
+            self.limit = max(self.limit, self._before_probe)
+            self._notify()
+            return
+        if self.limit < self.maximum:
+            self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
+            self._notify()
+
+    def on_overload(self, ticket: int) -> None:
+        """The server said it is overloaded (429, TEI Overloaded): halve the limit once."""
+        if not self.adaptive or ticket <= self._mark:
+            return
+        self.limit = max(float(self.minimum), self.limit / 2.0)
+        self._mark = self._issued
+        self.decreases += 1
+
+    def probe(self) -> None:
+        """Send one request at a time until one succeeds (e.g. while a model loads)."""
+        if not self.probing:
+            self.probing = True
+            self._before_probe = self.limit
+            self.limit = 1.0
+
+
+class TokenBucket:
+    """A reserving token bucket: `acquire(n)` takes n tokens now and sleeps off any debt.
+
+    Reserving (letting the balance go negative) keeps the long-run rate exact even when the
+    event loop wakes late, and serves waiters in the order they asked.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        burst: float | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+    ) -> None:
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError("a rate must be a positive number per second")
+        self.rate = float(rate)
+        self.burst = float(burst) if burst is not None else max(1.0, self.rate / 10.0)
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = self.burst
+        self._last = clock()
+
+    async def acquire(self, n: float = 1.0) -> None:
+        """Take `n` tokens, waiting until the bucket has paid for them."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        self._tokens -= n
+        if self._tokens >= 0:
+            return
+        try:
+            await self._sleep(-self._tokens / self.rate)
+        except BaseException:
+            self._tokens += n  # cancelled: give back what we did not use
+            raise
+
+
+class Cooldown:
+    """A client-wide pause: after a 429, nobody sends until `until` has passed."""
+
+    def __init__(self, *, clock: Clock = time.monotonic, sleep: Sleep = anyio.sleep) -> None:
+        self.until = 0.0
+        self.count = 0
+        self.clock = clock
+        self.sleep = sleep
+
+    def extend(self, seconds: float) -> None:
+        """Pause everyone for at least `seconds` from now."""
+        if seconds <= 0:
+            return
+        until = self.clock() + seconds
+        if until > self.until:
+            self.until = until
+            self.count += 1
+
+    async def wait(self) -> None:
+        """Return once no pause is in force.
+
+        Sleeps once for what is left, and again only if someone extended the pause
+        meanwhile, so an injected no-op sleep (tests) never spins.
+        """
+        while True:
+            until = self.until
+            left = until - self.clock()
+            if left <= 0:
+                return
+            await self.sleep(left)
+            if self.until == until:
+                return
+
+
+class LearnedRate:
+    """A request pace learned from 429s, for clients whose quota nobody told them.
+
+    Unpaced until the first 429; then requests are paced (a token bucket, no burst) at a
+    little under the success rate observed over the last two seconds, the rate the server
+    really admits. Each success raises the pace by 0.02 request/s, i.e. about 2% a second
+    whatever the rate, so the client keeps probing for more; the next 429 sets it back under
+    what got through.
+    While the estimate rests on few samples (the first 429s), the pace grows fifty times
+    faster (about +100% a second, a slow start): an overestimate corrects itself at the next
+    429, an underestimate would not.
+    As with concurrency, one cut per round trip, and never a cut to a pace above the
+    current one.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+        window: float = 2.0,
+        backoff: float = 0.97,
+        growth: float = 0.02,
+    ) -> None:
+        self.bucket: TokenBucket | None = None
+        self.cuts = 0
+        self._clock = clock
+        self._sleep = sleep
+        self._window = window
+        self._backoff = backoff
+        self._growth = growth
+        self._ok: deque[float] = deque(maxlen=65_536)
+        self._mark = 0
+        self._confident = False  # whether the last cut rested on enough samples
+
+    @property
+    def rate(self) -> float | None:
+        """The learned pace in requests/s (None while unpaced)."""
+        return self.bucket.rate if self.bucket is not None else None
+
+    def on_success(self) -> None:
+        """A request was answered: remember when, and probe for a little more."""
+        self._ok.append(self._clock())
+        if self.bucket is not None:
+            # about +100%/s while the pace rests on a handful of samples (a slow start)
+            self.bucket.rate += self._growth if self._confident else 50 * self._growth
+
+    def on_rate_limited(self, ticket: int, issued: int) -> None:
+        """A request was refused with 429: pace at what the server let through."""
+        if ticket <= self._mark:
+            return
+        self._mark = issued
+        now = self._clock()
+        since = now - self._window
+        recent = sum(1 for t in self._ok if t >= since)
+        observed = 0.0
+        if recent:
+            oldest = next(t for t in self._ok if t >= since)
+            observed = recent / max(now - oldest, 0.05)
+        self._confident = recent >= 16
+        current = self.bucket.rate if self.bucket is not None else math.inf
+        if observed > 0:
+            new = max(0.1, observed * self._backoff)  # just under what the server let through
+        elif self.bucket is None:
+            return  # refusals came back before any success: nothing to learn from yet
+        else:
+            new = current / 2
+        if new >= current:
+            return  # already slower than that: this 429 was the server's jitter, not our pace
+        self.cuts += 1
+        if self.bucket is None:
+            self.bucket = TokenBucket(new, burst=1.0, clock=self._clock, sleep=self._sleep)
+        else:
+            self.bucket.rate = new

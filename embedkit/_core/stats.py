@@ -1,0 +1,103 @@
+"""What an embedder reports about itself: `SchedulerStats` and, per replica, `EndpointStats`."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+__all__ = ["EndpointStats", "ReplicaState", "SchedulerStats"]
+
+
+class ReplicaState(str, enum.Enum):
+    """Where a replica stands: taking work, paused after a 429, ejected, or loading."""
+
+    HEALTHY = "healthy"
+    COOLING = "cooling"
+    EJECTED = "ejected"
+    LOADING = "loading"
+
+
+@dataclasses.dataclass(frozen=True)
+class EndpointStats:
+    """One replica's figures, in `embedder.stats().endpoints`.
+
+    Attributes:
+        url: the replica (without credentials or query).
+        state: "healthy", "cooling" (after a 429), "ejected" (failing; probed) or
+            "loading" (503 while its model loads; probed).
+        requests: batches sent to it (failovers included).
+        texts: texts it answered.
+        errors: failed requests by cause (status code, or error name).
+        failovers: batches that failed here and were re-sent to another replica.
+        in_flight: requests to it now.
+        concurrency_limit: its current cap on requests in flight (AIMD).
+        latency_p50: median seconds per successful request (None before the first).
+        latency_p99: 99th percentile.
+        texts_per_s: texts answered per second since its first request.
+    """
+
+    url: str
+    state: str
+    requests: int
+    texts: int
+    errors: dict[str, int]
+    failovers: int
+    in_flight: int
+    concurrency_limit: float
+    latency_p50: float | None
+    latency_p99: float | None
+    texts_per_s: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerStats:
+    """A snapshot of what the embedder has done. Returned by `embedder.stats()`.
+
+    Attributes:
+        requests: batches sent to the backend, retries included.
+        texts: texts submitted by callers (duplicates and cache hits included).
+        texts_sent: texts actually sent (after dedup and cache).
+        batches: batches formed (each may take several requests when retried).
+        mean_batch_size: texts_sent / batches.
+        retries: retries by cause (status code, or error name for transport faults).
+        splits: batches split because the server refused their size.
+        bisections: batches bisected to isolate a bad input.
+        dedup_hits: texts that joined an identical text already on its way.
+        cache_hits: texts answered from the LRU cache.
+        failed_texts: texts whose caller got an error.
+        abandoned: batches dropped before sending because every caller had gone.
+        in_flight: batches being sent now.
+        queue_depth: texts waiting to be put in a batch.
+        concurrency_limit: the current adaptive concurrency limit.
+        request_rate: the request pace in force, requests/s: the configured one, or the one
+            learned from 429s; None while unpaced.
+        max_batch_size: the current batch size limit (lowered after a size refusal).
+        cooldowns: client-wide pauses started after 429s.
+        latency_p50: median seconds per successful request (None before the first).
+        latency_p90: 90th percentile.
+        latency_p99: 99th percentile.
+        endpoints: with several URLs, each replica's figures (see the "many replicas" guide).
+    """
+
+    requests: int
+    texts: int
+    texts_sent: int
+    batches: int
+    mean_batch_size: float
+    retries: dict[str, int]
+    splits: int
+    bisections: int
+    dedup_hits: int
+    cache_hits: int
+    failed_texts: int
+    abandoned: int
+    in_flight: int
+    queue_depth: int
+    concurrency_limit: float
+    request_rate: float | None
+    max_batch_size: int
+    cooldowns: int
+    latency_p50: float | None
+    latency_p90: float | None
+    latency_p99: float | None
+    endpoints: tuple[EndpointStats, ...] = ()
