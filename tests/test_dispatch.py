@@ -190,7 +190,7 @@ def _open_loop(
             return vectors_for(texts)
 
         model = model_class(8, clock=trio.current_time, sleep=trio.sleep)
-        scheduler = Scheduler(send, concurrency=AdaptiveConcurrency(8), model=model)
+        scheduler = Scheduler(send, concurrency=AdaptiveConcurrency(8), policy=model)
         capacity = SLOTS * 32 / (FIXED + 32 * PER_TEXT)
         rng = random.Random(seed)
         latencies: list[float] = []
@@ -435,7 +435,7 @@ async def test_arrivals_that_cannot_change_a_hold_do_not_wake_the_dispatcher() -
     model = _CountingModel(8)
     model.parallel = 1  # one request out keeps every sub-full batch waiting for an answer
     send = _FirstHeld()
-    scheduler = Scheduler(send, max_batch_size=8, concurrency=AdaptiveConcurrency(8), model=model)
+    scheduler = Scheduler(send, max_batch_size=8, concurrency=AdaptiveConcurrency(8), policy=model)
     results: dict[int, Matrix] = {}
 
     async def caller(i: int) -> None:
@@ -467,7 +467,7 @@ async def test_holding_for_company_leaves_no_cyclic_garbage() -> None:
     model.parallel = 2  # with one request out, a sub-full batch holds for the last slot
     model.fixed = 3600.0  # ... for up to an hour, so only arrivals and answers end holds
     send = _FirstHeld()
-    scheduler = Scheduler(send, max_batch_size=8, concurrency=AdaptiveConcurrency(8), model=model)
+    scheduler = Scheduler(send, max_batch_size=8, concurrency=AdaptiveConcurrency(8), policy=model)
     results: dict[int, Matrix] = {}
 
     async def caller(i: int) -> None:

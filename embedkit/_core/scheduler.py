@@ -10,7 +10,7 @@
    sub-full one leaves at once while the server keeps a slot in reserve, and otherwise only
    when it is big enough for the arrival rate or has waited one request's fixed cost
    (`BatchPolicy.hold`). While it holds, only an answer, the alarm, or an arrival that
-   brings the queue to what the model would send (`BatchPolicy.enough`) wakes it. When the
+   brings the queue to what the policy would send (`BatchPolicy.enough`) wakes it. When the
    pipe is idle, a lone call is sent at once: there is no batching delay.
    A caller whose text completes a full batch while a slot is free does not wait for the
    dispatcher: it forms that batch and sends it from its own task (`submit`). A burst of
@@ -187,7 +187,7 @@ class Scheduler:
         dedup: bool = True,
         cache_size: int = 0,
         learn_rate: bool = True,
-        model: BatchPolicy | None = None,
+        policy: BatchPolicy | None = None,
         quota: Quota | None = None,
     ) -> None:
         if max_batch_size < 1:
@@ -204,7 +204,7 @@ class Scheduler:
             input_rate=input_rate,
             learn_rate=learn_rate,
         )
-        self.model = model or BatchPolicy(self.concurrency.maximum)
+        self.policy = policy or BatchPolicy(self.concurrency.maximum)
         self._dedup = dedup
         self._cache: OrderedDict[str, Matrix] | None = OrderedDict() if cache_size > 0 else None
         self._cache_size = cache_size
@@ -267,8 +267,8 @@ class Scheduler:
         n = job.n
         self._texts += n
         if n:
-            job.at = now = self.model.clock()
-            self.model.arrived(now, n)
+            job.at = now = self.policy.clock()
+            self.policy.arrived(now, n)
             self._queued += n
             self._queue.append(job)
             wakeup = self._wakeup
@@ -328,20 +328,20 @@ class Scheduler:
             tg.start_soon(self._run_batch, batch)
 
     async def _hold(self) -> None:
-        """Wait while the model says a sub-full batch should not leave yet."""
-        model = self.model
+        """Wait while the batching policy says a sub-full batch should not leave yet."""
+        policy = self.policy
         queue = self._queue
         try:
             while queue:
-                now = model.clock()
-                delay = model.hold(
+                now = policy.clock()
+                delay = policy.hold(
                     self._queued, self.max_batch_size, self._sending, now - queue[0].at, now
                 )
                 if delay is None:
                     return
                 # Set by an answer, the alarm, or an arrival that brings the queue to what
-                # the model would send at once: arrivals short of that would be held again.
-                self._wake_at = model.enough(self.max_batch_size, self._sending, now)
+                # the policy would send at once: arrivals short of that would be held again.
+                self._wake_at = policy.enough(self.max_batch_size, self._sending, now)
                 self._wakeup = wakeup = self._new_event()
                 self._alarm_at = None if delay == math.inf else now + delay
                 armed = self._alarm_armed
@@ -357,7 +357,7 @@ class Scheduler:
             self._alarm_at = None
 
     async def _alarm(self) -> None:
-        """Wake the dispatcher when a hold's time is up (`_alarm_at`, on the model's clock).
+        """Wake the dispatcher when a hold's time is up (`_alarm_at`, on the policy's clock).
 
         One task for the scheduler's life, never cancelled mid-sleep: a hold that ends early
         only disarms it. (A task per hold, cancelled when the hold ended, left a cancelled
@@ -365,16 +365,16 @@ class Scheduler:
         for one head of the queue only moves later, so sleeping towards the time set when
         the sleep began and reading it again on waking is never late.
         """
-        model = self.model
+        policy = self.policy
         while True:
             at = self._alarm_at
             if at is None:
                 self._alarm_armed = armed = self._new_event()
                 await armed.wait()
                 continue
-            left = at - model.clock()
+            left = at - policy.clock()
             if left > 0:
-                await model.sleep(left)
+                await policy.sleep(left)
                 continue
             self._alarm_at = None
             self._wake()
@@ -538,7 +538,7 @@ class Scheduler:
         """The next batch for a slot whose answer has just come back, if it may leave now.
 
         Only what the dispatcher would send at once: the slot is still within the limit,
-        nothing paces or pauses requests, and the model would not hold the batch back.
+        nothing paces or pauses requests, and the policy would not hold the batch back.
         Otherwise None, and the slot goes back to the dispatcher.
         """
         queue = self._queue
@@ -551,10 +551,10 @@ class Scheduler:
             or not self.quota.idle()
         ):
             return None
-        model = self.model
-        now = model.clock()
+        policy = self.policy
+        now = policy.clock()
         waited = now - queue[0].at
-        if model.hold(self._queued, self.max_batch_size, self._sending, waited, now) is not None:
+        if policy.hold(self._queued, self.max_batch_size, self._sending, waited, now) is not None:
             return None
         batch = self._form_batch()
         if batch is not None:
@@ -604,7 +604,7 @@ class Scheduler:
         texts = batch.texts
         concurrency = self.concurrency
         quota = self.quota
-        clock = self.model.clock
+        clock = self.policy.clock
         paced = True  # the dispatcher paced the first attempt before forming the batch
 
         async def attempt() -> Matrix:
@@ -637,7 +637,7 @@ class Scheduler:
                 raise ResponseError(f"sent {len(texts)} texts, got {matrix.shape[0]} rows")
             seconds = clock() - started
             self._latencies.append(seconds)
-            self.model.observe(len(texts), seconds, out)
+            self.policy.observe(len(texts), seconds, out)
             concurrency.on_success()
             quota.on_success()
             return matrix
