@@ -57,7 +57,6 @@ __all__ = [
     "AsyncEmbedder",
     "Embedder",
     "EmbedderOptions",
-    "identity",
 ]
 
 DEFAULT_MAX_BATCH_SIZE = 32
@@ -170,6 +169,7 @@ class EmbedderOptions(TypedDict, total=False):
     cert: CertTypes | None
     http2: bool
     max_response_size: int | None
+    quota: Quota | None
 
 
 class AsyncEmbedder:
@@ -255,6 +255,7 @@ class AsyncEmbedder:
         cert: CertTypes | None = None,
         http2: bool = False,
         max_response_size: int | None = DEFAULT_MAX_RESPONSE_SIZE,
+        quota: Quota | None = None,
     ) -> None:
         if max_batch_size is None:
             max_batch_size = default_max_batch_size(api)
@@ -376,12 +377,33 @@ class AsyncEmbedder:
         else:
             raise ValueError(f"api must be one of 'hf', 'tei', 'openai', 'local', not {api!r}")
         self._state = _State.UNOPENED
-        # a quota shared with other embedders (embedkit.ray sets it before opening);
-        # None: this embedder's own limits (requests_per_second, inputs_per_second, 429s)
-        self._quota: Quota | None = None
+        # a quota shared with other embedders (a Ray fleet's, a Redis one); None: this
+        # embedder's own limits (requests_per_second, inputs_per_second, 429s)
+        self._quota: Quota | None = quota
         self._scheduler: Scheduler | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self.info = BackendInfo()
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the vectors this embedder gives (`embed_file`'s resume fingerprint).
+
+        The URL may carry credentials, so only a hash of it is kept.
+        """
+        import hashlib
+
+        url = self._url
+        if url is not None and not isinstance(url, str):
+            url = " ".join(e.url for e in _endpoints(url))
+        options = self._options
+        return {
+            "api": self.api,
+            "model": self.model,
+            "url_sha256": hashlib.sha256(url.encode()).hexdigest()[:16] if url else None,
+            "normalize": options.normalize,
+            "prompt_name": options.prompt_name,
+            "dimensions": options.dimensions,
+            "truncate": options.truncate,
+        }
 
     def describe(self) -> str:
         """What this embedder talks to, for people (never the token): "tei at http://…"."""
@@ -469,7 +491,12 @@ class AsyncEmbedder:
         if stack is not None:
             await stack.aclose()
 
-    def _open_scheduler(self) -> Scheduler:
+    def running_scheduler(self) -> Scheduler:
+        """The scheduler of this open embedder, for embedkit's own bulk engine and Ray worker.
+
+        Internal: applications call `embed`, `embed_many` and `embed_stream` instead. Raises
+        `ClientClosedError` unless the embedder is open.
+        """
         if self._state is _State.OPEN and self._scheduler is not None:
             return self._scheduler
         if self._state is _State.UNOPENED:
@@ -493,7 +520,7 @@ class AsyncEmbedder:
 
         Concurrent calls from many tasks share batched requests.
         """
-        matrix = await self._open_scheduler().submit([check_text(text)])
+        matrix = await self.running_scheduler().submit([check_text(text)])
         row: Matrix = matrix[0]
         return row
 
@@ -504,7 +531,7 @@ class AsyncEmbedder:
         `embed` calls). An empty list gives shape (0, dim) when dim is known.
         """
         items = check_texts(texts)
-        scheduler = self._open_scheduler()
+        scheduler = self.running_scheduler()
         if not items:
             dim = self.dimension
             if dim is None:
@@ -522,7 +549,7 @@ class AsyncEmbedder:
         `retries["stale connection"]` counts requests embedkit's transport sent again
         because the server had closed a kept-alive connection before reading them.
         """
-        stats = self._open_scheduler().stats()
+        stats = self.running_scheduler().stats()
         backend = self._backend
         if isinstance(backend, HttpBackend) and backend.resent_requests:
             retries = {**stats.retries, "stale connection": backend.resent_requests}
@@ -561,7 +588,7 @@ class AsyncEmbedder:
         """
         from ._bulk import astream, default_depth
 
-        scheduler = self._open_scheduler()
+        scheduler = self.running_scheduler()
         if block_size < 1:
             raise ValueError("block_size must be at least 1")
         depth = max_blocks_in_flight or default_depth(
@@ -616,7 +643,7 @@ class AsyncEmbedder:
         if not convert_to_numpy:
             raise ValueError("convert_to_numpy=False is not supported: encode returns numpy")
         result = await encode(
-            self._open_scheduler(),
+            self.running_scheduler(),
             sentences,
             batch_size=batch_size,
             show_progress_bar=show_progress_bar,
@@ -629,28 +656,6 @@ class AsyncEmbedder:
             max_concurrency=self.max_concurrency,
         )
         return result
-
-
-def identity(embedder: AsyncEmbedder) -> dict[str, Any]:
-    """What decides the vectors an embedder gives (for `embed_file`'s resume fingerprint).
-
-    The URL may carry credentials, so only a hash of it is kept.
-    """
-    import hashlib
-
-    url = embedder._url
-    if url is not None and not isinstance(url, str):
-        url = " ".join(e.url for e in _endpoints(url))
-    options = embedder._options
-    return {
-        "api": embedder.api,
-        "model": embedder.model,
-        "url_sha256": hashlib.sha256(url.encode()).hexdigest()[:16] if url else None,
-        "normalize": options.normalize,
-        "prompt_name": options.prompt_name,
-        "dimensions": options.dimensions,
-        "truncate": options.truncate,
-    }
 
 
 class Embedder:
@@ -696,6 +701,7 @@ class Embedder:
         cert: CertTypes | None = None,
         http2: bool = False,
         max_response_size: int | None = DEFAULT_MAX_RESPONSE_SIZE,
+        quota: Quota | None = None,
     ) -> None:
         self._async = AsyncEmbedder(
             model,
@@ -729,6 +735,7 @@ class Embedder:
             cert=cert,
             http2=http2,
             max_response_size=max_response_size,
+            quota=quota,
         )
         self._stack: contextlib.ExitStack | None = None
         self._portal: BlockingPortal | None = None
@@ -763,7 +770,10 @@ class Embedder:
         if stack is not None:
             stack.close()
 
-    def _require_portal(self) -> BlockingPortal:
+    def running_portal(self) -> BlockingPortal:
+        """The blocking portal of this open embedder's event-loop thread (internal: the
+        blocking `embed_file` runs its work through it). Raises `ClientClosedError` unless open.
+        """
         if self._portal is None:
             raise ClientClosedError("open the Embedder first: `with Embedder(...) as emb:`")
         return self._portal
@@ -780,12 +790,12 @@ class Embedder:
 
     def embed(self, text: str) -> Matrix:
         """Embed one text: a float32 vector of shape (dim,)."""
-        result: Matrix = self._require_portal().call(self._async.embed, text)
+        result: Matrix = self.running_portal().call(self._async.embed, text)
         return result
 
     def embed_many(self, texts: Sequence[str] | Iterable[str]) -> Matrix:
         """Embed many texts: a float32 matrix of shape (len(texts), dim)."""
-        result: Matrix = self._require_portal().call(self._async.embed_many, texts)
+        result: Matrix = self.running_portal().call(self._async.embed_many, texts)
         return result
 
     def stats(self) -> SchedulerStats:
@@ -793,7 +803,7 @@ class Embedder:
 
         Taken on the event-loop thread, so it is consistent even while work is running.
         """
-        result: SchedulerStats = self._require_portal().call(self._async.stats)
+        result: SchedulerStats = self.running_portal().call(self._async.stats)
         return result
 
     # ------------------------------------------------------------- bulk (in _bulk.py)
@@ -814,8 +824,8 @@ class Embedder:
         """
         from ._bulk import default_depth, stream_blocking
 
-        portal = self._require_portal()
-        scheduler = self._async._open_scheduler()
+        portal = self.running_portal()
+        scheduler = self._async.running_scheduler()
         if block_size < 1:
             raise ValueError("block_size must be at least 1")
         depth = max_blocks_in_flight or default_depth(
@@ -845,7 +855,7 @@ class Embedder:
         truncate_dim: int | None = None,
     ) -> Matrix:
         """`SentenceTransformer.encode`, blocking — see `AsyncEmbedder.encode`."""
-        result: Matrix = self._require_portal().call(
+        result: Matrix = self.running_portal().call(
             lambda: self._async.encode(
                 sentences,
                 batch_size=batch_size,

@@ -211,7 +211,7 @@ def test_plan_round_trips() -> None:
 async def test_embed_each_names_the_refused_texts() -> None:
     backend = FakeBackend(refuse=frozenset({"bad"}))
     async with AsyncEmbedder(backend=backend) as emb:
-        results = await embed_each(emb._open_scheduler(), ["a", "bad", "c"])
+        results = await embed_each(emb.running_scheduler(), ["a", "bad", "c"])
     assert isinstance(results[1], InputError)
     assert np.array_equal(results[0], vectors_for(["a"])[0])
     assert np.array_equal(results[2], vectors_for(["c"])[0])

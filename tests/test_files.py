@@ -413,7 +413,7 @@ async def test_the_scheduler_hands_out_tickets() -> None:
 
     backend = FakeBackend()
     async with AsyncEmbedder(backend=backend) as emb:
-        scheduler = emb._open_scheduler()
+        scheduler = emb.running_scheduler()
         kept, dropped = scheduler.enqueue(["a", "b"]), scheduler.enqueue(["never sent"])
         assert isinstance(kept, Ticket)
         assert (len(kept), len(dropped)) == (2, 1)

@@ -38,7 +38,7 @@ import anyio.from_thread
 import anyio.to_thread
 import numpy as np
 
-from .._client import AsyncEmbedder, Embedder, identity
+from .._client import AsyncEmbedder, Embedder
 from .._config import Matrix
 from .._errors import EmbedkitError
 from .corpus import Bad, Corpus, CorpusError, ResumeState, Scan, guess_format, open_corpus, spool
@@ -187,7 +187,7 @@ class _Run:
             "records": scan.records,
             "bytes": scan.size,
             "input_blake2b": scan.digest,
-            **identity(self.embedder),
+            **self.embedder.identity(),
         }
         if job.kind == "parquet":
             found["output"] = "parquet"
@@ -390,7 +390,7 @@ class _Run:
         source = _FileSource(job.corpus, first, job.block_size)
         depth = default_depth(job.block_size, embedder.max_concurrency, embedder.max_batch_size)
         blocks = stream(
-            embedder._open_scheduler(),
+            embedder.running_scheduler(),
             source,
             depth=depth,
             sort_by_length=job.sort_by_length,
@@ -711,6 +711,6 @@ def embed_file(
         progress=progress,
     )
     if embedder is not None:
-        return embedder._require_portal().call(run)
+        return embedder.running_portal().call(run)
     with anyio.from_thread.start_blocking_portal() as portal:
         return portal.call(run)

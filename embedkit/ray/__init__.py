@@ -576,9 +576,12 @@ class _EmbedBatches:
     async def _hold(self, opened: asyncio.Future[AsyncEmbedder]) -> None:
         token = self._token.reveal() if self._token is not None else None
         try:
-            embedder = AsyncEmbedder(token=token, **self._options)
-            if self._quota_actor is not None:
-                embedder._quota = FleetQuota(self._quota_actor, inputs=self._inputs_quota)
+            quota = (
+                FleetQuota(self._quota_actor, inputs=self._inputs_quota)
+                if self._quota_actor is not None
+                else None
+            )
+            embedder = AsyncEmbedder(token=token, quota=quota, **self._options)
             async with embedder:
                 opened.set_result(embedder)
                 await asyncio.Event().wait()  # until the actor ends
@@ -643,7 +646,7 @@ class _EmbedBatches:
         """After an `InputError`: embed each text alone, to find which ones are refused."""
         from .._bulk import embed_each
 
-        return await embed_each(embedder._open_scheduler(), texts)
+        return await embed_each(embedder.running_scheduler(), texts)
 
     def _describe(self, batch: pa.Table, k: int) -> dict[str, str]:
         others = [name for name in batch.column_names if name != self._column][:4]
