@@ -6,21 +6,22 @@ servers or a local model, as float32 numpy matrices.
         matrix = await emb.embed_many(["first", "second"])   # shape (2, dim)
 """
 
-from ._backends import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
 from ._backends import Backend as Backend
 from ._backends import BackendInfo as BackendInfo
+from ._backends import CompleteBackend as CompleteBackend
 from ._backends import Endpoint as Endpoint
 from ._bulk import CorpusError as CorpusError
 from ._bulk import FileProgress as FileProgress
 from ._bulk import FileResult as FileResult
 from ._bulk import aembed_file as aembed_file
 from ._bulk import embed_file as embed_file
-from ._client import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_BATCH_SIZE
-from ._client import DEFAULT_MAX_CONCURRENCY as DEFAULT_MAX_CONCURRENCY
-from ._client import OPENAI_MAX_BATCH_SIZE as OPENAI_MAX_BATCH_SIZE
 from ._client import AsyncEmbedder as AsyncEmbedder
-from ._client import Embedder as Embedder
-from ._client import EmbedderOptions as EmbedderOptions
+from ._config import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_BATCH_SIZE
+from ._config import DEFAULT_MAX_CONCURRENCY as DEFAULT_MAX_CONCURRENCY
+from ._config import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
+from ._config import OPENAI_MAX_BATCH_SIZE as OPENAI_MAX_BATCH_SIZE
+from ._config import Connection as Connection
+from ._config import Limits as Limits
 from ._core import DEFAULT_RETRY as DEFAULT_RETRY
 from ._core import EndpointStats as EndpointStats
 from ._core import RetryPolicy as RetryPolicy
@@ -37,8 +38,10 @@ from ._errors import ResponseError as ResponseError
 from ._errors import ServerError as ServerError
 from ._errors import StatusError as StatusError
 from ._errors import TransportError as TransportError
+from ._options import EmbedderOptions as EmbedderOptions
 from ._similarity import cosine_similarity as cosine_similarity
 from ._similarity import top_k as top_k
+from ._sync import Embedder as Embedder
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -53,6 +56,8 @@ __all__ = [
     "BackendInfo",
     "BatchTooLargeError",
     "ClientClosedError",
+    "CompleteBackend",
+    "Connection",
     "CorpusError",
     "Embedder",
     "EmbedderOptions",
@@ -62,6 +67,7 @@ __all__ = [
     "FileProgress",
     "FileResult",
     "InputError",
+    "Limits",
     "ModelLoadingError",
     "ModelNotFoundError",
     "RateLimitError",

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import ssl
 from typing import Literal
 
+import httpx
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["CertTypes", "Matrix", "Pooling", "VerifyTypes"]
+__all__ = [
+    "DEFAULT_MAX_BATCH_CHARS",
+    "DEFAULT_MAX_BATCH_SIZE",
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_MAX_RESPONSE_SIZE",
+    "DEFAULT_TIMEOUT",
+    "OPENAI_MAX_BATCH_SIZE",
+    "Api",
+    "CertTypes",
+    "Connection",
+    "Limits",
+    "Matrix",
+    "Pooling",
+    "VerifyTypes",
+    "default_max_batch_size",
+]
 
 #: An embedding matrix: (n, dim) float32, C-contiguous, one row per text.
 Matrix = npt.NDArray[np.float32]
@@ -22,3 +40,142 @@ VerifyTypes = bool | str | os.PathLike[str] | ssl.SSLContext
 #: ``cert=``: a client certificate file (with its key), ``(cert, key)`` or
 #: ``(cert, key, password)``, as httpx takes it.
 CertTypes = str | tuple[str, str] | tuple[str, str, str]
+
+#: The protocols an embedder speaks: a wire format, or a model in this process.
+Api = Literal["hf", "tei", "openai", "local"]
+
+DEFAULT_MAX_BATCH_SIZE = 32
+#: The default `max_batch_size` for `api="openai"`. OpenAI-compatible servers state no batch
+#: limit (OpenAI and Infinity accept 2,048 inputs) and pay per request (HTTP and validation
+#: on the server; OpenAI's requests-per-minute quota), so a request carries more texts.
+OPENAI_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_CONCURRENCY = 8
+#: Characters a request carries at most by default, to stay under servers' body limits.
+DEFAULT_MAX_BATCH_CHARS = 500_000
+#: Generous reads: a held request (x-wait-for-model) or a busy server can take a while.
+DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0, pool=None)
+#: Largest response body accepted (bytes as received): far above any embedding answer.
+DEFAULT_MAX_RESPONSE_SIZE = 256 * 1024 * 1024
+
+
+def default_max_batch_size(api: str) -> int:
+    """The `max_batch_size` an embedder for `api` uses unless told one."""
+    return OPENAI_MAX_BATCH_SIZE if api == "openai" else DEFAULT_MAX_BATCH_SIZE
+
+
+def _check_rate(name: str, rate: float | None) -> None:
+    if rate is not None and not (rate > 0 and math.isfinite(rate)):
+        raise ValueError(f"{name} must be a positive number")
+
+
+def _check_timeout(timeout: httpx.Timeout | float | None) -> None:
+    """A zero or negative timeout would fail every request: refuse it here instead."""
+    if isinstance(timeout, httpx.Timeout):
+        values = [("connect", timeout.connect), ("read", timeout.read)]
+        values += [("write", timeout.write), ("pool", timeout.pool)]
+    elif timeout is None:
+        return
+    else:
+        values = [("", timeout)]
+    for part, value in values:
+        if value is not None and not (value > 0):
+            where = f"timeout.{part}" if part else "timeout"
+            raise ValueError(
+                f"{where} must be a positive number of seconds (or None for no limit), "
+                f"not {value!r}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """How much an embedder sends at once, and how fast: `limits=embedkit.Limits(...)`.
+
+    Like `httpx.Limits`, a value object: build it once, pass it to any embedder. Every field
+    is checked when it is built, so a bad limit fails before anything is sent.
+
+    Attributes:
+        max_batch_size: texts per request at most (lowered to the server's own limit);
+            None: `OPENAI_MAX_BATCH_SIZE` (64) for openai, else `DEFAULT_MAX_BATCH_SIZE` (32).
+        max_batch_chars: characters per request at most, to stay under body limits.
+        max_concurrency: requests in flight at most; adaptive below this after 429s. With
+            several URLs, per replica (an `Endpoint` may set its own); the total is the sum.
+        adaptive_concurrency: halve concurrency on 429 and grow it back on success, and
+            learn a request pace from 429s.
+        requests_per_second: a client-side request rate limit (token bucket).
+        inputs_per_second: a client-side limit on texts per second.
+        dedup: send identical in-flight texts once.
+    """
+
+    max_batch_size: int | None = None
+    max_batch_chars: int | None = DEFAULT_MAX_BATCH_CHARS
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    adaptive_concurrency: bool = True
+    requests_per_second: float | None = None
+    inputs_per_second: float | None = None
+    dedup: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size is not None and self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if self.max_batch_chars is not None and self.max_batch_chars < 1:
+            raise ValueError("max_batch_chars must be at least 1")
+        if self.max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        _check_rate("requests_per_second", self.requests_per_second)
+        _check_rate("inputs_per_second", self.inputs_per_second)
+
+    def batch_size_for(self, api: str) -> int:
+        """`max_batch_size`, or the default for `api` when it is None."""
+        return (
+            self.max_batch_size
+            if self.max_batch_size is not None
+            else (default_max_batch_size(api))
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Connection:
+    """How an HTTP backend reaches its server: `connection=embedkit.Connection(...)`.
+
+    Only HTTP backends read it (`api="local"` refuses one that sets a transport or client).
+
+    Attributes:
+        timeout: httpx timeout for the client embedkit builds.
+        verify: TLS verification as httpx takes it: True (httpx's trust store: certifi,
+            or `SSL_CERT_FILE`/`SSL_CERT_DIR`), False, a CA bundle path, or an `ssl.SSLContext`.
+        cert: a client certificate: a file, `(cert, key)` or `(cert, key, password)`.
+        http2: send over httpx's stock transport with HTTP/2 (`pip install embedkit[http2]`).
+        max_response_size: a response body larger than this (bytes as received) is a
+            `ResponseError`; None: no limit.
+        transport: an httpx transport (e.g. `httpx.MockTransport` in tests).
+        http_client: an `httpx.AsyncClient` to use instead (you keep ownership).
+        encoding_format: openai: "base64" (default, fast) or "float".
+        wait_for_model: force HF's `x-wait-for-model` header on or off; default: on after
+            the first 503 "loading".
+        use_cache: False asks HF not to answer from its result cache.
+    """
+
+    timeout: httpx.Timeout | float | None = dataclasses.field(
+        default_factory=lambda: DEFAULT_TIMEOUT
+    )
+    verify: VerifyTypes = True
+    cert: CertTypes | None = None
+    http2: bool = False
+    max_response_size: int | None = DEFAULT_MAX_RESPONSE_SIZE
+    transport: httpx.AsyncBaseTransport | None = None
+    http_client: httpx.AsyncClient | None = None
+    encoding_format: Literal["base64", "float"] = "base64"
+    wait_for_model: bool | None = None
+    use_cache: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check_timeout(self.timeout)
+        if self.encoding_format not in ("base64", "float"):
+            raise ValueError("encoding_format must be 'base64' or 'float'")
+        if self.max_response_size is not None and self.max_response_size < 1:
+            raise ValueError("max_response_size must be a positive number of bytes, or None")
+
+
+#: The keywords each value object took when they were flat `AsyncEmbedder` arguments.
+LIMITS_FIELDS = frozenset(f.name for f in dataclasses.fields(Limits))
+CONNECTION_FIELDS = frozenset(f.name for f in dataclasses.fields(Connection))

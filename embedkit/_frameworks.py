@@ -33,24 +33,26 @@ from typing import Any, Generic, Literal, TypeVar
 
 import anyio.from_thread
 import anyio.to_thread
-import httpx
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    InstanceOf,
     PrivateAttr,
     SecretStr,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from typing_extensions import Self
 
 from ._auth import resolve_token
-from ._backends import DEFAULT_MAX_RESPONSE_SIZE, DEFAULT_TIMEOUT, Backend
-from ._client import DEFAULT_MAX_CONCURRENCY, AsyncEmbedder
-from ._config import CertTypes, Matrix, VerifyTypes
-from ._core import DEFAULT_RETRY, RetryPolicy, SchedulerStats
+from ._backends import Backend
+from ._client import AsyncEmbedder
+from ._config import CONNECTION_FIELDS, LIMITS_FIELDS, Connection, Limits, Matrix
+from ._core import DEFAULT_RETRY, Quota, RetryPolicy, SchedulerStats
 from ._errors import ClientClosedError
+from ._options import fold_legacy
 
 __all__ = ["EmbedkitModel", "SharedEmbedder"]
 
@@ -315,9 +317,10 @@ class EmbedkitModel(BaseModel):
     The base of the LangChain and LlamaIndex classes. `token` is a `SecretStr`, filled from
     the environment as `AsyncEmbedder` does (`HF_TOKEN` or the huggingface CLI's token file
     for hf/tei, `OPENAI_API_KEY` for openai) and never shown. The token and the objects that
-    only make sense in this process (`retry`, `timeout`, `transport`, `http_client`,
-    `backend`, `verify`, `cert`) are left out of serialized forms (`model_dump`, LlamaIndex's
-    `to_json`).
+    only make sense in this process (`retry`, `connection`, `quota`, `backend`) are left out
+    of serialized forms (`model_dump`, LlamaIndex's
+    `to_json`). The flat keywords that `limits=` and `connection=` replaced still work, with
+    a `DeprecationWarning`.
     """
 
     # hide_input_in_errors: a validation error must never echo the token back.
@@ -343,29 +346,36 @@ class EmbedkitModel(BaseModel):
     truncation_direction: Literal["left", "right"] | None = None
     dimensions: int | None = None
     pooling: Literal["mean", "cls"] | None = None
-    encoding_format: Literal["base64", "float"] = "base64"
-    max_batch_size: int | None = None
-    max_batch_chars: int | None = 500_000
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
-    adaptive_concurrency: bool = True
-    requests_per_second: float | None = None
-    inputs_per_second: float | None = None
+    device: str | None = None
+    limits: InstanceOf[Limits] | None = Field(
+        default=None, description="embedkit.Limits: batch size, concurrency, rates."
+    )
+    connection: InstanceOf[Connection] | None = Field(
+        default=None,
+        exclude=True,
+        description="embedkit.Connection: timeout, TLS, transport (this process only).",
+    )
     retry: RetryPolicy | None = Field(default=DEFAULT_RETRY, exclude=True)
-    timeout: httpx.Timeout | float | None = Field(default=DEFAULT_TIMEOUT, exclude=True)
-    transport: httpx.AsyncBaseTransport | None = Field(default=None, exclude=True)
-    http_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
-    wait_for_model: bool | None = None
-    use_cache: bool | None = None
-    dedup: bool = True
+    quota: Quota | None = Field(default=None, exclude=True)
     cache_size: int = 0
     backend: Backend | None = Field(default=None, exclude=True)
-    device: str | None = None
-    verify: VerifyTypes = Field(default=True, exclude=True)
-    cert: CertTypes | None = Field(default=None, exclude=True)
-    http2: bool = False
-    max_response_size: int | None = DEFAULT_MAX_RESPONSE_SIZE
 
     _shared: SharedEmbedder = PrivateAttr()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_flat_keywords(cls, data: Any) -> Any:
+        """The flat keywords `limits=`/`connection=` replaced still work, with a warning."""
+        if not isinstance(data, dict):
+            return data
+        legacy = {k: data[k] for k in LIMITS_FIELDS | CONNECTION_FIELDS if k in data}
+        if not legacy:
+            return data
+        rest = {k: v for k, v in data.items() if k not in legacy}
+        rest["limits"], rest["connection"] = fold_legacy(
+            rest.get("limits"), rest.get("connection"), legacy
+        )
+        return rest
 
     @field_validator("token", mode="after")
     @classmethod

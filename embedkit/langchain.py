@@ -27,7 +27,7 @@ class EmbedkitEmbeddings(EmbedkitModel, Embeddings):
     """A LangChain `Embeddings` backed by embedkit's batching client.
 
     Takes every `embedkit.AsyncEmbedder` option as a keyword (`model`, `url`, `api`,
-    `token`, `max_batch_size`, `max_concurrency`, `requests_per_second`, `retry`, …);
+    `token`, `limits`, `connection`, `retry`, …);
     unknown keywords are refused. The token is a `SecretStr` taken from `token=` or the
     environment, as `AsyncEmbedder` does, and never shown.
 

@@ -17,7 +17,7 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from pydantic import ConfigDict
 
-from ._client import DEFAULT_MAX_CONCURRENCY, default_max_batch_size
+from ._config import Limits
 from ._frameworks import EmbedkitModel
 
 __all__ = ["EmbedkitEmbedding"]
@@ -27,11 +27,12 @@ class EmbedkitEmbedding(EmbedkitModel, BaseEmbedding):
     """A LlamaIndex `BaseEmbedding` backed by embedkit's batching client.
 
     Takes every `embedkit.AsyncEmbedder` option as a keyword (`model`, `url`, `api`, `token`,
-    `max_batch_size`, `max_concurrency`, …) plus LlamaIndex's own (`embed_batch_size`,
+    `limits`, `connection`, …) plus LlamaIndex's own (`embed_batch_size`,
     `callback_manager`, `num_workers`, `embeddings_cache`); unknown keywords are refused.
 
     Batching: LlamaIndex hands the model `embed_batch_size` texts per step; embedkit cuts each
-    step into requests of at most `max_batch_size` texts, up to `max_concurrency` in flight,
+    step into requests of at most `limits.max_batch_size` texts, up to `limits.max_concurrency` in
+    flight,
     shared with every other caller. So `embed_batch_size` defaults to
     `max_batch_size × max_concurrency` (256 with the defaults): one step keeps every request
     slot busy even on LlamaIndex's sequential sync path. `model_name` defaults to `model`.
@@ -45,8 +46,11 @@ class EmbedkitEmbedding(EmbedkitModel, BaseEmbedding):
 
     def __init__(self, **data: Any) -> None:
         if "embed_batch_size" not in data:
-            batch = data.get("max_batch_size") or default_max_batch_size(data.get("api", "hf"))
-            slots = data.get("max_concurrency", DEFAULT_MAX_CONCURRENCY)
+            limits = data.get("limits")
+            if not isinstance(limits, Limits):
+                limits = Limits()
+            batch = data.get("max_batch_size") or limits.batch_size_for(data.get("api", "hf"))
+            slots = data.get("max_concurrency", limits.max_concurrency)
             if isinstance(batch, int) and isinstance(slots, int) and batch > 0 and slots > 0:
                 data["embed_batch_size"] = min(batch * slots, 2048)
         if "model_name" not in data and isinstance(data.get("model"), str):

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 import embedkit
-from embedkit import AsyncEmbedder, EmbedkitError
+from embedkit import AsyncEmbedder, Connection, EmbedkitError
 from embedkit._auth import Secret, resolve_token
 from tests.servers import free_port
 
@@ -163,9 +163,9 @@ async def test_the_client_sends_the_environment_token(
     seen: list[httpx.Request] = []
     async with AsyncEmbedder(
         "m",
-        api=api,  # type: ignore[arg-type]
+        connection=Connection(transport=httpx.MockTransport(answer(seen))),
+        api=api,
         url=url,
-        transport=httpx.MockTransport(answer(seen)),
         retry=None,
     ) as emb:
         await emb.embed("a")
@@ -214,10 +214,10 @@ def make_embedder(api: str, handler: Callable[[httpx.Request], httpx.Response]) 
     }
     return AsyncEmbedder(
         "m",
-        api=api,  # type: ignore[arg-type]
+        connection=Connection(transport=httpx.MockTransport(handler)),
+        api=api,
         url=url[api],
         token=SECRET,
-        transport=httpx.MockTransport(handler),
         retry=embedkit.RetryPolicy(attempts=2, loading_timeout=0, sleep=no_sleep),
     )
 
@@ -240,7 +240,9 @@ async def test_repr_never_shows_the_token(caplog: pytest.LogCaptureFixture, api:
 
 
 def test_sync_embedder_repr_never_shows_the_token() -> None:
-    emb = embedkit.Embedder("m", token=SECRET, transport=httpx.MockTransport(answer([])))
+    emb = embedkit.Embedder(
+        "m", connection=Connection(transport=httpx.MockTransport(answer([]))), token=SECRET
+    )
     assert SECRET not in repr(emb)
     assert SECRET not in str(emb)
 

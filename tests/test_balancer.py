@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import embedkit
-from embedkit import Endpoint, ResponseError, TransportError
+from embedkit import Endpoint, Limits, ResponseError, TransportError
 from embedkit._backends.balancer import BalancedBackend, Replica
 from embedkit._backends.protocols import BackendInfo
 from embedkit._config import Matrix
@@ -269,7 +269,9 @@ async def test_embedder_wiring_caps_sum_and_repr_lists_replicas() -> None:
         Endpoint("http://127.0.0.1:1", max_concurrency=3, token="sekrit"),
         "http://127.0.0.1:2",
     ]
-    emb = embedkit.AsyncEmbedder(api="tei", url=urls, max_concurrency=5, token="other")
+    emb = embedkit.AsyncEmbedder(
+        limits=Limits(max_concurrency=5), api="tei", url=urls, token="other"
+    )
     assert emb.max_concurrency == 8
     text = repr(emb)
     assert "http://127.0.0.1:1" in text
@@ -299,7 +301,7 @@ async def test_each_replicas_tei_limits_are_read_and_obeyed_per_replica() -> Non
     info = await b.start()
     assert info.max_batch_size == 16  # the smallest: every batch must fit every replica
     assert info.model_id == "m"
-    total = b.fit_caps(info.max_batch_size)
+    total = b.fit_concurrency(info.max_batch_size, 8)
     assert [r.concurrency.maximum for r in b.replicas] == [4, 8, 8]  # 64 inputs / 16 a batch
     assert total == 20  # the scheduler's concurrency: the sum of the replicas' caps
 

@@ -11,7 +11,7 @@ import anyio
 import numpy as np
 import pytest
 
-from embedkit import AsyncEmbedder, Embedder, InputError
+from embedkit import AsyncEmbedder, Embedder, InputError, Limits
 from embedkit._bulk.progress import FileProgress, ProgressLines
 from embedkit._bulk.stream import embed_each, plan
 from embedkit._cli import _Console
@@ -65,7 +65,9 @@ async def test_stream_from_a_generator_is_in_order_and_reads_ahead_a_bounded_amo
     backend = FakeBackend()
     block_size, depth = 100, 3
     blocks = []
-    async with AsyncEmbedder(backend=backend, max_batch_size=16, max_concurrency=4) as emb:
+    async with AsyncEmbedder(
+        limits=Limits(max_batch_size=16, max_concurrency=4), backend=backend
+    ) as emb:
         async for start, matrix in emb.embed_stream(
             iter(source), block_size=block_size, max_blocks_in_flight=depth
         ):
@@ -82,7 +84,7 @@ async def test_stream_from_an_async_generator_with_a_short_last_block() -> None:
     texts = corpus(1234)
     source = Counting(texts)
     blocks = []
-    async with AsyncEmbedder(backend=FakeBackend(), max_batch_size=32) as emb:
+    async with AsyncEmbedder(limits=Limits(max_batch_size=32), backend=FakeBackend()) as emb:
         async for start, matrix in emb.embed_stream(
             source.agen(), block_size=500, max_blocks_in_flight=2
         ):
@@ -96,7 +98,7 @@ def test_blocking_stream_reads_in_the_callers_thread_and_keeps_order() -> None:
     texts = corpus(3000)
     source = Counting(texts)
     blocks = []
-    with Embedder(backend=FakeBackend(), max_batch_size=32) as emb:
+    with Embedder(limits=Limits(max_batch_size=32), backend=FakeBackend()) as emb:
         for start, matrix in emb.embed_stream(source, block_size=256, max_blocks_in_flight=2):
             assert source.pulled - (start + matrix.shape[0]) <= 2 * 256
             blocks.append((start, matrix))
@@ -120,7 +122,9 @@ async def test_duplicates_in_a_block_are_sent_once_and_rows_still_line_up() -> N
 async def test_length_sorting_groups_similar_lengths_and_restores_order() -> None:
     texts = ["x" * (1 + (i * 37) % 200) + f" {i}" for i in range(640)]
     backend = FakeBackend()
-    async with AsyncEmbedder(backend=backend, max_batch_size=32, max_concurrency=1) as emb:
+    async with AsyncEmbedder(
+        limits=Limits(max_batch_size=32, max_concurrency=1), backend=backend
+    ) as emb:
         blocks = [b async for b in emb.embed_stream(texts, block_size=320, sort_by_length=True)]
     assert np.array_equal(stack(blocks, 640), vectors_for(texts))
     for batch in backend.batches:
@@ -170,7 +174,9 @@ async def test_leaving_a_stream_early_drops_what_it_queued() -> None:
             return await super().embed_batch(texts)
 
     backend = Gated()
-    async with AsyncEmbedder(backend=backend, max_batch_size=10, max_concurrency=1) as emb:
+    async with AsyncEmbedder(
+        limits=Limits(max_batch_size=10, max_concurrency=1), backend=backend
+    ) as emb:
         stream = emb.embed_stream(corpus(10_000), block_size=10, max_blocks_in_flight=4)
         async with contextlib.aclosing(stream):
             async for _start, _matrix in stream:

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 import embedkit
+from embedkit import Connection, Limits
 
 from .fakes import vector_for, vectors_for
 
@@ -34,14 +35,14 @@ class Server:
 
 @pytest.mark.asyncio
 async def test_using_an_unopened_embedder_says_how_to_open_it() -> None:
-    emb = embedkit.AsyncEmbedder("m", transport=Server().transport())
+    emb = embedkit.AsyncEmbedder("m", connection=Connection(transport=Server().transport()))
     with pytest.raises(embedkit.ClientClosedError, match="async with"):
         await emb.embed("x")
 
 
 @pytest.mark.asyncio
 async def test_a_closed_embedder_refuses_work_and_cannot_be_reopened() -> None:
-    emb = embedkit.AsyncEmbedder("m", transport=Server().transport())
+    emb = embedkit.AsyncEmbedder("m", connection=Connection(transport=Server().transport()))
     async with emb:
         await emb.embed("x")
     with pytest.raises(embedkit.ClientClosedError, match="closed"):
@@ -64,7 +65,7 @@ async def test_leaving_the_block_fails_calls_still_waiting() -> None:
     transport = httpx.MockTransport(slow_handler)
     async with (
         anyio.create_task_group() as tg,
-        embedkit.AsyncEmbedder("m", transport=transport) as emb,
+        embedkit.AsyncEmbedder("m", connection=Connection(transport=transport)) as emb,
     ):
 
         async def caller() -> None:
@@ -81,7 +82,9 @@ async def test_leaving_the_block_fails_calls_still_waiting() -> None:
 
 @pytest.mark.asyncio
 async def test_embed_returns_a_vector_and_embed_many_a_matrix() -> None:
-    async with embedkit.AsyncEmbedder("m", transport=Server().transport()) as emb:
+    async with embedkit.AsyncEmbedder(
+        "m", connection=Connection(transport=Server().transport())
+    ) as emb:
         vector = await emb.embed("hello")
         matrix = await emb.embed_many(("a", "b", "c"))  # any iterable
         assert emb.dimension == 32
@@ -97,7 +100,9 @@ async def test_embed_returns_a_vector_and_embed_many_a_matrix() -> None:
 @pytest.mark.asyncio
 async def test_stats_are_a_frozen_snapshot() -> None:
     server = Server()
-    async with embedkit.AsyncEmbedder("m", transport=server.transport()) as emb:
+    async with embedkit.AsyncEmbedder(
+        "m", connection=Connection(transport=server.transport())
+    ) as emb:
         await emb.embed_many([f"t{i}" for i in range(100)])
         stats = emb.stats()
     assert stats.texts == 100
@@ -110,7 +115,7 @@ async def test_stats_are_a_frozen_snapshot() -> None:
 
 def test_the_blocking_embedder_matches_the_async_one() -> None:
     server = Server()
-    with embedkit.Embedder("m", transport=server.transport()) as emb:
+    with embedkit.Embedder("m", connection=Connection(transport=server.transport())) as emb:
         matrix = emb.embed_many(["a", "b"])
         vector = emb.embed("c")
         assert emb.dimension == 32
@@ -126,7 +131,11 @@ def test_calls_from_many_threads_are_coalesced() -> None:
     server = Server()
     texts = [f"thread text {i}" for i in range(400)]
     with (
-        embedkit.Embedder("m", transport=server.transport(), max_concurrency=2) as emb,
+        embedkit.Embedder(
+            "m",
+            connection=Connection(transport=server.transport()),
+            limits=Limits(max_concurrency=2),
+        ) as emb,
         concurrent.futures.ThreadPoolExecutor(16) as pool,
     ):
         vectors = list(pool.map(emb.embed, texts))
@@ -137,7 +146,7 @@ def test_calls_from_many_threads_are_coalesced() -> None:
 
 def test_constructor_rejects_bad_settings_at_once() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
-        embedkit.AsyncEmbedder("m", max_batch_size=0)
+        embedkit.AsyncEmbedder("m", limits=Limits(max_batch_size=0))
 
 
 def test_the_default_batch_size_follows_the_api_and_an_explicit_one_wins() -> None:
@@ -147,16 +156,18 @@ def test_the_default_batch_size_follows_the_api_and_an_explicit_one_wins() -> No
     for api in apis:
         emb = embedkit.AsyncEmbedder("m", api=api, url="http://127.0.0.1:9")
         assert emb.max_batch_size == embedkit.DEFAULT_MAX_BATCH_SIZE == 32
-    told = embedkit.AsyncEmbedder("m", api="openai", url="http://127.0.0.1:9/v1", max_batch_size=8)
+    told = embedkit.AsyncEmbedder(
+        "m", limits=Limits(max_batch_size=8), api="openai", url="http://127.0.0.1:9/v1"
+    )
     assert told.max_batch_size == 8
     with embedkit.Embedder("m", api="openai", url="http://127.0.0.1:9/v1") as blocking:
         assert blocking.stats().max_batch_size == 64
     with pytest.raises(ValueError, match="max_concurrency"):
-        embedkit.AsyncEmbedder("m", max_concurrency=0)
+        embedkit.AsyncEmbedder("m", limits=Limits(max_concurrency=0))
     with pytest.raises(ValueError, match="api must be"):
         embedkit.AsyncEmbedder("m", api="grpc")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="requests_per_second"):
-        embedkit.AsyncEmbedder("m", requests_per_second=0)
+        embedkit.AsyncEmbedder("m", limits=Limits(requests_per_second=0))
     with pytest.raises(ValueError, match="prompt_name"):
         embedkit.AsyncEmbedder("m", api="openai", prompt_name="query")
     with pytest.raises(ValueError, match="url"):

@@ -16,8 +16,10 @@ import embedkit
 from embedkit import (
     AuthenticationError,
     BatchTooLargeError,
+    Connection,
     EmbedkitError,
     InputError,
+    Limits,
     ModelLoadingError,
     ModelNotFoundError,
     RateLimitError,
@@ -358,9 +360,9 @@ def client(api: str, handler: Handler, **kwargs: Any) -> embedkit.AsyncEmbedder:
     kwargs.setdefault("retry", None)
     return embedkit.AsyncEmbedder(
         "m",
-        api=api,  # type: ignore[arg-type]
+        connection=Connection(transport=httpx.MockTransport(handler)),
+        api=api,
         url=URLS[api],
-        transport=httpx.MockTransport(handler),
         **kwargs,
     )
 
@@ -526,7 +528,7 @@ async def test_tei_batch_size_refusal_splits_the_batch() -> None:
             )
         return httpx.Response(200, json=[[float(t), 0.0] for t in texts])
 
-    async with client("tei", handler, max_batch_size=8, max_concurrency=1) as emb:
+    async with client("tei", handler, limits=Limits(max_batch_size=8, max_concurrency=1)) as emb:
         out = await emb.embed_many([str(i) for i in range(8)])
         assert emb.stats().max_batch_size == 3
     np.testing.assert_array_equal(out[:, 0], np.arange(8))

@@ -18,7 +18,15 @@ import numpy as np
 import pytest
 
 import embedkit
-from embedkit import AsyncEmbedder, CorpusError, Embedder, EmbedkitError, FileProgress
+from embedkit import (
+    AsyncEmbedder,
+    Connection,
+    CorpusError,
+    Embedder,
+    EmbedkitError,
+    FileProgress,
+    Limits,
+)
 
 from .fakes import FakeBackend, vectors_for
 from .hashserver import HashServer
@@ -219,7 +227,9 @@ def test_options_are_checked_before_anything_is_read(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="on_bad"):
         embedkit.embed_file(corpus, tmp_path / "o.npy", on_bad="drop", backend=FakeBackend())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="not both"), Embedder(backend=FakeBackend()) as emb:
-        embedkit.embed_file(corpus, tmp_path / "o.npy", embedder=emb, max_concurrency=2)
+        embedkit.embed_file(
+            corpus, tmp_path / "o.npy", limits=Limits(max_concurrency=2), embedder=emb
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.csv", "c.txt"]
 
 
@@ -330,9 +340,11 @@ async def test_a_lone_surrogate_is_refused_everywhere_before_anything_is_sent() 
 @pytest.mark.parametrize("timeout", [0, -1.0, httpx.Timeout(5.0, read=0)])
 def test_a_zero_or_negative_timeout_is_refused_at_construction(timeout: Any) -> None:
     with pytest.raises(ValueError, match=r"timeout.* must be a positive number"):
-        AsyncEmbedder("m", api="tei", url="http://127.0.0.1:1", timeout=timeout)
+        AsyncEmbedder(
+            "m", connection=Connection(timeout=timeout), api="tei", url="http://127.0.0.1:1"
+        )
     with pytest.raises(ValueError, match="timeout"):
-        Embedder("m", api="tei", url="http://127.0.0.1:1", timeout=timeout)
+        Embedder("m", connection=Connection(timeout=timeout), api="tei", url="http://127.0.0.1:1")
 
 
 def test_embedder_and_embed_file_take_exactly_the_async_embedders_arguments() -> None:

@@ -24,6 +24,7 @@ import orjson
 import pytest
 
 import embedkit
+from embedkit import Connection, Limits
 from embedkit._frameworks import SharedEmbedder
 from embedkit.langchain import EmbedkitEmbeddings
 from embedkit.llama_index import EmbedkitEmbedding
@@ -112,7 +113,9 @@ def test_never_closed_objects_exit_cleanly_without_warnings() -> None:
 
 
 def test_a_dropped_object_stops_its_thread() -> None:
-    emb = EmbedkitEmbeddings(api="tei", url="http://tei.test", transport=httpx.MockTransport(tei))
+    emb = EmbedkitEmbeddings(
+        connection=Connection(transport=httpx.MockTransport(tei)), api="tei", url="http://tei.test"
+    )
     assert emb.embed_query("abc") == [3.0, 1.0]
     thread = emb._shared._thread
     assert thread is not None
@@ -123,7 +126,9 @@ def test_a_dropped_object_stops_its_thread() -> None:
 
 
 def test_no_thread_until_first_use() -> None:
-    emb = EmbedkitEmbedding(api="tei", url="http://tei.test", transport=httpx.MockTransport(tei))
+    emb = EmbedkitEmbedding(
+        connection=Connection(transport=httpx.MockTransport(tei)), api="tei", url="http://tei.test"
+    )
     assert emb._shared._thread is None
     assert not emb._shared.started
     emb.close()
@@ -133,7 +138,11 @@ def test_no_thread_until_first_use() -> None:
 
 def test_a_trio_caller_is_served_too() -> None:
     shared = SharedEmbedder(
-        embedkit.AsyncEmbedder(api="tei", url="http://tei.test", transport=httpx.MockTransport(tei))
+        embedkit.AsyncEmbedder(
+            connection=Connection(transport=httpx.MockTransport(tei)),
+            api="tei",
+            url="http://tei.test",
+        )
     )
 
     async def main() -> list[float]:
@@ -162,7 +171,9 @@ def test_a_cancelled_caller_leaves_the_embedder_working() -> None:
         return tei(request)
 
     emb = EmbedkitEmbeddings(
-        api="tei", url="http://tei.test", transport=httpx.MockTransport(slow_once)
+        connection=Connection(transport=httpx.MockTransport(slow_once)),
+        api="tei",
+        url="http://tei.test",
     )
 
     async def main() -> list[float]:
@@ -181,7 +192,9 @@ def test_a_cancelled_caller_leaves_the_embedder_working() -> None:
 
 
 def test_a_blocking_call_from_the_embedders_own_loop_is_refused() -> None:
-    emb = EmbedkitEmbeddings(api="tei", url="http://tei.test", transport=httpx.MockTransport(tei))
+    emb = EmbedkitEmbeddings(
+        connection=Connection(transport=httpx.MockTransport(tei)), api="tei", url="http://tei.test"
+    )
     shared = emb._shared
 
     async def inside() -> None:
@@ -195,7 +208,9 @@ def test_a_blocking_call_from_the_embedders_own_loop_is_refused() -> None:
 
 
 def test_copies_share_the_embedder_until_the_last_one_goes() -> None:
-    emb = EmbedkitEmbeddings(api="tei", url="http://tei.test", transport=httpx.MockTransport(tei))
+    emb = EmbedkitEmbeddings(
+        connection=Connection(transport=httpx.MockTransport(tei)), api="tei", url="http://tei.test"
+    )
     shallow = emb.model_copy()
     deep = copy.deepcopy(emb)
     assert shallow._shared is emb._shared
@@ -223,10 +238,10 @@ def test_closing_while_calls_wait_fails_them_instead_of_hanging() -> None:
         return tei(request)
 
     emb = EmbedkitEmbeddings(
+        connection=Connection(transport=httpx.MockTransport(hangs)),
+        limits=Limits(max_concurrency=1),
         api="tei",
         url="http://tei.test",
-        transport=httpx.MockTransport(hangs),
-        max_concurrency=1,
         retry=None,
     )
 
@@ -253,7 +268,11 @@ def test_closing_fails_a_blocked_sync_call_with_a_typed_error() -> None:
         await anyio.sleep(60)
         return tei(request)
 
-    emb = EmbedkitEmbedding(api="tei", url="http://tei.test", transport=httpx.MockTransport(hangs))
+    emb = EmbedkitEmbedding(
+        connection=Connection(transport=httpx.MockTransport(hangs)),
+        api="tei",
+        url="http://tei.test",
+    )
     outcome: list[BaseException] = []
 
     def caller() -> None:
@@ -281,10 +300,10 @@ def test_a_list_of_urls_spreads_the_work_over_replicas() -> None:
         return tei(request)
 
     emb = EmbedkitEmbeddings(
+        connection=Connection(transport=httpx.MockTransport(replica)),
+        limits=Limits(max_batch_size=2),
         api="tei",
         url=["http://gpu-0.test", "http://gpu-1.test"],
-        transport=httpx.MockTransport(replica),
-        max_batch_size=2,
     )
     vectors = emb.embed_documents(["a", "bb", "ccc", "dddd", "eeeee", "ffffff"] * 10)
     assert [v[0] for v in vectors[:6]] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]

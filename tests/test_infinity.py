@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from embedkit import AsyncEmbedder
+from embedkit import AsyncEmbedder, Connection
 from embedkit._backends.local import LocalModel
 
 from .local_fixtures import INFINITY_MODEL
@@ -71,10 +71,9 @@ async def test_infinity_via_the_openai_protocol(
     texts = corpus_lines(120)
     async with AsyncEmbedder(
         INFINITY_MODEL,
+        connection=Connection(encoding_format=encoding, transport=http_transport),
         api="openai",
         url=infinity_url,
-        encoding_format=encoding,  # type: ignore[arg-type]
-        transport=http_transport,
     ) as emb:
         one = await emb.embed(texts[0])
         matrix = await embed_concurrently(emb, texts)

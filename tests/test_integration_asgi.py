@@ -31,6 +31,8 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
+from embedkit import Connection, Limits  # noqa: E402
+
 pytestmark = pytest.mark.integration
 
 DIM = 8
@@ -216,7 +218,11 @@ TEXTS = [f"document number {i}: " + "words " * (i % 7) for i in range(150)]
 @pytest.mark.asyncio
 async def test_hf_over_real_sockets(live: LiveServer) -> None:
     async with embedkit.AsyncEmbedder(
-        "m", url=f"{live.url}/hf/models/m", token=TOKEN, normalize=False, max_batch_size=16
+        "m",
+        limits=Limits(max_batch_size=16),
+        url=f"{live.url}/hf/models/m",
+        token=TOKEN,
+        normalize=False,
     ) as emb:
         many = await emb.embed_many(TEXTS)
         single = await emb.embed("a lone text")
@@ -258,7 +264,11 @@ async def test_hf_errors_and_pooling_over_real_sockets(live: LiveServer) -> None
 async def test_tei_over_real_sockets(live: LiveServer) -> None:
     before = len(live.seen.batches.get("tei", []))
     async with embedkit.AsyncEmbedder(
-        api="tei", url=f"{live.url}/tei", token=TOKEN, max_batch_size=64, truncate=True
+        limits=Limits(max_batch_size=64),
+        api="tei",
+        url=f"{live.url}/tei",
+        token=TOKEN,
+        truncate=True,
     ) as emb:
         assert emb.info.model_id == "BAAI/bge-small-en-v1.5"
         assert emb.info.max_batch_size == TEI_MAX_BATCH
@@ -302,7 +312,7 @@ async def test_tei_batch_size_refusal_over_real_sockets(live: LiveServer) -> Non
     """Without /info the client learns the limit from the 422 and splits."""
     before = len(live.seen.batches.get("tei", []))
     async with embedkit.AsyncEmbedder(
-        api="tei", url=f"{live.url}/tei-without-info", retry=None, max_batch_size=32
+        limits=Limits(max_batch_size=32), api="tei", url=f"{live.url}/tei-without-info", retry=None
     ) as emb:
         many = await emb.embed_many(TEXTS[:64])
         assert emb.stats().max_batch_size == TEI_MAX_BATCH
@@ -318,12 +328,12 @@ async def test_openai_over_real_sockets(live: LiveServer, encoding_format: str) 
     before = len(live.seen.batches.get("openai", []))
     async with embedkit.AsyncEmbedder(
         "text-embedding-test",
+        connection=Connection(encoding_format=encoding_format),
+        limits=Limits(max_batch_size=32),
         api="openai",
         url=f"{live.url}/v1",
         token=TOKEN,
-        encoding_format=encoding_format,  # type: ignore[arg-type]
         dimensions=DIM,
-        max_batch_size=32,
     ) as emb:
         many = await emb.embed_many(TEXTS)
         concurrent = await embed_concurrently(emb, [t + "?" for t in TEXTS[:50]])

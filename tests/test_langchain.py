@@ -24,6 +24,7 @@ from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 import embedkit
+from embedkit import Connection, Limits
 from embedkit.langchain import EmbedkitEmbeddings
 
 from .fakes import TeiRecorder
@@ -79,9 +80,9 @@ class TestStandardIntegration(EmbeddingsIntegrationTests):
 
 def make(recorder: TeiRecorder, **options: Any) -> EmbedkitEmbeddings:
     return EmbedkitEmbeddings(
+        connection=Connection(transport=httpx.MockTransport(recorder)),
         api="tei",
         url="http://tei.test",
-        transport=httpx.MockTransport(recorder),
         retry=None,
         **options,
     )
@@ -102,7 +103,7 @@ def test_unknown_options_are_refused() -> None:
 
 def test_bad_option_fails_at_construction_without_echoing_the_token() -> None:
     with pytest.raises(ValueError, match="max_batch_size must be at least 1") as caught:
-        EmbedkitEmbeddings(model="org/model", token="hf_SECRET", max_batch_size=0)
+        EmbedkitEmbeddings(limits=Limits(max_batch_size=0), model="org/model", token="hf_SECRET")
     assert "hf_SECRET" not in str(caught.value)
 
 
@@ -128,7 +129,7 @@ def test_is_a_langchain_embeddings_with_native_async_methods() -> None:
 def test_rows_come_back_in_order_and_as_lists() -> None:
     recorder = TeiRecorder(index=True)
     texts = [f"text number {i}" + "x" * (i % 7) for i in range(100)]
-    with make(recorder, max_batch_size=16) as emb:
+    with make(recorder, limits=Limits(max_batch_size=16)) as emb:
         rows = emb.embed_documents(texts)
         matrix = emb.embed_matrix(texts)
         assert emb.embed_documents([]) == []
@@ -147,7 +148,7 @@ def test_concurrent_aembed_query_calls_share_requests() -> None:
     async def main(emb: EmbedkitEmbeddings) -> list[list[float]]:
         return await asyncio.gather(*(emb.aembed_query(t) for t in texts))
 
-    with make(recorder, max_batch_size=32, max_concurrency=2) as emb:
+    with make(recorder, limits=Limits(max_batch_size=32, max_concurrency=2)) as emb:
         rows = asyncio.run(main(emb))
         stats = emb.stats()
     assert [row[0] for row in rows] == [float(len(t)) for t in texts]
@@ -191,7 +192,7 @@ def test_callers_on_several_threads_and_loops_coalesce() -> None:
 
         results[k] = asyncio.run(main())
 
-    with make(recorder, max_concurrency=1) as emb:
+    with make(recorder, limits=Limits(max_concurrency=1)) as emb:
         threads = [threading.Thread(target=worker, args=(k, emb)) for k in range(4)]
         for t in threads:
             t.start()

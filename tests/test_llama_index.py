@@ -17,6 +17,7 @@ from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
 import embedkit
+from embedkit import Connection, Limits
 from embedkit.llama_index import EmbedkitEmbedding
 
 from .fakes import TeiRecorder
@@ -39,7 +40,10 @@ QUERIES = {
 
 def make(recorder: TeiRecorder, **options: Any) -> EmbedkitEmbedding:
     return EmbedkitEmbedding(
-        api="tei", url="http://tei.test", transport=httpx.MockTransport(recorder), **options
+        connection=Connection(transport=httpx.MockTransport(recorder)),
+        api="tei",
+        url="http://tei.test",
+        **options,
     )
 
 
@@ -90,7 +94,7 @@ def test_vectors_are_the_servers(serve_url: str) -> None:
 def test_batch_methods_return_rows_in_input_order() -> None:
     recorder = TeiRecorder()
     texts = [f"text {i} " + "x" * (i % 13) for i in range(200)]
-    with make(recorder, embed_batch_size=7, max_batch_size=16) as emb:
+    with make(recorder, limits=Limits(max_batch_size=16), embed_batch_size=7) as emb:
         sync_rows = emb.get_text_embedding_batch(texts)
         async_rows = asyncio.run(emb.aget_text_embedding_batch(texts))
         one = emb.get_text_embedding(texts[5])
@@ -105,13 +109,18 @@ def test_batch_methods_return_rows_in_input_order() -> None:
 
 def test_embed_batch_size_maps_onto_embedkit_batching() -> None:
     assert make(TeiRecorder()).embed_batch_size == 32 * 8  # one step fills every request slot
-    assert make(TeiRecorder(), max_batch_size=10, max_concurrency=3).embed_batch_size == 30
+    assert (
+        make(TeiRecorder(), limits=Limits(max_batch_size=10, max_concurrency=3)).embed_batch_size
+        == 30
+    )
     assert make(TeiRecorder(), embed_batch_size=5).embed_batch_size == 5
     recorder = TeiRecorder()
     texts = [f"t{i}" for i in range(64)]
     # LlamaIndex's async path gathers its 16 steps of 4 texts; embedkit's one queue turns
     # them into requests of up to max_batch_size texts, not 16 requests of 4.
-    with make(recorder, embed_batch_size=4, max_batch_size=32, max_concurrency=1) as emb:
+    with make(
+        recorder, limits=Limits(max_batch_size=32, max_concurrency=1), embed_batch_size=4
+    ) as emb:
         rows = asyncio.run(emb.aget_text_embedding_batch(texts))
     assert len(rows) == 64
     assert len(recorder.batches) < 16

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import embedkit
-from embedkit import AsyncEmbedder, Embedder, InputError
+from embedkit import AsyncEmbedder, Embedder, InputError, Limits
 from embedkit._backends.local import DEFAULT_LOCAL_MODEL, LocalBackend, LocalModel
 from embedkit._backends.protocols import Options
 
@@ -207,7 +207,7 @@ async def test_pooling_is_refused() -> None:
 async def test_concurrent_calls_are_coalesced_into_few_batches(local_model: LocalModel) -> None:
     texts = [f"Sentence number {i} about a different topic." for i in range(96)]
     results: list[np.ndarray | None] = [None] * len(texts)
-    async with AsyncEmbedder(api="local", max_batch_size=32) as emb:
+    async with AsyncEmbedder(limits=Limits(max_batch_size=32), api="local") as emb:
 
         async def one(i: int) -> None:
             results[i] = await emb.embed(texts[i])

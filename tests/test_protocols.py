@@ -7,6 +7,7 @@ like an hf, tei or openai server would and records what it was sent.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 import embedkit
-from embedkit import AsyncEmbedder, ResponseError
+from embedkit import AsyncEmbedder, Connection, Limits, ResponseError
 
 URLS = {
     "hf": "http://embed.test/models/m",
@@ -100,7 +101,9 @@ class Server:
 def embedder(api: str, server: Server, **kwargs: Any) -> AsyncEmbedder:
     kwargs.setdefault("retry", None)
     kwargs.setdefault("url", URLS[api])
-    return AsyncEmbedder("m", api=api, transport=server.transport(), **kwargs)  # type: ignore[arg-type]
+    connection = kwargs.pop("connection", None) or Connection()
+    connection = dataclasses.replace(connection, transport=server.transport())
+    return AsyncEmbedder("m", connection=connection, api=api, **kwargs)
 
 
 def clean(matrix: np.ndarray, shape: tuple[int, ...]) -> None:
@@ -119,7 +122,9 @@ async def no_sleep(seconds: float) -> None:
 @pytest.mark.asyncio
 async def test_hf_default_url_is_the_router() -> None:
     server = Server("hf")
-    async with AsyncEmbedder("thenlper/gte-large", transport=server.transport()) as emb:
+    async with AsyncEmbedder(
+        "thenlper/gte-large", connection=Connection(transport=server.transport())
+    ) as emb:
         await emb.embed("a")
     assert str(server.requests[0].url) == (
         "https://router.huggingface.co/hf-inference/models/thenlper/gte-large"
@@ -132,7 +137,9 @@ async def test_hf_default_url_is_the_router() -> None:
 @pytest.mark.asyncio
 async def test_hf_model_id_is_quoted_in_the_router_url() -> None:
     server = Server("hf")
-    async with AsyncEmbedder("org/model name", transport=server.transport()) as emb:
+    async with AsyncEmbedder(
+        "org/model name", connection=Connection(transport=server.transport())
+    ) as emb:
         await emb.embed("a")
     assert server.requests[0].url.raw_path == (
         b"/hf-inference/models/org/model%20name/pipeline/feature-extraction"
@@ -150,7 +157,9 @@ async def test_hf_model_id_is_quoted_in_the_router_url() -> None:
 )
 async def test_hf_url_is_used_exactly(url: str) -> None:
     server = Server("hf")
-    async with AsyncEmbedder("m", url=url, transport=server.transport()) as emb:
+    async with AsyncEmbedder(
+        "m", connection=Connection(transport=server.transport()), url=url
+    ) as emb:
         await emb.embed("a")
     assert str(server.requests[0].url) == url
 
@@ -159,7 +168,9 @@ async def test_hf_url_is_used_exactly(url: str) -> None:
 @pytest.mark.parametrize("url", ["http://tei.test:8080", "http://tei.test:8080/"])
 async def test_tei_url_is_the_server_root(url: str) -> None:
     server = Server("tei", info={"model_id": "BAAI/bge-small-en-v1.5"})
-    async with AsyncEmbedder(api="tei", url=url, transport=server.transport()) as emb:
+    async with AsyncEmbedder(
+        connection=Connection(transport=server.transport()), api="tei", url=url
+    ) as emb:
         await emb.embed("a")
         assert emb.info.model_id == "BAAI/bge-small-en-v1.5"
     assert str(server.requests[0].url) == "http://tei.test:8080/embed"
@@ -179,7 +190,10 @@ async def test_tei_url_is_the_server_root(url: str) -> None:
 async def test_openai_url_is_the_base(url: str | None, expected: str) -> None:
     server = Server("openai")
     async with AsyncEmbedder(
-        "text-embedding-3-small", api="openai", url=url, transport=server.transport()
+        "text-embedding-3-small",
+        connection=Connection(transport=server.transport()),
+        api="openai",
+        url=url,
     ) as emb:
         await emb.embed("a")
     assert str(server.requests[0].url) == expected
@@ -257,7 +271,9 @@ async def test_openai_body_asks_for_base64_explicitly_by_default() -> None:
 @pytest.mark.asyncio
 async def test_openai_body_float_and_dimensions() -> None:
     server = Server("openai")
-    async with embedder("openai", server, encoding_format="float", dimensions=3) as emb:
+    async with embedder(
+        "openai", server, connection=Connection(encoding_format="float"), dimensions=3
+    ) as emb:
         await emb.embed("one")
     assert server.bodies == [
         {"model": "m", "input": ["one"], "encoding_format": "float", "dimensions": 3}
@@ -341,7 +357,7 @@ async def test_no_token_no_authorization_header(api: str) -> None:
 @pytest.mark.parametrize("api", ["hf", "tei"])
 async def test_use_cache_false_sends_x_use_cache(api: str) -> None:
     server = Server(api)
-    async with embedder(api, server, use_cache=False) as emb:
+    async with embedder(api, server, connection=Connection(use_cache=False)) as emb:
         await emb.embed("a")
     assert server.requests[0].headers["x-use-cache"] == "false"
 
@@ -349,7 +365,9 @@ async def test_use_cache_false_sends_x_use_cache(api: str) -> None:
 @pytest.mark.asyncio
 async def test_openai_never_gets_hf_headers() -> None:
     server = Server("openai")
-    async with embedder("openai", server, use_cache=False, wait_for_model=True) as emb:
+    async with embedder(
+        "openai", server, connection=Connection(use_cache=False, wait_for_model=True)
+    ) as emb:
         await emb.embed("a")
     assert "x-use-cache" not in server.requests[0].headers
     assert "x-wait-for-model" not in server.requests[0].headers
@@ -394,7 +412,7 @@ async def test_wait_for_model_after_a_first_503_loading(
 @pytest.mark.asyncio
 async def test_wait_for_model_forced_on() -> None:
     server = Server("hf")
-    async with embedder("hf", server, wait_for_model=True) as emb:
+    async with embedder("hf", server, connection=Connection(wait_for_model=True)) as emb:
         await emb.embed("a")
     assert server.requests[0].headers["x-wait-for-model"] == "true"
 
@@ -423,7 +441,7 @@ async def test_hf_one_dimensional_answer_for_one_string() -> None:
 async def test_rows_come_back_in_input_order(api: str) -> None:
     server = Server(api)
     texts = [chr(ord("a") + i) * (i + 1) for i in range(10)]
-    async with embedder(api, server, max_batch_size=3) as emb:
+    async with embedder(api, server, limits=Limits(max_batch_size=3)) as emb:
         m = await emb.embed_many(texts)
     clean(m, (10, 3))
     np.testing.assert_array_equal(m, [vector(t) for t in texts])
@@ -487,7 +505,9 @@ def openai_answer(
 async def test_openai_rows_out_of_order_are_placed_by_index(encoding_format: str) -> None:
     server = Server("openai", answer=openai_answer(lambda data: data[::-1]))
     texts = ["a", "bb", "ccc", "dddd"]
-    async with embedder("openai", server, encoding_format=encoding_format) as emb:
+    async with embedder(
+        "openai", server, connection=Connection(encoding_format=encoding_format)
+    ) as emb:
         m = await emb.embed_many(texts)
     clean(m, (4, 3))
     np.testing.assert_array_equal(m, [vector(t) for t in texts])
@@ -511,7 +531,9 @@ async def test_openai_inconsistent_answers(
     encoding_format: str,
 ) -> None:
     server = Server("openai", answer=openai_answer(reorder))
-    async with embedder("openai", server, encoding_format=encoding_format) as emb:
+    async with embedder(
+        "openai", server, connection=Connection(encoding_format=encoding_format)
+    ) as emb:
         with pytest.raises(ResponseError, match=needle):
             await emb.embed_many(["a", "b", "c"])
 
@@ -674,7 +696,7 @@ async def test_embed_many_empty_with_unknown_dimension_is_a_clear_error() -> Non
 async def test_tei_max_client_batch_size_lowers_the_batch_size() -> None:
     server = Server("tei", info={"model_id": "bge", "max_client_batch_size": 4})
     texts = [f"text {i}" for i in range(37)]
-    async with embedder("tei", server, max_batch_size=32) as emb:
+    async with embedder("tei", server, limits=Limits(max_batch_size=32)) as emb:
         m = await emb.embed_many(texts)
         assert emb.stats().max_batch_size == 4
     assert max(len(b) for b in server.batches) <= 4
@@ -687,7 +709,7 @@ async def test_tei_max_concurrent_requests_bounds_inputs_in_flight() -> None:
     info = {"max_client_batch_size": 4, "max_concurrent_requests": 8}
     server = Server("tei", info=info)
     texts = [f"text {i}" for i in range(64)]
-    emb = embedder("tei", server, max_batch_size=32, max_concurrency=16)
+    emb = embedder("tei", server, limits=Limits(max_batch_size=32, max_concurrency=16))
     async with emb, anyio.create_task_group() as tg:
         for t in texts:
             tg.start_soon(emb.embed, t)
@@ -699,7 +721,7 @@ async def test_tei_max_concurrent_requests_bounds_inputs_in_flight() -> None:
 @pytest.mark.asyncio
 async def test_tei_configured_limit_below_the_server_limit_wins() -> None:
     server = Server("tei", info={"max_client_batch_size": 32})
-    async with embedder("tei", server, max_batch_size=5) as emb:
+    async with embedder("tei", server, limits=Limits(max_batch_size=5)) as emb:
         await emb.embed_many([f"t{i}" for i in range(12)])
     assert max(len(b) for b in server.batches) == 5
 
@@ -717,7 +739,7 @@ async def test_tei_unusable_info_falls_back_to_configured_limits(
     info: dict[str, Any] | None,
 ) -> None:
     server = Server("tei", info=info)
-    async with embedder("tei", server, max_batch_size=6) as emb:
+    async with embedder("tei", server, limits=Limits(max_batch_size=6)) as emb:
         await emb.embed_many([f"t{i}" for i in range(12)])
     assert max(len(b) for b in server.batches) == 6
 
@@ -732,7 +754,10 @@ async def test_tei_info_transport_failure_is_not_fatal(caplog: pytest.LogCapture
         return await server.handle(request)
 
     async with AsyncEmbedder(
-        api="tei", url=URLS["tei"], transport=httpx.MockTransport(handler), retry=None
+        connection=Connection(transport=httpx.MockTransport(handler)),
+        api="tei",
+        url=URLS["tei"],
+        retry=None,
     ) as emb:
         await emb.embed("a")
     assert len(server.requests) == 1

@@ -31,6 +31,7 @@ import ray.data
 
 import embedkit.ray
 from benchmarks.rayfleet import LastAnswer
+from embedkit import Limits
 
 from .fakes import vectors_for
 from .hashserver import HashServer
@@ -234,12 +235,11 @@ def _quota_run(rate: float, *, given: bool, n: int) -> tuple[float, float, float
         kwargs: dict[str, Any] = {"requests_per_second": rate} if given else {}
         out = embedkit.ray.embed_dataset(
             ds,
+            limits=Limits(max_batch_size=8, max_concurrency=4),
             api="tei",
             url=root,
             workers=4,
             batch_size=64,
-            max_batch_size=8,
-            max_concurrency=4,
             **kwargs,
         )
         out = out.materialize()

@@ -33,7 +33,7 @@ import pytest
 
 import embedkit
 from devtools.nginx import NGINX, nginx_path, running_nginx
-from embedkit import RetryPolicy
+from embedkit import Connection, Limits, RetryPolicy
 
 from . import asgi_hash
 from .fakes import vectors_for
@@ -179,7 +179,7 @@ async def test_nginx_tls_gzip_stale_connections_and_body_limit(
 ) -> None:
     texts = _texts(long=range(3000, 4000))
     waves = [texts[:8000], texts[8000:14000], texts[14000:]]
-    async with _embedder(nginx, transport, tls["ca"], max_concurrency=8) as emb:
+    async with _embedder(nginx, transport, tls["ca"], limits=Limits(max_concurrency=8)) as emb:
         assert emb.info.model_id == "hash-model"  # TEI's /info, through nginx and TLS
         results = []
         for i, wave in enumerate(waves):
@@ -230,7 +230,7 @@ def asgi_server(
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_asgi_servers(asgi_server: str, transport: str) -> None:
     texts = _texts()
-    async with _embedder(asgi_server, transport, max_concurrency=8) as emb:
+    async with _embedder(asgi_server, transport, limits=Limits(max_concurrency=8)) as emb:
         matrix = await emb.embed_many(texts)
         stats = emb.stats()
     np.testing.assert_array_equal(matrix, vectors_for(texts, asgi_hash.DIM))
@@ -257,7 +257,10 @@ async def test_http2_over_tls_with_hypercorn(
         texts = _texts(2000)
         url = f"https://localhost:{port}"
         async with embedkit.AsyncEmbedder(
-            api="tei", url=url, verify=str(tls["ca"]), http2=True, retry=_fast_retry()
+            connection=Connection(verify=str(tls["ca"]), http2=True),
+            api="tei",
+            url=url,
+            retry=_fast_retry(),
         ) as emb:
             matrix = await emb.embed_many(texts)
             # The server reports which protocol the embedder's own client spoke.

@@ -23,7 +23,7 @@ import pytest
 
 import embedkit
 from benchmarks._server import canned_vectors, row_index
-from embedkit import Endpoint, ResponseError, RetryPolicy
+from embedkit import Connection, Endpoint, Limits, ResponseError, RetryPolicy
 
 from .fakes import vectors_for
 from .faultserver import FaultServer
@@ -114,7 +114,7 @@ async def test_three_replicas_of_different_speeds_every_vector_exact_and_in_orde
     with replicas(FAST, FAST, SLOW) as servers:
         urls = [s.url for s in servers]
         async with embedkit.AsyncEmbedder(
-            api="tei", url=urls, max_concurrency=2, retry=fast_retry()
+            limits=Limits(max_concurrency=2), api="tei", url=urls, retry=fast_retry()
         ) as emb:
             assert emb.stats().concurrency_limit == 6  # the sum of the replicas' caps
             matrix = await emb.embed_many(corpus)
@@ -142,11 +142,11 @@ async def test_a_replica_killed_mid_run_loses_nothing_and_comes_back() -> None:
     with replicas(spec, spec, spec) as servers:
         victim = servers[1]
         async with embedkit.AsyncEmbedder(
+            connection=Connection(timeout=timeout),
+            limits=Limits(max_concurrency=2),
             api="tei",
             url=[s.url for s in servers],
-            max_concurrency=2,
             retry=fast_retry(),
-            timeout=timeout,
         ) as emb:
             result: list[np.ndarray] = []
 
@@ -195,7 +195,10 @@ async def test_a_rate_limited_replica_cools_while_the_others_carry_the_load() ->
     limited = {"slots": 2, "latency_ms": 4.0, "rate": 5.0, "burst": 1.0}
     with replicas(limited, FAST, FAST) as servers:
         async with embedkit.AsyncEmbedder(
-            api="tei", url=[s.url for s in servers], max_concurrency=2, retry=fast_retry()
+            limits=Limits(max_concurrency=2),
+            api="tei",
+            url=[s.url for s in servers],
+            retry=fast_retry(),
         ) as emb:
             matrix = await emb.embed_many(corpus)
             stats = emb.stats()
@@ -218,7 +221,7 @@ async def test_a_loading_replica_gets_no_work_until_it_is_ready_then_is_readmitt
     ):
         urls = [cold.url, f"{one.url}/embed", f"{two.url}/embed"]
         async with embedkit.AsyncEmbedder(
-            api="hf", url=urls, max_concurrency=2, retry=fast_retry(), token=""
+            limits=Limits(max_concurrency=2), api="hf", url=urls, retry=fast_retry(), token=""
         ) as emb:
             np.testing.assert_array_equal(await emb.embed_many(corpus), vectors_for(corpus, DIM))
             stats = emb.stats()
@@ -283,10 +286,7 @@ async def test_nginx_round_robin_and_least_conn_over_the_same_replicas(
         )
         with running_nginx(tmp_path_factory.mktemp("nginx-replicas"), body, [rr, lc]):
             for port in (lc, rr):
-                async with embedkit.AsyncEmbedder(
-                    api="tei", url=f"http://127.0.0.1:{port}", max_concurrency=6,
-                    retry=fast_retry(),
-                ) as emb:  # fmt: skip
+                async with embedkit.AsyncEmbedder(limits=Limits(max_concurrency=6), api="tei", url=f"http://127.0.0.1:{port}", retry=fast_retry()) as emb:  # fmt: skip
                     result: list[np.ndarray] = []
 
                     async def run(

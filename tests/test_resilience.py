@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 import embedkit
-from embedkit import RateLimitError, RetryPolicy
+from embedkit import Connection, Limits, RateLimitError, RetryPolicy
 from embedkit._config import Matrix
 from embedkit._core.flow import AdaptiveConcurrency, Cooldown, TokenBucket
 from embedkit._core.scheduler import Scheduler
@@ -57,11 +57,13 @@ async def test_ten_thousand_texts_through_a_twenty_percent_faulty_server(
     lists = [[f"list {j} text {i}" for i in range(1000)] for j in range(5)]
     with FaultServer.running(fault_rate=0.2, seed=7, slow_seconds=1.5) as server:
         async with embedkit.AsyncEmbedder(
+            connection=Connection(
+                timeout=httpx.Timeout(0.5, connect=5.0),
+                transport=httpx.AsyncHTTPTransport() if transport == "httpx" else None,
+            ),
             url=server.url,
             token=TOKEN,
             retry=RetryPolicy(attempts=30, sleep=sleep),
-            timeout=httpx.Timeout(0.5, connect=5.0),
-            transport=httpx.AsyncHTTPTransport() if transport == "httpx" else None,
         ) as emb:
             singles: dict[int, Matrix] = {}
             many: dict[int, Matrix] = {}
@@ -104,7 +106,9 @@ async def test_cold_start_waits_as_told_then_holds_one_probe_with_wait_for_model
     texts = [f"cold text {i}" for i in range(300)]
     with FaultServer.running(cold=True) as server:
         async with embedkit.AsyncEmbedder(
-            url=server.url, retry=RetryPolicy(sleep=sleep), transport=http_transport
+            connection=Connection(transport=http_transport),
+            url=server.url,
+            retry=RetryPolicy(sleep=sleep),
         ) as emb:
             results: dict[int, Matrix] = {}
 
@@ -135,9 +139,8 @@ async def test_wait_for_model_can_be_forced_off(
     sleep = RecordingSleep()
     with FaultServer.running(cold=True) as server:
         async with embedkit.AsyncEmbedder(
+            connection=Connection(transport=http_transport, wait_for_model=False),
             url=server.url,
-            transport=http_transport,
-            wait_for_model=False,
             retry=RetryPolicy(loading_timeout=100, sleep=sleep),
         ) as emb:
             with pytest.raises(embedkit.ModelLoadingError, match="gave up after waiting"):
@@ -173,7 +176,9 @@ def _tei_like(max_batch: int, bad: str | None = None) -> httpx.MockTransport:
 @pytest.mark.asyncio
 async def test_a_size_refusal_over_http_splits_and_lowers_the_batch_size() -> None:
     texts = [f"t{i}" for i in range(200)]
-    async with embedkit.AsyncEmbedder(url="http://tei/embed", transport=_tei_like(8)) as emb:
+    async with embedkit.AsyncEmbedder(
+        connection=Connection(transport=_tei_like(8)), url="http://tei/embed"
+    ) as emb:
         out = await emb.embed_many(texts)
         stats = emb.stats()
     np.testing.assert_array_equal(out, vectors_for(texts))
@@ -185,7 +190,7 @@ async def test_a_size_refusal_over_http_splits_and_lowers_the_batch_size() -> No
 async def test_one_too_long_input_fails_alone_over_http() -> None:
     texts = [f"fine {i}" for i in range(40)]
     async with embedkit.AsyncEmbedder(
-        url="http://tei/embed", transport=_tei_like(64, bad="way too long")
+        connection=Connection(transport=_tei_like(64, bad="way too long")), url="http://tei/embed"
     ) as emb:
         results: dict[int, object] = {}
 
@@ -302,7 +307,10 @@ async def test_tei_info_limits_are_obeyed() -> None:
         return httpx.Response(200, json=vectors_for(inputs).tolist())
 
     async with embedkit.AsyncEmbedder(
-        api="tei", url="http://tei", transport=httpx.MockTransport(handler), max_concurrency=8
+        connection=Connection(transport=httpx.MockTransport(handler)),
+        limits=Limits(max_concurrency=8),
+        api="tei",
+        url="http://tei",
     ) as emb:
         out = await emb.embed_many([f"t{i}" for i in range(50)])
         stats = emb.stats()

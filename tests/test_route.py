@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 import embedkit
-from embedkit._transports import transport as _transport
+from embedkit import Connection
 from embedkit._backends.http import HttpBackend
+from embedkit._transports import transport as _transport
 from embedkit._transports.route import proxy_applies, ssl_context
 from embedkit._transports.transport import FastTransport
 
@@ -76,7 +77,9 @@ def test_without_a_proxy_embedkits_transport_carries_requests_directly() -> None
 
 
 def test_http2_goes_through_httpx() -> None:
-    emb = embedkit.AsyncEmbedder(url="https://127.0.0.1:9/models/m", http2=True)
+    emb = embedkit.AsyncEmbedder(
+        connection=Connection(http2=True), url="https://127.0.0.1:9/models/m"
+    )
     assert _backend(emb)._direct is None
 
 
@@ -104,9 +107,14 @@ def test_ssl_context_from_httpx_style_arguments(tmp_path: Path) -> None:
 
 def test_tls_settings_with_a_custom_transport_are_refused() -> None:
     with pytest.raises(ValueError, match="verify="):
-        embedkit.AsyncEmbedder(url="https://x.test/m", verify=False, transport=FastTransport())
+        embedkit.AsyncEmbedder(
+            connection=Connection(verify=False, transport=FastTransport()), url="https://x.test/m"
+        )
     with pytest.raises(ValueError, match="http2="):
-        embedkit.AsyncEmbedder(url="https://x.test/m", http2=True, http_client=httpx.AsyncClient())
+        embedkit.AsyncEmbedder(
+            connection=Connection(http2=True, http_client=httpx.AsyncClient()),
+            url="https://x.test/m",
+        )
 
 
 @pytest.mark.asyncio
@@ -128,7 +136,9 @@ async def test_verify_with_a_ca_file_over_embedkits_transport(tmp_path: Path) ->
 
     async with serve(handler) as server:
         url = f"https://localhost:{server.port}/models/m"
-        async with embedkit.AsyncEmbedder(url=url, verify=str(cert), retry=None) as emb:
+        async with embedkit.AsyncEmbedder(
+            connection=Connection(verify=str(cert)), url=url, retry=None
+        ) as emb:
             assert (await emb.embed("a")).tolist() == [1.0, 2.0]
         async with embedkit.AsyncEmbedder(url=url, retry=None) as emb:  # not trusted
             with pytest.raises(embedkit.TransportError, match="ConnectError"):
@@ -147,15 +157,14 @@ async def test_a_response_over_max_response_size_is_a_response_error(
     wire = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(big), big)
     async with serve(respond_with(wire)) as server:
         async with embedkit.AsyncEmbedder(
+            connection=Connection(max_response_size=1000, transport=http_transport),
             url=f"{server.url}/models/m",
-            max_response_size=1000,
-            transport=http_transport,
             retry=None,
         ) as emb:
             with pytest.raises(embedkit.ResponseError, match="max_response_size"):
                 await emb.embed("a")
         async with embedkit.AsyncEmbedder(
-            url=f"{server.url}/models/m", transport=None, retry=None
+            connection=Connection(transport=None), url=f"{server.url}/models/m", retry=None
         ) as emb:
             assert (await emb.embed("a")).shape == (401,)
 

@@ -28,6 +28,7 @@ pytest.importorskip("starlette", reason='needs the extra: pip install "embedkit[
 
 from starlette.applications import Starlette
 
+from embedkit import Connection, Limits
 from embedkit.serve import _run as serve_run
 from embedkit.serve import build_parser, create_app, is_loopback
 
@@ -384,9 +385,9 @@ async def test_the_client_waits_through_loading(local_model: LocalModel) -> None
     async with (
         serving(app, ready=False),
         AsyncEmbedder(
+            connection=Connection(transport=httpx.ASGITransport(app=app)),
             url=f"{BASE}/models/x",
             api="hf",
-            transport=httpx.ASGITransport(app=app),
             retry=RetryPolicy(sleep=sleep),
         ) as emb,
     ):
@@ -448,11 +449,17 @@ async def test_api_key_is_required_everywhere_but_health(
         for response in (missing_tei, wrong_hf, wrong_openai, good):
             assert KEY not in response.text
         transport = httpx.ASGITransport(app=app)
-        async with AsyncEmbedder(api="tei", url=BASE, token=KEY, transport=transport) as emb:
+        async with AsyncEmbedder(
+            connection=Connection(transport=transport), api="tei", url=BASE, token=KEY
+        ) as emb:
             assert (await emb.embed_many(TEXTS)).shape == (2, 384)
             assert KEY not in repr(emb)
         async with AsyncEmbedder(
-            api="openai", model="m", url=BASE, token="wrong", transport=transport
+            connection=Connection(transport=transport),
+            api="openai",
+            model="m",
+            url=BASE,
+            token="wrong",
         ) as emb:
             with pytest.raises(embedkit.AuthenticationError) as caught:
                 await emb.embed("hi")
@@ -509,10 +516,10 @@ async def test_the_client_splits_batches_the_server_refuses(
         serving(app),
         AsyncEmbedder(
             "m",
+            connection=Connection(transport=httpx.ASGITransport(app=app)),
+            limits=Limits(max_batch_size=32),
             api=api,
             url=url,
-            max_batch_size=32,
-            transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
         ) as emb,
     ):
         matrix = await emb.embed_many(texts)
@@ -597,10 +604,9 @@ async def test_the_embedkit_client_against_a_real_embedkit_serve(
     texts = [f"Line {i}: {t}" for i in range(20) for t in TEXTS]
     async with AsyncEmbedder(
         "x",
+        connection=Connection(encoding_format=encoding, transport=http_transport),
         api=api,
         url=serve_url + path,
-        encoding_format=encoding,  # type: ignore[arg-type]
-        transport=http_transport,
     ) as emb:
         one = await emb.embed(TEXTS[0])
         results: dict[int, np.ndarray] = {}

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 import embedkit
-from embedkit import RetryPolicy
+from embedkit import Connection, RetryPolicy
 from embedkit._config import Matrix
 from embedkit._core.flow import AdaptiveConcurrency, Cooldown
 from embedkit._core.scheduler import Scheduler
@@ -99,7 +99,9 @@ async def test_real_sockets_and_faults_under_trio(
         fault_rate=0.15, faults=("500", "502", "cut", "ratelimit"), seed=3
     ) as server:
         async with embedkit.AsyncEmbedder(
-            url=server.url, retry=RetryPolicy(attempts=20, sleep=no_wait), transport=http_transport
+            connection=Connection(transport=http_transport),
+            url=server.url,
+            retry=RetryPolicy(attempts=20, sleep=no_wait),
         ) as emb:
             many = await emb.embed_many(texts[:300])
             single: dict[int, Matrix] = {}
@@ -128,11 +130,10 @@ async def test_mock_transport_client_under_trio() -> None:
 
     async with embedkit.AsyncEmbedder(
         "m",
+        connection=Connection(encoding_format="float", transport=httpx.MockTransport(handler)),
         api="openai",
         url="http://oai/v1",
         token="sk-x",
-        encoding_format="float",
-        transport=httpx.MockTransport(handler),
     ) as emb:
         out = await emb.embed_many(["a", "b", "c"])
     np.testing.assert_array_equal(out, vectors_for(["a", "b", "c"]))
@@ -152,10 +153,10 @@ async def test_replicas_and_failover_under_trio() -> None:
 
     texts = [f"trio replica {i}" for i in range(300)]
     async with embedkit.AsyncEmbedder(
+        connection=Connection(transport=httpx.MockTransport(replica)),
         api="tei",
         url=["http://down.test", "http://up.test"],
-        transport=httpx.MockTransport(replica),
-        retry=RetryPolicy(attempts=1),  # any failure reaching the scheduler would fail this
+        retry=RetryPolicy(attempts=1),
     ) as emb:
         matrix = await emb.embed_many(texts)
         down, up = emb.stats().endpoints

@@ -20,8 +20,10 @@ import embedkit
 from embedkit import (
     AsyncEmbedder,
     BackendInfo,
+    Connection,
     Embedder,
     EmbedkitError,
+    Limits,
     RateLimitError,
     RetryPolicy,
     SchedulerStats,
@@ -46,16 +48,14 @@ async def texts_later() -> AsyncIterator[str]:
 async def async_api() -> None:
     emb = AsyncEmbedder(
         "thenlper/gte-large",
+        connection=Connection(timeout=httpx.Timeout(30.0), transport=httpx.MockTransport(handler)),
+        limits=Limits(max_batch_size=32, max_concurrency=8),
         api="hf",
         token="hf_...",
         normalize=True,
         truncate=True,
         truncation_direction="right",
-        max_batch_size=32,
-        max_concurrency=8,
         retry=RetryPolicy(attempts=3, sleep=no_sleep),
-        timeout=httpx.Timeout(30.0),
-        transport=httpx.MockTransport(handler),
     )
     async with emb as opened:
         assert_type(opened, AsyncEmbedder)
@@ -81,14 +81,28 @@ async def async_api() -> None:
     AsyncEmbedder("m", api="grpc")  # type: ignore[arg-type]
     AsyncEmbedder("m", pooling="max")  # type: ignore[arg-type]
     AsyncEmbedder("m", truncation_direction="up")  # type: ignore[arg-type]
-    AsyncEmbedder("m", api="openai", encoding_format="hex")  # type: ignore[arg-type]
+    AsyncEmbedder("m", connection=Connection(encoding_format="hex"), api="openai")  # type: ignore[arg-type]
     AsyncEmbedder("m", "http://positional.url")  # type: ignore[call-arg]
     AsyncEmbedder(api="tei", url="http://127.0.0.1:8080", retry=None)
-    AsyncEmbedder("text-embedding-3-small", api="openai", encoding_format="float", dimensions=256)
-    AsyncEmbedder("m", http_client=httpx.AsyncClient())
-    AsyncEmbedder(api="tei", url="https://tei", verify="/ca.pem", cert=("c.pem", "k.pem"))
-    AsyncEmbedder("m", verify=ssl.create_default_context(), http2=True, max_response_size=None)
-    AsyncEmbedder("m", verify=1.5)  # type: ignore[arg-type]
+    AsyncEmbedder(
+        "text-embedding-3-small",
+        connection=Connection(encoding_format="float"),
+        api="openai",
+        dimensions=256,
+    )
+    AsyncEmbedder("m", connection=Connection(http_client=httpx.AsyncClient()))
+    AsyncEmbedder(
+        connection=Connection(verify="/ca.pem", cert=("c.pem", "k.pem")),
+        api="tei",
+        url="https://tei",
+    )
+    AsyncEmbedder(
+        "m",
+        connection=Connection(
+            verify=ssl.create_default_context(), http2=True, max_response_size=None
+        ),
+    )
+    AsyncEmbedder("m", connection=Connection(verify=1.5))  # type: ignore[arg-type]
 
 
 def blocking_api() -> None:
@@ -171,13 +185,13 @@ def bulk_files(updates: list[embedkit.FileProgress]) -> None:
     )
     assert_type(result, embedkit.FileResult)
     assert_type(result.rows, int)
-    embedkit.embed_file("a.txt", "a.npy", progress=updates.append, max_concurrency=4)
+    embedkit.embed_file("a.txt", "a.npy", limits=Limits(max_concurrency=4), progress=updates.append)
     embedkit.embed_file("a.txt", "a.npy", max_concurency=4)  # type: ignore[call-arg]
-    embedkit.embed_file("a.txt", "a.npy", max_batch_size="32")  # type: ignore[arg-type]
+    embedkit.embed_file("a.txt", "a.npy", limits=Limits(max_batch_size="32"))  # type: ignore[arg-type]
     embedkit.embed_file("a.txt", "a.npy", on_bad="drop")  # type: ignore[arg-type]
     with Embedder(api="tei", url="http://tei") as emb:
         embedkit.embed_file("a.txt", "a.npy", embedder=emb)
-    Embedder(api="tei", max_batch_size="32")  # type: ignore[arg-type]
+    Embedder(limits=Limits(max_batch_size="32"), api="tei")  # type: ignore[arg-type]
 
 
 async def bulk_files_async(emb: AsyncEmbedder) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .balancer import BalancedBackend, Endpoint, Replica
-from .base import Backend
+from .base import Backend, BackendStats, CompleteBackend, complete
+from .factory import URLs, build_backend, endpoints_of
 from .http import DEFAULT_MAX_RESPONSE_SIZE, DEFAULT_TIMEOUT, HttpBackend
 from .protocols import PROTOCOLS, BackendInfo, OpenAIProtocol, Options
 
@@ -19,7 +20,9 @@ __all__ = [
     "PROTOCOLS",
     "Backend",
     "BackendInfo",
+    "BackendStats",
     "BalancedBackend",
+    "CompleteBackend",
     "Endpoint",
     "HttpBackend",
     "LocalBackend",
@@ -27,8 +30,12 @@ __all__ = [
     "OpenAIProtocol",
     "Options",
     "Replica",
+    "URLs",
+    "build_backend",
     "cached_snapshot",
     "check_installed",
+    "complete",
+    "endpoints_of",
     "is_packaged",
     "normalize_rows",
 ]

@@ -57,7 +57,7 @@ from .._errors import (
     ServerError,
     TransportError,
 )
-from .base import Backend
+from .base import Backend, BackendStats, CompleteBackend, complete
 from .protocols import BackendInfo
 
 __all__ = ["BalancedBackend", "Endpoint", "Replica"]
@@ -145,16 +145,16 @@ class Replica:
         backend: Backend,
         *,
         name: str,
-        probe: Probe,
+        probe: Probe | None = None,
         max_concurrency: int,
         weight: float = 1.0,
         adaptive: bool = True,
         clock: Clock = time.monotonic,
         sleep: Sleep = anyio.sleep,
     ) -> None:
-        self.backend = backend
+        self.backend: CompleteBackend = complete(backend)
         self.name = name
-        self.probe = probe
+        self.probe: Probe = probe or self.backend.probe
         self.weight = weight
         self.concurrency = AdaptiveConcurrency(max_concurrency, adaptive=adaptive)
         self.learned: LearnedRate | None = (
@@ -372,11 +372,14 @@ class BalancedBackend:
             model_id=next((i.model_id for i in infos if i.model_id), first.model_id),
             dimension=first.dimension,
             max_batch_size=min(sizes) if sizes else None,
-            max_inputs_in_flight=None,  # per replica: see `fit_caps`
+            max_inputs_in_flight=None,  # per replica: see `fit_concurrency`
         )
 
-    def fit_caps(self, max_batch_size: int) -> int:
-        """Lower each replica's cap to its own TEI limit; the sum is the scheduler's."""
+    def fit_concurrency(self, max_batch_size: int, max_concurrency: int) -> int:
+        """Lower each replica's cap to its own TEI limit; the sum is the scheduler's.
+
+        `max_concurrency` is not used: each replica has its own cap (`Endpoint`).
+        """
         for replica in self.replicas:
             inputs = replica.info.max_inputs_in_flight
             if inputs is not None:
@@ -421,6 +424,23 @@ class BalancedBackend:
         names = ", ".join(r.name for r in self.replicas)
         kind = self.replicas[0].backend.describe().split(" ", 1)[0]
         return f"{kind} ×{len(self.replicas)} [{names}]"
+
+    async def probe(self) -> None:
+        """Probe every replica; succeed when one answers (raise the first error if none)."""
+        errors: list[Exception] = []
+        for replica in self.replicas:
+            try:
+                await replica.backend.probe()
+            except Exception as exc:
+                errors.append(exc)
+            else:
+                return
+        raise errors[0]
+
+    def backend_stats(self) -> BackendStats:
+        """Each replica's figures, and the re-sent requests summed over them."""
+        resent = sum(r.backend.backend_stats().resent_requests for r in self.replicas)
+        return BackendStats(resent_requests=resent, endpoints=self.endpoint_stats())
 
     def endpoint_stats(self) -> tuple[EndpointStats, ...]:
         """Every replica's figures, in the order given."""

@@ -9,10 +9,18 @@ from __future__ import annotations
 import urllib.parse
 from collections.abc import Mapping
 
+import anyio
 import httpx
+from anyio.abc import TaskStatus
 
 from .._auth import Secret
-from .._config import CertTypes, Matrix, VerifyTypes
+from .._config import (
+    DEFAULT_MAX_RESPONSE_SIZE,
+    DEFAULT_TIMEOUT,
+    CertTypes,
+    Matrix,
+    VerifyTypes,
+)
 from .._errors import (
     EmbedkitError,
     ModelLoadingError,
@@ -23,14 +31,11 @@ from .._errors import (
 )
 from .._transports import FastTransport, PreparedPost, ResponseTooLarge, build_client, send_limited
 from .._version import __version__ as _version
+from .base import BackendStats, fit_to_info
 from .protocols import BackendInfo, WireProtocol
 
 __all__ = ["DEFAULT_MAX_RESPONSE_SIZE", "DEFAULT_TIMEOUT", "HttpBackend"]
 
-#: Generous reads: a held request (x-wait-for-model) or a busy server can take a while.
-DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0, pool=None)
-#: Largest response body accepted (bytes as received): far above any embedding answer.
-DEFAULT_MAX_RESPONSE_SIZE = 256 * 1024 * 1024
 
 _USER_AGENT = f"embedkit/{_version} python-httpx/{httpx.__version__}"
 #: The headers of an answer whose headers nobody reads (a success on the fast path).
@@ -120,6 +125,7 @@ class HttpBackend:
                 max_response_size=max_response_size,
             )
         self._client = client
+        self._info = BackendInfo()
         self._timeout = {"timeout": httpx.Timeout(timeout).as_dict()}
         self._timeouts = self._timeout["timeout"]
         self._forced_wait = wait_for_model
@@ -189,7 +195,20 @@ class HttpBackend:
 
     async def start(self) -> BackendInfo:
         """Ask the server for its limits (TEI `/info`); other protocols learn nothing."""
-        return await self.protocol.discover(self._client, self._headers)
+        self._info = await self.protocol.discover(self._client, self._headers)
+        return self._info
+
+    def fit_concurrency(self, max_batch_size: int, max_concurrency: int) -> int:
+        """At most `max_concurrency`, and within the inputs in flight TEI's `/info` allows."""
+        return fit_to_info(self._info, max_batch_size, max_concurrency)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Nothing runs in the background of one HTTP backend."""
+        task_status.started()
+
+    def backend_stats(self) -> BackendStats:
+        """Requests the transport re-sent on a connection the server had closed."""
+        return BackendStats(resent_requests=self.resent_requests)
 
     async def probe(self) -> None:
         """Check that the server answers: TEI `GET /health`, others a one-text request.

@@ -24,9 +24,11 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import numpy as np
+from anyio.abc import TaskStatus
 
 from .._config import Matrix
 from .._errors import InputError
+from .base import BackendStats
 from .protocols import BackendInfo, Options
 
 __all__ = [
@@ -387,6 +389,23 @@ class LocalBackend:
             max_batch_size=None,
             max_inputs_in_flight=None,
         )
+
+    def fit_concurrency(self, max_batch_size: int, max_concurrency: int) -> int:
+        """The model encodes one batch at a time; queued batches wait for it here."""
+        return max_concurrency
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Nothing runs in the background."""
+        task_status.started()
+
+    async def probe(self) -> None:
+        """A loaded model always answers."""
+        if self._model is None:
+            raise RuntimeError("LocalBackend.start() must be awaited before probe()")
+
+    def backend_stats(self) -> BackendStats:
+        """Nothing is counted below the scheduler."""
+        return BackendStats()
 
     async def embed_batch(self, texts: list[str]) -> Matrix:
         """Encode one batch on a worker thread: (len(texts), dim) float32."""

@@ -38,9 +38,10 @@ import anyio.from_thread
 import anyio.to_thread
 import numpy as np
 
-from .._client import AsyncEmbedder, Embedder
+from .._client import AsyncEmbedder
 from .._config import Matrix
 from .._errors import EmbedkitError
+from .._sync import Embedder
 from .corpus import Bad, Corpus, CorpusError, ResumeState, Scan, guess_format, open_corpus, spool
 from .progress import FileProgress, ProgressArg, reporter
 from .sinks import NpySink, ParquetSink, Sink
@@ -49,7 +50,7 @@ from .stream import default_depth, stream
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from .._client import EmbedderOptions
+    from .._options import AnyOptions
 
 __all__ = [
     "FileResult",
@@ -608,7 +609,7 @@ async def aembed_file(
     sort_by_length: bool = True,
     row_group_size: int | None = None,
     embedder: AsyncEmbedder | None = None,
-    **options: Unpack[EmbedderOptions],
+    **options: Unpack[AnyOptions],
 ) -> FileResult:
     """Embed every record of a file into an `.npy` or `.parquet`, resumably. See `embed_file`."""
     return await run_file(
@@ -648,7 +649,7 @@ def embed_file(
     sort_by_length: bool = True,
     row_group_size: int | None = None,
     embedder: Embedder | None = None,
-    **options: Unpack[EmbedderOptions],
+    **options: Unpack[AnyOptions],
 ) -> FileResult:
     """Embed every record of a file into an `.npy` or a `.parquet`; resumable after a crash.
 

@@ -7,13 +7,14 @@ workers (`embedkit.ray`), or elsewhere.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .flow import Cooldown, LearnedRate, TokenBucket
 
 __all__ = ["LocalQuota", "Quota"]
 
 
+@runtime_checkable
 class Quota(Protocol):
     """Where the scheduler gets permission to send, and where it reports what came back.
 

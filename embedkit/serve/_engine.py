@@ -24,7 +24,7 @@ import anyio.to_thread
 
 from .._backends import DEFAULT_LOCAL_MODEL, LocalBackend, LocalModel, Options, is_packaged
 from .._client import AsyncEmbedder
-from .._config import Matrix
+from .._config import Limits, Matrix
 
 __all__ = ["Engine", "Loader"]
 
@@ -183,11 +183,11 @@ class Engine:
         async with AsyncEmbedder(
             api="local",
             backend=backend,
-            max_batch_size=self.max_batch_size,
             # One batch at a time: texts queue while the model works and the next batch
             # leaves full, which is what coalescing is for.
-            max_concurrency=1,
-            adaptive_concurrency=False,
+            limits=Limits(
+                max_batch_size=self.max_batch_size, max_concurrency=1, adaptive_concurrency=False
+            ),
             retry=None,
         ) as embedder:
             self._embedders[key] = embedder

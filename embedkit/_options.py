@@ -1,0 +1,134 @@
+"""The option list of an embedder, written once, and the flat keywords it replaced.
+
+`EmbedderOptions` is what `AsyncEmbedder`, `Embedder`, `embed_file`, the framework classes
+and `embed_dataset` take as keywords (`**options: Unpack[EmbedderOptions]` where they pass
+them on); a test keeps it in step with `AsyncEmbedder.__init__`. The HTTP settings and the
+limits that used to be flat keywords are value objects now (`Connection`, `Limits`); the
+flat spellings still work for one release, with a `DeprecationWarning` that names the new
+one (`fold_legacy`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Any, Literal, TypedDict
+
+import httpx
+
+from ._backends import Backend, URLs
+from ._config import (
+    CONNECTION_FIELDS,
+    LIMITS_FIELDS,
+    Api,
+    CertTypes,
+    Connection,
+    Limits,
+    Pooling,
+    VerifyTypes,
+)
+from ._core import Quota, RetryPolicy
+
+__all__ = ["AnyOptions", "EmbedderOptions", "LegacyOptions", "fold_legacy"]
+
+
+class EmbedderOptions(TypedDict, total=False):
+    """`AsyncEmbedder`'s keyword arguments: what `embed_file(..., **options)` accepts."""
+
+    model: str | None
+    url: URLs | None
+    api: Api
+    token: str | None
+    normalize: bool | None
+    prompt_name: str | None
+    truncate: bool | None
+    truncation_direction: Literal["left", "right"] | None
+    dimensions: int | None
+    pooling: Pooling | None
+    device: str | None
+    limits: Limits | None
+    connection: Connection | None
+    retry: RetryPolicy | None
+    quota: Quota | None
+    cache_size: int
+    backend: Backend | None
+
+
+class LegacyOptions(TypedDict, total=False):
+    """The flat keywords `Limits` and `Connection` replaced (deprecated; one release)."""
+
+    max_batch_size: int | None
+    max_batch_chars: int | None
+    max_concurrency: int
+    adaptive_concurrency: bool
+    requests_per_second: float | None
+    inputs_per_second: float | None
+    dedup: bool
+    timeout: httpx.Timeout | float | None
+    verify: VerifyTypes
+    cert: CertTypes | None
+    http2: bool
+    max_response_size: int | None
+    transport: httpx.AsyncBaseTransport | None
+    http_client: httpx.AsyncClient | None
+    encoding_format: Literal["base64", "float"]
+    wait_for_model: bool | None
+    use_cache: bool | None
+
+
+class AnyOptions(EmbedderOptions, LegacyOptions, total=False):
+    """Both: what the pass-through entry points accept at run time."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _caller_stacklevel() -> int:
+    """The stack level of the first frame outside embedkit (so the warning points there)."""
+    level = 1
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
+def fold_legacy(
+    limits: Limits | None, connection: Connection | None, legacy: dict[str, Any]
+) -> tuple[Limits, Connection]:
+    """`limits` and `connection` with any deprecated flat keywords folded in.
+
+    Each flat keyword warns once per call, naming its new home. Giving the same setting
+    both ways (`limits=` and a flat `max_concurrency=`) is a `TypeError`.
+    """
+    unknown = set(legacy) - LIMITS_FIELDS - CONNECTION_FIELDS
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword argument{'s' if len(unknown) > 1 else ''}: "
+            + ", ".join(sorted(unknown))
+        )
+    out: dict[str, tuple[Any, dict[str, Any]]] = {
+        "limits": (limits, {k: v for k, v in legacy.items() if k in LIMITS_FIELDS}),
+        "connection": (connection, {k: v for k, v in legacy.items() if k in CONNECTION_FIELDS}),
+    }
+    built: dict[str, Any] = {}
+    for name, (given, flat) in out.items():
+        cls = Limits if name == "limits" else Connection
+        if flat:
+            if given is not None:
+                raise TypeError(
+                    f"{', '.join(sorted(flat))}= and {name}= were both given; "
+                    f"set {'them' if len(flat) > 1 else 'it'} on the {cls.__name__} only"
+                )
+            spelled = ", ".join(f"{k}=..." for k in sorted(flat))
+            warnings.warn(
+                f"{', '.join(sorted(flat))}= as flat keyword{'s are' if len(flat) > 1 else ' is'} "
+                f"deprecated; pass {name}=embedkit.{cls.__name__}({spelled})",
+                DeprecationWarning,
+                stacklevel=_caller_stacklevel(),
+            )
+            built[name] = cls(**flat)
+        else:
+            built[name] = given if given is not None else cls()
+    return built["limits"], built["connection"]
