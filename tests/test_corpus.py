@@ -8,17 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedkit._bulk.corpus import (
-    Bad,
-    CorpusError,
-    NpyWriter,
-    OutputPaths,
-    ResumeState,
-    guess_format,
-    npy_header,
-    open_corpus,
-    spool,
-)
+from embedkit._bulk.corpus import Bad, CorpusError, guess_format, open_corpus, spool
+from embedkit._bulk.npy import NpyWriter, npy_header
+from embedkit._bulk.state import OutputPaths, ResumeState
 
 
 def reasons(records: list[str | Bad]) -> list[str | None]:
