@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import anyio
 
-from ._bulk import FORMATS, CorpusError, ResumeState
+from ._bulk import FORMATS, CorpusError, ResumeState, state_path
 
 __all__ = ["main"]
 
@@ -309,7 +309,7 @@ def _embed(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED
     except KeyboardInterrupt:
-        state = ResumeState.load(out.with_name(out.name + ".state.json"))
+        state = ResumeState.load(state_path(out))
         saved = state.committed if state is not None else 0
         console.error(f"interrupted: {saved:,} rows are saved; --resume continues from there")
         return EXIT_INTERRUPTED

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from embedkit._bulk.corpus import (
-    Bad,
-    CorpusError,
-    NpyWriter,
-    OutputPaths,
-    ResumeState,
-    guess_format,
-    npy_header,
-    open_corpus,
-    spool,
-)
+from embedkit._bulk.corpus import Bad, CorpusError, guess_format, open_corpus, spool
+from embedkit._bulk.npy import NpyWriter, npy_header
+from embedkit._bulk.sinks import ParquetPaths
+from embedkit._bulk.state import OutputPaths, ResumeState, state_path
 
 
 def reasons(records: list[str | Bad]) -> list[str | None]:
@@ -276,3 +270,21 @@ def test_output_paths() -> None:
     assert paths.state == Path("/data/vectors.npy.state.json")
     assert paths.data_partial == Path("/data/vectors.npy.partial")
     assert paths.mask_partial == Path("/data/vectors.mask.npy.partial")
+
+
+def test_every_output_finds_its_state_through_state_path() -> None:
+    assert state_path(Path("/data/vectors.npy")) == Path("/data/vectors.npy.state.json")
+    assert state_path(Path("/data/v.parquet")) == Path("/data/v.parquet.state.json")
+    for out in (Path("/data/vectors.npy"), Path("/data/weird name")):
+        assert OutputPaths.for_output(out).state == state_path(out)
+    assert ParquetPaths(Path("/data/v.parquet")).state == state_path(Path("/data/v.parquet"))
+
+
+def test_only_state_path_names_the_state_file() -> None:
+    """The name is built in one place, so the engine, the sinks and the CLI cannot disagree."""
+    package = Path(__file__).resolve().parent.parent / "embedkit"
+    builders = []
+    for path in sorted(package.rglob("*.py")):
+        found = re.findall(r"[\"']\.state\.json[\"']", path.read_text(encoding="utf-8"))
+        builders += [path.relative_to(package).as_posix()] * len(found)
+    assert builders == ["_bulk/state.py"]

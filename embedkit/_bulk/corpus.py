@@ -1,4 +1,4 @@
-"""Corpora on disk for `embedkit embed`: readers, the .npy writer, and the resume state.
+"""Corpora on disk for `embedkit embed`: one reader per input format.
 
 Records count from 0 and are the output's rows: record i is row i, whatever happens to the
 records around it. A record that cannot be embedded is a `Bad` (with the reason), never
@@ -12,6 +12,7 @@ dropped, so nothing ever shifts.
 
 Files are UTF-8 (a leading BOM is ignored). Every reader can `scan()` the whole input once
 (count, fingerprint, bad records) and then stream `records(start)` from any record.
+What is written goes elsewhere: the `.npy` writer in `npy.py`, the resume state in `state.py`.
 """
 
 from __future__ import annotations
@@ -19,15 +20,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import io
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-import numpy as np
-import numpy.typing as npt
 import orjson
 
 from .._errors import EmbedkitError
@@ -37,12 +35,8 @@ __all__ = [
     "Bad",
     "Corpus",
     "CorpusError",
-    "NpyWriter",
-    "OutputPaths",
-    "ResumeState",
     "Scan",
-    "fsync_dir",
-    "npy_header",
+    "guess_format",
     "open_corpus",
     "spool",
 ]
@@ -53,7 +47,6 @@ _SUFFIXES[".parquet"] = _SUFFIXES[".pq"] = "parquet"
 _BOM = b"\xef\xbb\xbf"
 _CHUNK = 1 << 20
 _EXAMPLES = 20
-_HAVE_PWRITE = hasattr(os, "pwrite")
 
 
 class CorpusError(EmbedkitError):
@@ -509,176 +502,3 @@ def spool(stream: IO[bytes], directory: Path, prefix: str) -> Path:
         Path(name).unlink(missing_ok=True)
         raise
     return Path(name)
-
-
-# ------------------------------------------------------------------------------ output
-
-
-def npy_header(shape: tuple[int, ...], dtype: np.dtype[Any]) -> bytes:
-    """The .npy header `np.save` writes for a C-ordered array of this shape and dtype."""
-    buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buffer,
-        {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape},
-    )
-    return buffer.getvalue()
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make renames and new files in `directory` durable (POSIX; a no-op on Windows)."""
-    if os.name == "nt":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class NpyWriter:
-    """An .npy file of known shape, filled by blocks of rows at any offset (`os.pwrite`).
-
-    The file has its full size from the start (sparse until written), so the header is final
-    and a row block lands at `header + row × row_bytes`. Nothing is mapped into memory.
-    """
-
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any, *, create: bool) -> None:
-        self.path = path
-        self.dtype: np.dtype[Any] = np.dtype(dtype)
-        self.shape = shape
-        self.header = npy_header(shape, self.dtype)
-        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        size = len(self.header) + shape[0] * self.row_bytes
-        flags = os.O_RDWR | getattr(os, "O_BINARY", 0) | (os.O_CREAT | os.O_TRUNC if create else 0)
-        try:
-            self._fd = os.open(path, flags, 0o644)
-        except OSError as exc:
-            raise CorpusError(f"cannot open {path}: {exc.strerror}") from exc
-        try:
-            if create:
-                self._write_all(self.header, 0)
-                os.ftruncate(self._fd, size)
-            else:
-                os.lseek(self._fd, 0, os.SEEK_SET)
-                found = os.read(self._fd, len(self.header))
-                if found != self.header or os.fstat(self._fd).st_size != size:
-                    raise CorpusError(
-                        f"{path} does not hold the {shape} {self.dtype} array this run writes; "
-                        "start over with --force"
-                    )
-        except BaseException:
-            os.close(self._fd)
-            raise
-
-    def _write_all(self, data: bytes | memoryview, offset: int) -> None:
-        view = memoryview(data)
-        while view:
-            if _HAVE_PWRITE:
-                written = os.pwrite(self._fd, view, offset)
-            else:  # Windows
-                os.lseek(self._fd, offset, os.SEEK_SET)
-                written = os.write(self._fd, view)
-            view = view[written:]
-            offset += written
-
-    def write(self, row: int, block: npt.NDArray[Any]) -> None:
-        """Write `block` (rows `row` to `row + len(block)`) in place."""
-        block = np.ascontiguousarray(block, dtype=self.dtype)
-        if block.size == 0:
-            return  # nothing to write (zero rows, or rows of dimension 0)
-        self._write_all(block.data.cast("B"), len(self.header) + row * self.row_bytes)
-
-    def sync(self) -> None:
-        """Flush the written rows to disk."""
-        os.fsync(self._fd)
-
-    def close(self) -> None:
-        """Close the file (idempotent)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-@dataclasses.dataclass(frozen=True)
-class OutputPaths:
-    """The files of one `embedkit embed -o OUT.npy` run.
-
-    `OUT.npy.partial` and `OUT.mask.npy.partial` are written while the run is going and
-    renamed when it is complete; `OUT.npy.state.json` records the committed rows and what they
-    were made from, and stays after the run (so a rerun can tell it is already done).
-    """
-
-    data: Path
-    mask: Path
-    state: Path
-
-    @classmethod
-    def for_output(cls, out: Path) -> OutputPaths:
-        """Name the sibling files of `out`."""
-        stem = out.name[: -len(".npy")] if out.name.endswith(".npy") else out.name
-        return cls(
-            data=out,
-            mask=out.with_name(stem + ".mask.npy"),
-            state=out.with_name(out.name + ".state.json"),
-        )
-
-    @property
-    def data_partial(self) -> Path:
-        """The data file while the run is going."""
-        return self.data.with_name(self.data.name + ".partial")
-
-    @property
-    def mask_partial(self) -> Path:
-        """The mask file while the run is going."""
-        return self.mask.with_name(self.mask.name + ".partial")
-
-
-@dataclasses.dataclass
-class ResumeState:
-    """What a run has committed, and the fingerprint of what it was made from.
-
-    Saved atomically (write, fsync, rename, fsync the folder) after the rows it counts were
-    fsynced, so after any crash `committed` rows are on disk and correct.
-    """
-
-    fingerprint: dict[str, Any]
-    rows: int
-    dim: int
-    on_bad: str
-    committed: int = 0
-    bad: int = 0
-    complete: bool = False
-    version: int = 1
-
-    @classmethod
-    def load(cls, path: Path) -> ResumeState | None:
-        """The saved state, or None when there is none."""
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            data = orjson.loads(raw)
-            return cls(**data)
-        except (orjson.JSONDecodeError, TypeError) as exc:
-            raise CorpusError(
-                f"{path} is not an embedkit state file ({exc}); remove it or use --force"
-            ) from exc
-
-    def save(self, path: Path) -> None:
-        """Replace the state file atomically and durably."""
-        tmp = path.with_name(path.name + ".tmp")
-        payload = orjson.dumps(dataclasses.asdict(self), option=orjson.OPT_INDENT_2)
-        with tmp.open("wb") as f:
-            f.write(payload + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-
-    def mismatch(self, fingerprint: dict[str, Any]) -> str | None:
-        """Which recorded setting differs from `fingerprint` (None when all agree)."""
-        for key in sorted(set(self.fingerprint) | set(fingerprint)):
-            if self.fingerprint.get(key) != fingerprint.get(key):
-                return key
-        return None

@@ -2,7 +2,7 @@
 
 Both sinks take blocks of rows in order (`write`), make what they hold durable on `sync`
 (after which `committed` rows are on disk and correct, whatever happens next), and put the
-final file in place on `finish`. The engine (`_files.py`) records `committed` in the resume
+final file in place on `finish`. The engine (`run.py`) records `committed` in the resume
 state only after `sync`, so a run killed at any moment resumes from a row the disk really has.
 
 * `.npy` — `OUT.npy.partial` has its final header and size from the start; each block lands
@@ -31,7 +31,9 @@ import numpy.typing as npt
 import orjson
 
 from .._config import Matrix
-from .corpus import CorpusError, NpyWriter, OutputPaths, ResumeState, fsync_dir
+from .corpus import CorpusError
+from .npy import NpyWriter, fsync_dir
+from .state import OutputPaths, ResumeState, state_path
 
 __all__ = [
     "ROW_GROUP_BYTES",
@@ -178,7 +180,7 @@ class ParquetPaths:
     @property
     def state(self) -> Path:
         """`OUT.parquet.state.json`: committed rows and the fingerprint (kept after the run)."""
-        return self.data.with_name(self.data.name + ".state.json")
+        return state_path(self.data)
 
     @property
     def parts(self) -> Path:
