@@ -90,6 +90,8 @@ def _run_fleet(
     ray: Any, srv: Any, texts: list[str], per_worker_rate: float | None = None, **kw: Any
 ) -> dict[str, Any]:
     import embedkit.ray
+    from embedkit.ray.dataset import HTTP_WORKER_CPUS
+    from embedkit.ray.worker import _EmbedBatches
 
     srv.reset()
     watch = LastAnswer(srv.root)
@@ -110,7 +112,7 @@ def _run_fleet(
             if key in kw:
                 options[key] = kw[key]
         out = ds.map_batches(
-            embedkit.ray._EmbedBatches,
+            _EmbedBatches,
             fn_constructor_kwargs={
                 "column": "text",
                 "output_column": "embedding",
@@ -124,7 +126,7 @@ def _run_fleet(
             compute=ray.data.ActorPoolStrategy(size=kw.get("workers", 4)),
             batch_size=kw.get("batch_size", 1024),
             batch_format="pyarrow",
-            num_cpus=embedkit.ray.HTTP_WORKER_CPUS,
+            num_cpus=HTTP_WORKER_CPUS,
         )
     try:
         result = out.materialize()

@@ -330,7 +330,7 @@ def _embed_ray(args: argparse.Namespace) -> int:
     try:
         import ray
 
-        from .ray import _embed_files_command
+        from .ray.command import run_command
     except ImportError as exc:
         console.error(f"--engine ray needs the ray extra: pip install 'embedkit[ray]' ({exc})")
         return EXIT_FAILED
@@ -338,7 +338,7 @@ def _embed_ray(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     try:
-        rows = _embed_files_command(args)
+        rows = run_command(args)
     except (ValueError, TypeError, CorpusError) as exc:
         console.error(str(exc))
         return EXIT_USAGE

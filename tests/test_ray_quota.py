@@ -18,7 +18,10 @@ import pyarrow as pa
 import pytest
 
 from embedkit._auth import Secret
-from embedkit.ray import BadRowError, FleetQuota, QuotaActor, _actor_cpus, _EmbedBatches, _FleetPace
+from embedkit.ray import BadRowError, FleetQuota, QuotaActor
+from embedkit.ray.dataset import _actor_cpus
+from embedkit.ray.quota import _FleetPace
+from embedkit.ray.worker import _EmbedBatches
 
 from .fakes import DIM, FakeBackend, vectors_for
 
