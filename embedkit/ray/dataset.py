@@ -58,14 +58,14 @@ def embed_dataset(
 
     A pool of `workers` Ray actors, each with one long-lived `AsyncEmbedder` built from
     `options` (any `AsyncEmbedder` argument: `api`, `url`, `model`, `token`,
-    `max_batch_size`, `max_concurrency`, `retry`…), embeds the dataset's batches. Every
+    `limits`, `retry`…), embeds the dataset's batches. Every
     input column is kept; the vectors come as `fixed_size_list<float>[dim]`.
 
     Args:
         ds: the dataset; nothing runs until it is consumed (`write_parquet`, `take`…).
         column: the column holding the texts.
         output_column: the column the vectors go to.
-        workers: actors in the pool (each keeps `max_concurrency` requests in flight).
+        workers: actors in the pool (each keeps `limits.max_concurrency` requests in flight).
         requests_per_second: a request rate for the whole fleet, not per worker.
         inputs_per_second: a texts-per-second rate for the whole fleet.
         on_bad: a row whose text is missing, empty, not a string or refused by the server:
@@ -97,8 +97,9 @@ def embed_dataset(
         raise ValueError("workers must be at least 1")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    connection = options.get("connection")
     for name in ("backend", "transport", "http_client"):
-        if options.get(name) is not None:
+        if options.get(name) is not None or getattr(connection, name, None) is not None:
             raise ValueError(f"{name}= cannot be sent to Ray actors; pass api=, url= instead")
     for name, rate in (
         ("requests_per_second", requests_per_second),
@@ -116,7 +117,12 @@ def embed_dataset(
     if on_bad == "fail":
         flag_column = None
 
-    learn = bool(options.get("adaptive_concurrency", True))
+    limits = options.get("limits")
+    learn = bool(
+        limits.adaptive_concurrency
+        if limits is not None
+        else options.get("adaptive_concurrency", True)
+    )
     quota = (
         ray.remote(QuotaActor)
         .options(
