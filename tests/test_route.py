@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 import embedkit
-from embedkit._transports import transport as _transport
 from embedkit._backends.http import HttpBackend
+from embedkit._transports import connection as _transport
 from embedkit._transports.route import proxy_applies, ssl_context
 from embedkit._transports.transport import FastTransport
 
