@@ -179,9 +179,9 @@ class FastTransport(httpx.AsyncBaseTransport):
             prepared.origin,
             prepared.encode(body),
             timeouts or self._default_timeouts,
-            None,
-            False,
-            prepared.origin.host,
+            request=None,
+            is_head_request=False,
+            sni=prepared.origin.host,
         )
 
     async def _round_trip(
