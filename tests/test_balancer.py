@@ -11,8 +11,9 @@ import pytest
 
 import embedkit
 from embedkit import Endpoint, Limits, ResponseError, TransportError
-from embedkit._backends.balancer import BalancedBackend, Replica
+from embedkit._backends.balancer import BalancedBackend
 from embedkit._backends.protocols import BackendInfo
+from embedkit._backends.replica import Replica
 from embedkit._config import Matrix
 from embedkit._core.flow import Sleep
 from embedkit._core.stats import ReplicaState

@@ -20,7 +20,8 @@ import embedkit
 from embedkit._auth import Secret
 from embedkit._backends.http import HttpBackend
 from embedkit._backends.protocols import HFProtocol, Options
-from embedkit._transports.transport import FastTransport, PreparedPost, _serialize
+from embedkit._transports import FastTransport, PreparedPost
+from embedkit._transports.request import _serialize
 
 from .test_transport import Conn, Handler, Server, serve
 

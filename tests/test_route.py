@@ -14,7 +14,7 @@ import pytest
 import embedkit
 from embedkit import Connection
 from embedkit._backends.http import HttpBackend
-from embedkit._transports import transport as _transport
+from embedkit._transports import connection as _transport
 from embedkit._transports.route import proxy_applies, ssl_context
 from embedkit._transports.transport import FastTransport
 

@@ -31,7 +31,7 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.tls import TLSStream
 
-from embedkit._transports import transport as _transport
+from embedkit._transports import connection as _transport
 from embedkit._transports.transport import FastTransport
 
 TIMEOUT = httpx.Timeout(5.0)

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedkit._transports.transport import FastTransport, PreparedPost
+from embedkit._transports import FastTransport, PreparedPost
 
 URL = "http://server.test/embed"
 _TLS = ssl.create_default_context()

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .balancer import BalancedBackend, Endpoint, Replica
+from .balancer import BalancedBackend
 from .base import Backend, BackendStats, CompleteBackend, complete
 from .factory import URLs, build_backend, endpoints_of
 from .http import DEFAULT_MAX_RESPONSE_SIZE, DEFAULT_TIMEOUT, HttpBackend
 from .protocols import PROTOCOLS, BackendInfo, OpenAIProtocol, Options
+from .replica import Endpoint, Replica
 
 __all__ = [
     "DEFAULT_LOCAL_MODEL",

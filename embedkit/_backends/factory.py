@@ -13,10 +13,11 @@ from typing import Any
 
 from .._auth import resolve_token
 from .._config import Connection, Limits
-from .balancer import BalancedBackend, Endpoint, Replica
+from .balancer import BalancedBackend
 from .base import Backend, CompleteBackend, complete
 from .http import HttpBackend
 from .protocols import PROTOCOLS, OpenAIProtocol, Options
+from .replica import Endpoint, Replica
 
 __all__ = ["URLs", "build_backend", "endpoints_of"]
 

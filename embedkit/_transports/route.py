@@ -23,7 +23,8 @@ from collections.abc import AsyncIterator
 import httpx
 
 from .._config import CertTypes, VerifyTypes
-from .transport import FastTransport, ResponseTooLarge
+from .parser import ResponseTooLarge
+from .transport import FastTransport
 
 __all__ = [
     "build_client",
