@@ -286,7 +286,7 @@ async def test_nginx_round_robin_and_least_conn_over_the_same_replicas(
         )
         with running_nginx(tmp_path_factory.mktemp("nginx-replicas"), body, [rr, lc]):
             for port in (lc, rr):
-                async with embedkit.AsyncEmbedder(limits=Limits(max_concurrency=6), api="tei", url=f"http://127.0.0.1:{port}", retry=fast_retry()) as emb:  # fmt: skip
+                async with embedkit.AsyncEmbedder(limits=Limits(max_concurrency=6), api="tei", url=f"http://127.0.0.1:{port}", retry=fast_retry()) as emb:  # fmt: skip  # noqa: E501
                     result: list[np.ndarray] = []
 
                     async def run(

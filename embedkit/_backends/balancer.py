@@ -179,7 +179,7 @@ class BalancedBackend:
         errors: list[Exception] = []
         for replica in self.replicas:
             try:
-                await replica.backend.probe()
+                await replica.probe()
             except Exception as exc:
                 errors.append(exc)
             else:
@@ -188,7 +188,7 @@ class BalancedBackend:
 
     def backend_stats(self) -> BackendStats:
         """Each replica's figures, and the re-sent requests summed over them."""
-        resent = sum(r.backend.backend_stats().resent_requests for r in self.replicas)
+        resent = sum(r.complete.backend_stats().resent_requests for r in self.replicas)
         return BackendStats(resent_requests=resent, endpoints=self.endpoint_stats())
 
     def endpoint_stats(self) -> tuple[EndpointStats, ...]:

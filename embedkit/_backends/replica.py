@@ -126,9 +126,11 @@ class Replica:
         clock: Clock = time.monotonic,
         sleep: Sleep = anyio.sleep,
     ) -> None:
-        self.backend: CompleteBackend = complete(backend)
+        self.backend = backend
+        # the rest of the Backend API, neutral defaults where `backend` has only the essentials
+        self.complete: CompleteBackend = complete(backend)
         self.name = name
-        self.probe: Probe = probe or self.backend.probe
+        self.probe: Probe = probe or self.complete.probe
         self.weight = weight
         self.concurrency = AdaptiveConcurrency(max_concurrency, adaptive=adaptive)
         self.learned: LearnedRate | None = (
