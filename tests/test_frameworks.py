@@ -85,7 +85,7 @@ def test_never_closed_objects_exit_cleanly_without_warnings() -> None:
     once, with no ResourceWarning (dev mode, warnings as errors) and no message at all."""
     out = run_python(
         """
-        import asyncio, httpx, logging, orjson, threading
+        import asyncio, embedkit, httpx, logging, orjson, threading
         from embedkit.langchain import EmbedkitEmbeddings
         from embedkit.llama_index import EmbedkitEmbedding
 
@@ -96,7 +96,8 @@ def test_never_closed_objects_exit_cleanly_without_warnings() -> None:
             return httpx.Response(200, json=[[float(len(t)), 1.0] for t in texts])
 
         logging.getLogger("embedkit").setLevel(logging.ERROR)  # "/info answered 404"
-        options = dict(api="tei", url="http://tei.test", transport=httpx.MockTransport(tei))
+        connection = embedkit.Connection(transport=httpx.MockTransport(tei))
+        options = dict(api="tei", url="http://tei.test", connection=connection)
         lc = EmbedkitEmbeddings(**options)
         li = EmbedkitEmbedding(**options)
         assert lc.embed_query("abc") == [3.0, 1.0]

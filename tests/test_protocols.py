@@ -20,6 +20,7 @@ import pytest
 
 import embedkit
 from embedkit import AsyncEmbedder, Connection, Limits, ResponseError
+from embedkit._config import CONNECTION_FIELDS, LIMITS_FIELDS
 
 URLS = {
     "hf": "http://embed.test/models/m",
@@ -316,8 +317,17 @@ def test_tei_cannot_pool() -> None:
     ],
 )
 def test_bad_configuration_raises_at_construction(kwargs: dict[str, Any], needle: str) -> None:
+    """Whether a setting lives on the embedder, on `Limits` or on `Connection`, a bad value
+    fails where it is given, before anything is sent."""
+    limits = {k: kwargs.pop(k) for k in list(kwargs) if k in LIMITS_FIELDS}
+    connection = {k: kwargs.pop(k) for k in list(kwargs) if k in CONNECTION_FIELDS}
     with pytest.raises(ValueError, match=needle):
-        AsyncEmbedder("m", **kwargs)
+        AsyncEmbedder(
+            "m",
+            limits=Limits(**limits) if limits else None,
+            connection=Connection(**connection) if connection else None,
+            **kwargs,
+        )
 
 
 # ------------------------------------------------------------------------------ headers
@@ -393,7 +403,7 @@ def loading_once(server: Server) -> Callable[[list[str], dict[str, Any]], httpx.
     [
         ("hf", {}, [None, "true", "true"]),  # turned on by the 503, and kept for the next call
         ("tei", {}, [None, "true"]),  # TEI learns it too
-        ("hf", {"wait_for_model": False}, [None, None]),  # forced off stays off
+        ("hf", {"connection": Connection(wait_for_model=False)}, [None, None]),  # forced off
     ],
     ids=["hf", "tei", "hf-forced-off"],
 )
