@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
-from embedkit._core.policy import BatchPolicy
 
 from embedkit._config import Matrix
 from embedkit._core.flow import AdaptiveConcurrency, TokenBucket
+from embedkit._core.policy import BatchPolicy
 from embedkit._core.scheduler import Scheduler
 
 from .fakes import VirtualClock, vectors_for
