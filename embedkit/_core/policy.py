@@ -129,12 +129,12 @@ class BatchPolicy:
             ring = self._levels[in_flight] = deque(maxlen=self._samples)
         ring.append((texts, seconds))
         self._heard[in_flight] = self._answers
-        fit = (self.fixed, self.per_text)
+        fixed, per_text = self.fixed, self.per_text
         old_fixed, old_per_text = self._fitted
-        if abs(fit[0] - old_fixed) > 0.01 * fit[0] or abs(fit[1] - old_per_text) > 0.01 * fit[1]:
+        if abs(fixed - old_fixed) > 0.01 * fixed or abs(per_text - old_per_text) > 0.01 * per_text:
             # The floor moved: re-read every level by it, or slowdowns measured against an
             # early, rough fit would keep a rarely used level looking queued.
-            self._fitted = fit
+            self._fitted = (fixed, per_text)
             for level in self._levels:
                 self._remedian(level)
         else:
