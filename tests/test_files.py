@@ -433,7 +433,7 @@ def test_ctrl_c_commits_what_is_written_and_resume_finishes_the_parquet(tmp_path
 
 @pytest.mark.asyncio
 async def test_the_scheduler_hands_out_tickets() -> None:
-    from embedkit._core.scheduler import Ticket
+    from embedkit._core.jobs import Ticket
 
     backend = FakeBackend()
     async with AsyncEmbedder(backend=backend) as emb:

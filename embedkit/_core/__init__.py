@@ -7,10 +7,11 @@ Nothing here imports httpx, a protocol or a backend: the scheduler sends through
 from __future__ import annotations
 
 from .flow import AdaptiveConcurrency, Clock, Cooldown, LearnedRate, Sleep, TokenBucket
+from .jobs import Ticket
 from .policy import BatchPolicy
 from .quota import LocalQuota, Quota
 from .retry import DEFAULT_RETRY, RetryPolicy, describe
-from .scheduler import Scheduler, Ticket
+from .scheduler import Scheduler
 from .stats import EndpointStats, ReplicaState, SchedulerStats
 
 __all__ = [

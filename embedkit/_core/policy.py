@@ -84,8 +84,8 @@ class BatchPolicy:
         self._answers = 0
         self._samples = max(1, samples)
         self._recent = recent
-        # batch-size bucket (bit length) -> [min s, its size, previous window's min s, its size, n]
-        self._floor: dict[int, list[float]] = {}
+        # batch-size bucket (bit length) -> the least latency seen for batches of that size
+        self._floor: dict[int, _Floor] = {}
         self._arrivals: deque[tuple[float, int]] = deque()
         self._arrived = 0
 
@@ -112,13 +112,11 @@ class BatchPolicy:
     def observe(self, texts: int, seconds: float, in_flight: int) -> None:
         """A request of `texts` texts, sent with `in_flight` requests out (itself included),
         was answered after `seconds`."""
-        bucket = self._floor.setdefault(texts.bit_length(), [math.inf, 0.0, math.inf, 0.0, 0.0])
-        if seconds < bucket[0]:
-            bucket[0], bucket[1] = seconds, float(texts)
-        bucket[4] += 1
-        if bucket[4] >= 64:  # a sliding floor: the least of this window and the last
-            bucket[2], bucket[3] = bucket[0], bucket[1]
-            bucket[0], bucket[1], bucket[4] = math.inf, 0.0, 0.0
+        key = texts.bit_length()
+        floor = self._floor.get(key)
+        if floor is None:
+            floor = self._floor[key] = _Floor()
+        floor.observe(texts, seconds)
         self._fit()
         assert self.fixed is not None
         base = self.fixed + self.per_text * texts
@@ -131,12 +129,12 @@ class BatchPolicy:
             ring = self._levels[in_flight] = deque(maxlen=self._samples)
         ring.append((texts, seconds))
         self._heard[in_flight] = self._answers
-        fit = (self.fixed, self.per_text)
+        fixed, per_text = self.fixed, self.per_text
         old_fixed, old_per_text = self._fitted
-        if abs(fit[0] - old_fixed) > 0.01 * fit[0] or abs(fit[1] - old_per_text) > 0.01 * fit[1]:
+        if abs(fixed - old_fixed) > 0.01 * fixed or abs(per_text - old_per_text) > 0.01 * per_text:
             # The floor moved: re-read every level by it, or slowdowns measured against an
             # early, rough fit would keep a rarely used level looking queued.
-            self._fitted = fit
+            self._fitted = (fixed, per_text)
             for level in self._levels:
                 self._remedian(level)
         else:
@@ -172,12 +170,10 @@ class BatchPolicy:
         self.parallel = parallel
 
     def _fit(self) -> None:
-        points = []
-        for key in sorted(self._floor):
-            cur_s, cur_n, old_s, old_n, _ = self._floor[key]
-            points.append((cur_s, cur_n) if cur_s <= old_s else (old_s, old_n))
-        lo_s, lo_n = points[0]
-        hi_s, hi_n = points[-1]
+        floor = self._floor
+        keys = sorted(floor)
+        lo_s, lo_n = floor[keys[0]].least()
+        hi_s, hi_n = floor[keys[-1]].least()
         slope = (hi_s - lo_s) / (hi_n - lo_n) if hi_n > lo_n else 0.0
         self.per_text = max(0.0, slope)
         self.fixed = max(0.0, lo_s - self.per_text * lo_n)
@@ -219,3 +215,33 @@ class BatchPolicy:
         if room <= 0:
             return max_batch
         return max(1, min(max_batch, math.ceil(rate * self.fixed / room)))
+
+
+class _Floor:
+    """The least latency seen for one range of batch sizes: a sliding floor, the least of
+    the current window of answers and of the window before it (64 answers each), so a
+    server that got slower is believed within two windows."""
+
+    __slots__ = ("count", "previous_seconds", "previous_texts", "seconds", "texts")
+
+    def __init__(self) -> None:
+        self.seconds = math.inf  # the least latency of this window
+        self.texts = 0.0  # the size of the batch it was seen for
+        self.previous_seconds = math.inf  # the same, of the window before
+        self.previous_texts = 0.0
+        self.count = 0  # answers in this window
+
+    def observe(self, texts: int, seconds: float) -> None:
+        """A batch of `texts` texts was answered after `seconds`."""
+        if seconds < self.seconds:
+            self.seconds, self.texts = seconds, float(texts)
+        self.count += 1
+        if self.count >= 64:
+            self.previous_seconds, self.previous_texts = self.seconds, self.texts
+            self.seconds, self.texts, self.count = math.inf, 0.0, 0
+
+    def least(self) -> tuple[float, float]:
+        """(seconds, texts) of the lower of the two windows' floors."""
+        if self.seconds <= self.previous_seconds:
+            return self.seconds, self.texts
+        return self.previous_seconds, self.previous_texts

@@ -35,35 +35,33 @@
 Nothing here knows about HTTP: `send` is any `async (list[str]) -> (n, dim) float32`.
 Nothing here knows where the rate limits live either: a `Quota` hands out permits and
 hears about 429s (`LocalQuota` by default; `embedkit.ray` shares one across a fleet).
+
+Where each step lives: this module holds the `Scheduler` itself (the queue, the dispatcher
+and its hold, slots, sending); `jobs.py` what a caller holds and what a batch is (`Job`,
+`Batch`, `Slot`, `Ticket`); `batching.py` forming a batch and handing out its rows (step 3
+and the end of step 4: dedup, the LRU cache); `failures.py` splitting, bisection and errors
+(the end of step 4); `policy.py`, `flow.py` and `quota.py` the decisions of step 2.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import anyio
-import numpy as np
 from anyio.abc import TaskGroup, TaskStatus
 
 from .._config import Matrix
-from .._errors import (
-    BatchTooLargeError,
-    ClientClosedError,
-    EmbedkitError,
-    InputError,
-    ModelLoadingError,
-    RateLimitError,
-    ResponseError,
-)
+from .._errors import ClientClosedError, EmbedkitError, RateLimitError, ResponseError
+from .batching import Batching
+from .failures import Failures
 from .flow import AdaptiveConcurrency, Cooldown, TokenBucket
+from .jobs import Abandoned, Batch, Job, Slot, Ticket, Waiters
 from .policy import BatchPolicy
 from .quota import LocalQuota, Quota
-from .retry import RetryPolicy, describe
+from .retry import RetryPolicy
 from .stats import SchedulerStats
 
 __all__ = ["Scheduler", "Send", "Ticket"]
@@ -73,100 +71,7 @@ logger = logging.getLogger("embedkit")
 Send = Callable[[list[str]], Awaitable[Matrix]]
 
 
-class _Job:
-    """One caller's texts, and the matrix their rows land in."""
-
-    __slots__ = ("at", "done", "error", "finished", "n", "next", "out", "pending", "texts")
-
-    def __init__(self, texts: list[str], done: anyio.Event) -> None:
-        self.texts = texts
-        self.n = len(texts)
-        self.next = 0
-        self.out: Matrix | None = None
-        self.pending = self.n
-        self.done = done
-        self.error: BaseException | None = None
-        self.finished = False
-        self.at = 0.0  # when it was queued (BatchPolicy clock)
-
-    def deliver(self, row: int, vector: Matrix) -> None:
-        self.deliver_rows(row, vector.reshape(1, -1))
-
-    def deliver_rows(self, start: int, rows: Matrix) -> None:
-        """Rows `start`, `start + 1`, ... of this job's matrix (copied: `rows` may be shared)."""
-        if self.finished:
-            return
-        out = self.out
-        if out is None:
-            out = self.out = np.empty((self.n, rows.shape[1]), dtype=np.float32)
-        elif out.shape[1] != rows.shape[1]:
-            self.fail(
-                ResponseError(
-                    f"embedding dimension changed between batches ({out.shape[1]} then "
-                    f"{rows.shape[1]}): is the server switching models?"
-                )
-            )
-            return
-        k = rows.shape[0]
-        if k == 1:
-            out[start] = rows[0]
-        else:
-            out[start : start + k] = rows
-        self.pending -= k
-        if self.pending == 0:
-            self.finished = True
-            self.done.set()
-
-    def fail(self, error: BaseException) -> None:
-        if not self.finished:
-            self.finished = True
-            self.error = error
-            self.done.set()
-
-
-_Waiters = list[tuple[_Job, int]]
-
-
-class _Batch:
-    __slots__ = ("texts", "waiters")
-
-    def __init__(self, texts: list[str], waiters: list[_Waiters]) -> None:
-        self.texts = texts
-        self.waiters = waiters
-
-    def half(self, start: int, stop: int) -> _Batch:
-        return _Batch(self.texts[start:stop], self.waiters[start:stop])
-
-    def abandoned(self) -> bool:
-        """True when every caller waiting on this batch has gone (cancelled or failed)."""
-        return all(job.finished for waiters in self.waiters for job, _ in waiters)
-
-
-class _Slot:
-    """A batch's hold on one concurrency slot; released while the batch backs off."""
-
-    __slots__ = ("_concurrency", "held")
-
-    def __init__(self, concurrency: AdaptiveConcurrency) -> None:
-        self._concurrency = concurrency
-        self.held = True  # the dispatcher acquired it before forming the batch
-
-    async def acquire(self) -> None:
-        if not self.held:
-            await self._concurrency.acquire()
-            self.held = True
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self._concurrency.release()
-
-
-class _Abandoned(Exception):
-    """Internal: stop retrying a batch nobody waits for any more."""
-
-
-class Scheduler:
+class Scheduler(Batching, Failures):
     """Coalesces concurrent submissions into batches and runs them under flow control.
 
     Run `scheduler.run` in a task group (it is the dispatcher), then call `submit` from any
@@ -212,9 +117,9 @@ class Scheduler:
         # anyio.Event() finds the running backend (via sniffio) on every call, ~2 µs here;
         # the scheduler lives on one loop, so it resolves the backend's class once.
         self._new_event: Callable[[], anyio.Event] = type(anyio.Event())
-        self._queue: deque[_Job] = deque()
-        self._inflight: dict[str, _Waiters] = {}
-        self._running: set[_Batch] = set()
+        self._queue: deque[Job] = deque()
+        self._inflight: dict[str, Waiters] = {}
+        self._running: set[Batch] = set()
         self._wakeup: anyio.Event | None = None
         self._wake_at = 1  # texts queued that make a new arrival worth waking the dispatcher
         self._alarm_at: float | None = None  # when a hold ends (BatchPolicy clock)
@@ -250,7 +155,7 @@ class Scheduler:
         concurrency = self.concurrency
         if self._queued >= self.max_batch_size and concurrency.in_flight < concurrency.limit:
             await self._send_eagerly()
-        return await self._result(job)
+        return await job.result(self.dimension)
 
     def enqueue(self, texts: list[str]) -> Ticket:
         """Queue `texts` without waiting for them: a `Ticket` to await or discard.
@@ -260,10 +165,10 @@ class Scheduler:
         """
         return Ticket(self, self._enqueue(texts))
 
-    def _enqueue(self, texts: list[str]) -> _Job:
+    def _enqueue(self, texts: list[str]) -> Job:
         if self._closed:
             raise ClientClosedError("the embedder is closed")
-        job = _Job(texts, self._new_event())
+        job = Job(texts, self._new_event())
         n = job.n
         self._texts += n
         if n:
@@ -276,20 +181,6 @@ class Scheduler:
                 self._wakeup = None  # one wake-up is enough, however many callers arrive
                 wakeup.set()
         return job
-
-    async def _result(self, job: _Job) -> Matrix:
-        """Wait for an enqueued job's matrix (or its error). Cancelling discards the job."""
-        if job.n == 0:
-            return np.empty((0, self.dimension or 0), dtype=np.float32)
-        try:
-            await job.done.wait()
-        except BaseException:
-            job.finished = True  # cancelled: skip what is queued, drop what arrives
-            raise
-        if job.error is not None:
-            raise _copy_error(job.error) from job.error.__cause__  # keep the httpx cause
-        assert job.out is not None
-        return job.out
 
     # ------------------------------------------------------------------- dispatcher
 
@@ -395,7 +286,7 @@ class Scheduler:
             self.concurrency.release()
             return
         self._running.add(batch)
-        slot = _Slot(self.concurrency)
+        slot = Slot(self.concurrency)
         scope = anyio.CancelScope()  # close() cancels it: the request runs in a caller's task
         self._drivers.add(scope)
         try:
@@ -405,10 +296,10 @@ class Scheduler:
             # This caller is going; the batch's other callers are not: the dispatcher's
             # task group sends it again (the interrupted request is lost, not the texts).
             slot.release()
-            self._hand_over(tg, self._run_batch, batch, False)
+            self._hand_over(tg, batch, slot, None)
             raise
         except Exception as exc:  # retries ran out, a split, a bad input: resolve it there
-            self._hand_over(tg, self._settle, batch, slot, exc)
+            self._hand_over(tg, batch, slot, exc)
             return
         finally:
             self._drivers.discard(scope)
@@ -427,95 +318,31 @@ class Scheduler:
         slot.release()
         self._deliver(batch, matrix)
 
-    def _hand_over(
-        self, tg: TaskGroup, func: Callable[..., Coroutine[Any, Any, None]], *args: Any
-    ) -> None:
-        """Finish a caller-driven batch in the dispatcher's task group (or fail it: closing)."""
-        try:
-            tg.start_soon(func, *args)
-        except RuntimeError:  # the task group has stopped: the scheduler is closing
-            batch = args[0]
-            self._running.discard(batch)
-            for arg in args:
-                if isinstance(arg, _Slot):
-                    arg.release()
-            self._fail(batch, ClientClosedError("the embedder was closed"))
+    def _hand_over(self, tg: TaskGroup, batch: Batch, slot: Slot, error: Exception | None) -> None:
+        """Finish a caller-driven batch in the dispatcher's task group (or fail it: closing).
 
-    async def _settle(self, batch: _Batch, slot: _Slot, exc: Exception) -> None:
+        With no `error` the send was interrupted and the batch is sent again (its slot was
+        given back); with one, the batch is recovered (split, bisected or failed) there.
+        """
         try:
-            await self._recover(batch, slot, exc)
-        finally:
+            if error is None:
+                tg.start_soon(self._run_batch, batch, False)
+            else:
+                tg.start_soon(self._settle, batch, slot, error)
+        except RuntimeError:  # the task group has stopped: the scheduler is closing
             self._running.discard(batch)
             slot.release()
-
-    def _form_batch(self) -> _Batch | None:
-        limit = self.max_batch_size
-        budget = self.max_batch_chars if self.max_batch_chars is not None else -1
-        texts: list[str] = []
-        waiters: list[_Waiters] = []
-        queue = self._queue
-        inflight = self._inflight if self._dedup else None
-        cache = self._cache
-        chars = 0
-        taken = 0
-        while queue and len(texts) < limit:
-            job = queue[0]
-            if job.finished:
-                taken += job.n - job.next
-                queue.popleft()
-                continue
-            source = job.texts
-            i = start = job.next
-            end = job.n
-            while i < end and len(texts) < limit:
-                text = source[i]
-                if inflight is not None:
-                    joined = inflight.get(text)
-                    if joined is not None:
-                        joined.append((job, i))
-                        self._dedup_hits += 1
-                        i += 1
-                        continue
-                if cache is not None:
-                    hit = cache.get(text)
-                    if hit is not None:
-                        cache.move_to_end(text)
-                        self._cache_hits += 1
-                        job.deliver(i, hit)
-                        i += 1
-                        continue
-                if budget >= 0:
-                    chars += len(text)
-                    if chars > budget and texts:
-                        break
-                ws: _Waiters = [(job, i)]
-                if inflight is not None:
-                    inflight[text] = ws
-                texts.append(text)
-                waiters.append(ws)
-                i += 1
-            job.next = i
-            taken += i - start
-            if i >= end:
-                queue.popleft()
-            else:
-                break
-        self._queued -= taken
-        if not texts:
-            return None
-        self._batches += 1
-        self._texts_sent += len(texts)
-        return _Batch(texts, waiters)
+            self._fail(batch, ClientClosedError("the embedder was closed"))
 
     # --------------------------------------------------------------------- batches
 
-    async def _run_batch(self, batch: _Batch, held: bool = True) -> None:
+    async def _run_batch(self, batch: Batch, held: bool = True) -> None:
         """Send `batch`, then keep its slot busy: while a batch may leave the moment an answer
         comes back (`_follow_on`), this task sends it, and only then hands out the rows it
         holds, so the slot is refilled before any caller wakes up."""
-        slot = _Slot(self.concurrency)
+        slot = Slot(self.concurrency)
         slot.held = held  # False: a batch handed over by a cancelled caller, no slot yet
-        current: _Batch | None = batch
+        current: Batch | None = batch
         try:
             while current is not None:
                 batch, current = current, None
@@ -534,7 +361,7 @@ class Scheduler:
                 self._fail(current, EmbedkitError("a batch was dropped before it was sent"))
             slot.release()
 
-    def _follow_on(self, slot: _Slot) -> _Batch | None:
+    def _follow_on(self, slot: Slot) -> Batch | None:
         """The next batch for a slot whose answer has just come back, if it may leave now.
 
         Only what the dispatcher would send at once: the slot is still within the limit,
@@ -561,46 +388,7 @@ class Scheduler:
             self._running.add(batch)
         return batch
 
-    async def _resolve(self, batch: _Batch, slot: _Slot) -> None:
-        """Send a batch and hand out its rows, splitting it when the server asks."""
-        try:
-            matrix = await self._attempts(batch, slot)
-        except Exception as exc:
-            await self._recover(batch, slot, exc)
-            return
-        self._deliver(batch, matrix)
-
-    async def _recover(self, batch: _Batch, slot: _Slot, error: Exception) -> None:
-        """A batch failed: split it, bisect it, or hand its callers the error."""
-        n = len(batch.texts)
-        if isinstance(error, _Abandoned):
-            self._abandoned += 1
-            self._fail(batch, ClientClosedError("every caller of this batch has gone"))
-        elif isinstance(error, BatchTooLargeError) and n > 1:
-            cap = error.max_batch_size
-            allowed = max(1, cap if cap and cap < n else n // 2)
-            if allowed < self.max_batch_size:
-                logger.warning(
-                    "server refused a batch of %d; lowering max_batch_size from %d to %d",
-                    n,
-                    self.max_batch_size,
-                    allowed,
-                )
-                self.max_batch_size = allowed
-            self._splits += 1
-            for start in range(0, n, allowed):
-                await self._resolve(batch.half(start, min(n, start + allowed)), slot)
-        elif isinstance(error, InputError) and n > 1:
-            self._bisections += 1
-            middle = n // 2
-            await self._resolve(batch.half(0, middle), slot)
-            await self._resolve(batch.half(middle, n), slot)
-        elif isinstance(error, EmbedkitError):
-            self._fail(batch, error)
-        else:  # a backend bug must not hang its callers
-            self._fail(batch, EmbedkitError(f"the backend failed: {error!r}"))
-
-    async def _attempts(self, batch: _Batch, slot: _Slot) -> Matrix:
+    async def _attempts(self, batch: Batch, slot: Slot) -> Matrix:
         texts = batch.texts
         concurrency = self.concurrency
         quota = self.quota
@@ -615,7 +403,7 @@ class Scheduler:
                 await quota.pace()  # retries count against the rate too
             paced = False
             if batch.abandoned():
-                raise _Abandoned
+                raise Abandoned
             ticket = concurrency.ticket()
             self._requests += 1
             self._sending += 1
@@ -645,60 +433,6 @@ class Scheduler:
         if self.retry is None:
             return await attempt()
         return await self.retry.call(attempt, on_retry=self._on_retry)
-
-    def _on_retry(self, exc: BaseException, delay: float) -> None:
-        cause = describe(exc)
-        self._retries[cause] += 1
-        if isinstance(exc, RateLimitError):
-            self.quota.pause(delay)
-            logger.warning("rate limited (%s); pausing all requests for %.2f s", cause, delay)
-        elif isinstance(exc, ModelLoadingError):
-            # One request probes (held by the server with x-wait-for-model) while the rest
-            # wait for a slot, instead of every batch polling a cold model. No client-wide
-            # cooldown: the probe itself is what tells us the model is ready.
-            self.concurrency.probe()
-            logger.info("model is loading; waiting %.1f s, then probing with one request", delay)
-        else:
-            logger.info("request failed (%s); retrying in %.2f s", cause, delay)
-
-    def _deliver(self, batch: _Batch, matrix: Matrix) -> None:
-        if self.dimension is None:
-            self.dimension = int(matrix.shape[1])
-        inflight = self._inflight
-        cache = self._cache
-        every = batch.waiters
-        if _one_block(every):  # consecutive rows of one job (embed_many): one copy
-            job, start = every[0][0]
-            job.deliver_rows(start, matrix)
-            if cache is None:
-                for text, waiters in zip(batch.texts, every, strict=True):
-                    if inflight.get(text) is waiters:
-                        del inflight[text]
-                return
-            every = [[] for _ in every]  # rows delivered; the loop below keeps the books
-        for position, waiters in enumerate(every):
-            vector = matrix[position]
-            for job, row in waiters:
-                job.deliver(row, vector)
-            text = batch.texts[position]
-            if inflight.get(text) is batch.waiters[position]:
-                del inflight[text]
-            if cache is not None:
-                cache[text] = vector.copy()
-                if len(cache) > self._cache_size:
-                    cache.popitem(last=False)
-
-    def _fail(self, batch: _Batch, error: BaseException) -> None:
-        inflight = self._inflight
-        alive = {id(job) for waiters in batch.waiters for job, _ in waiters if not job.finished}
-        for position, waiters in enumerate(batch.waiters):
-            for job, _row in waiters:
-                if id(job) in alive:
-                    self._failed_texts += 1
-                    job.fail(error)
-            text = batch.texts[position]
-            if inflight.get(text) is waiters:
-                del inflight[text]
 
     # ------------------------------------------------------------------- lifecycle
 
@@ -749,52 +483,3 @@ class Scheduler:
             latency_p90=pct(0.9),
             latency_p99=pct(0.99),
         )
-
-
-class Ticket:
-    """A caller's hold on texts queued with `Scheduler.enqueue`.
-
-    `await ticket.result()` gives their matrix (rows in the order queued) or raises their
-    error; `ticket.discard()` gives up on them (queued texts are skipped, rows dropped).
-    """
-
-    __slots__ = ("_job", "_scheduler")
-
-    def __init__(self, scheduler: Scheduler, job: _Job) -> None:
-        self._scheduler = scheduler
-        self._job = job
-
-    def __len__(self) -> int:
-        return self._job.n
-
-    async def result(self) -> Matrix:
-        """Wait for the matrix. Cancelling the wait discards the ticket."""
-        return await self._scheduler._result(self._job)
-
-    def discard(self) -> None:
-        """Give up on these texts (idempotent)."""
-        self._job.finished = True
-
-
-def _one_block(every: list[_Waiters]) -> bool:
-    """Whether each text has one waiter, all of one job, on consecutive rows."""
-    head = every[0]
-    if len(head) != 1:
-        return False
-    job, row = head[0]
-    for waiters in every:
-        if len(waiters) != 1:
-            return False
-        other, other_row = waiters[0]
-        if other is not job or other_row != row:
-            return False
-        row += 1
-    return True
-
-
-def _copy_error(error: BaseException) -> BaseException:
-    """A per-caller copy, so tracebacks of callers sharing one failure do not pile up."""
-    try:
-        return copy.copy(error)
-    except Exception:  # an exotic exception that cannot be copied: share it
-        return error

@@ -1,0 +1,132 @@
+"""What goes into a batch, and where its rows go: where dedup and the LRU cache act.
+
+Forming a batch walks the queue from its head. A text already in flight (or twice in the
+batch) is not sent again: its caller is added to the *waiters* of the copy being sent
+(`_inflight`, text -> waiters, while dedup is on). A text in the LRU cache is answered at
+once. When the answer comes back, row k goes to every waiter of text k, the text leaves
+`_inflight`, and its vector enters the cache.
+
+`Batching` is a mixin of `Scheduler` (the state is the scheduler's). Both methods run once
+per batch and loop over its texts: this is the hot path, so they read attributes into
+locals and handle the common case (one caller's consecutive rows) with a single copy.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+
+from .._config import Matrix
+from .jobs import Batch, Job, Waiters, one_block
+
+__all__ = ["Batching"]
+
+
+class Batching:
+    """Batch forming and row delivery, with dedup and the LRU cache (a mixin)."""
+
+    max_batch_size: int
+    max_batch_chars: int | None
+    dimension: int | None
+    _queue: deque[Job]
+    _queued: int
+    _inflight: dict[str, Waiters]
+    _dedup: bool
+    _cache: OrderedDict[str, Matrix] | None
+    _cache_size: int
+    _dedup_hits: int
+    _cache_hits: int
+    _batches: int
+    _texts_sent: int
+
+    def _form_batch(self) -> Batch | None:
+        """Take texts from the head of the queue into a new batch (None if none is left).
+
+        Up to `max_batch_size` texts and `max_batch_chars` characters (a first text longer
+        than that still goes, alone). A text already in flight, or earlier in this batch,
+        joins that copy's waiters; a cached one is answered at once.
+        """
+        limit = self.max_batch_size
+        budget = self.max_batch_chars if self.max_batch_chars is not None else -1
+        texts: list[str] = []
+        waiters: list[Waiters] = []
+        queue = self._queue
+        inflight = self._inflight if self._dedup else None
+        cache = self._cache
+        chars = 0
+        taken = 0
+        while queue and len(texts) < limit:
+            job = queue[0]
+            if job.finished:
+                taken += job.n - job.next
+                queue.popleft()
+                continue
+            source = job.texts
+            i = start = job.next
+            end = job.n
+            while i < end and len(texts) < limit:
+                text = source[i]
+                if inflight is not None:
+                    joined = inflight.get(text)
+                    if joined is not None:
+                        joined.append((job, i))
+                        self._dedup_hits += 1
+                        i += 1
+                        continue
+                if cache is not None:
+                    hit = cache.get(text)
+                    if hit is not None:
+                        cache.move_to_end(text)
+                        self._cache_hits += 1
+                        job.deliver(i, hit)
+                        i += 1
+                        continue
+                if budget >= 0:
+                    chars += len(text)
+                    if chars > budget and texts:
+                        break
+                ws: Waiters = [(job, i)]
+                if inflight is not None:
+                    inflight[text] = ws
+                texts.append(text)
+                waiters.append(ws)
+                i += 1
+            job.next = i
+            taken += i - start
+            if i >= end:
+                queue.popleft()
+            else:
+                break
+        self._queued -= taken
+        if not texts:
+            return None
+        self._batches += 1
+        self._texts_sent += len(texts)
+        return Batch(texts, waiters)
+
+    def _deliver(self, batch: Batch, matrix: Matrix) -> None:
+        """Hand row k of `matrix` to every waiter of text k; the texts leave the books."""
+        if self.dimension is None:
+            self.dimension = int(matrix.shape[1])
+        inflight = self._inflight
+        cache = self._cache
+        every = batch.waiters
+        if one_block(every):  # consecutive rows of one job (embed_many): one copy
+            job, start = every[0][0]
+            job.deliver_rows(start, matrix)
+            if cache is None:
+                for text, waiters in zip(batch.texts, every, strict=True):
+                    if inflight.get(text) is waiters:
+                        del inflight[text]
+                return
+            every = [[] for _ in every]  # rows delivered; the loop below keeps the books
+        for position, waiters in enumerate(every):
+            vector = matrix[position]
+            for job, row in waiters:
+                job.deliver(row, vector)
+            text = batch.texts[position]
+            if inflight.get(text) is batch.waiters[position]:
+                del inflight[text]
+            if cache is not None:
+                cache[text] = vector.copy()
+                if len(cache) > self._cache_size:
+                    cache.popitem(last=False)

@@ -1,0 +1,134 @@
+"""When a batch fails: split it, bisect it, or hand its callers the error.
+
+* A batch the server refused for its size (`BatchTooLargeError`) is split into parts the
+  server accepts, and `max_batch_size` is lowered for the batches after it.
+* A batch refused for one bad input (`InputError`) is bisected until only the bad text
+  fails: its neighbours still get their rows.
+* A batch nobody waits for any more stops retrying (`Abandoned`).
+* Any other error goes to every caller still waiting on the batch; a bug in a backend (an
+  exception that is not an `EmbedkitError`) is wrapped, so its callers fail instead of hanging.
+
+`Failures` is a mixin of `Scheduler`: it reads the scheduler's books (in-flight texts,
+counters) and sends the parts through the scheduler's `_attempts`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from .._config import Matrix
+from .._errors import (
+    BatchTooLargeError,
+    ClientClosedError,
+    EmbedkitError,
+    InputError,
+    ModelLoadingError,
+    RateLimitError,
+)
+from .flow import AdaptiveConcurrency
+from .jobs import Abandoned, Batch, Slot, Waiters
+from .quota import Quota
+from .retry import describe
+
+__all__ = ["Failures"]
+
+logger = logging.getLogger("embedkit")
+
+
+class Failures:
+    """The scheduler's failure handling (a mixin: the state is `Scheduler`'s)."""
+
+    max_batch_size: int
+    concurrency: AdaptiveConcurrency
+    quota: Quota
+    _inflight: dict[str, Waiters]
+    _running: set[Batch]
+    _retries: Counter[str]
+    _splits: int
+    _bisections: int
+    _failed_texts: int
+    _abandoned: int
+
+    if TYPE_CHECKING:
+
+        async def _attempts(self, batch: Batch, slot: Slot) -> Matrix: ...
+
+        def _deliver(self, batch: Batch, matrix: Matrix) -> None: ...
+
+    async def _resolve(self, batch: Batch, slot: Slot) -> None:
+        """Send a batch and hand out its rows, splitting it when the server asks."""
+        try:
+            matrix = await self._attempts(batch, slot)
+        except Exception as exc:
+            await self._recover(batch, slot, exc)
+            return
+        self._deliver(batch, matrix)
+
+    async def _recover(self, batch: Batch, slot: Slot, error: Exception) -> None:
+        """A batch failed: split it, bisect it, or hand its callers the error."""
+        n = len(batch.texts)
+        if isinstance(error, Abandoned):
+            self._abandoned += 1
+            self._fail(batch, ClientClosedError("every caller of this batch has gone"))
+        elif isinstance(error, BatchTooLargeError) and n > 1:
+            cap = error.max_batch_size
+            allowed = max(1, cap if cap and cap < n else n // 2)
+            if allowed < self.max_batch_size:
+                logger.warning(
+                    "server refused a batch of %d; lowering max_batch_size from %d to %d",
+                    n,
+                    self.max_batch_size,
+                    allowed,
+                )
+                self.max_batch_size = allowed
+            self._splits += 1
+            for start in range(0, n, allowed):
+                await self._resolve(batch.part(start, min(n, start + allowed)), slot)
+        elif isinstance(error, InputError) and n > 1:
+            self._bisections += 1
+            middle = n // 2
+            await self._resolve(batch.part(0, middle), slot)
+            await self._resolve(batch.part(middle, n), slot)
+        elif isinstance(error, EmbedkitError):
+            self._fail(batch, error)
+        else:  # a backend bug must not hang its callers
+            self._fail(batch, EmbedkitError(f"the backend failed: {error!r}"))
+
+    async def _settle(self, batch: Batch, slot: Slot, error: Exception) -> None:
+        """Recover a batch whose caller-driven send failed, in the dispatcher's task group."""
+        try:
+            await self._recover(batch, slot, error)
+        finally:
+            self._running.discard(batch)
+            slot.release()
+
+    def _fail(self, batch: Batch, error: BaseException) -> None:
+        """Hand `error` to every caller still waiting on `batch`; its texts leave the books."""
+        inflight = self._inflight
+        alive = {id(job) for waiters in batch.waiters for job, _ in waiters if not job.finished}
+        for position, waiters in enumerate(batch.waiters):
+            for job, _row in waiters:
+                if id(job) in alive:
+                    self._failed_texts += 1
+                    job.fail(error)
+            text = batch.texts[position]
+            if inflight.get(text) is waiters:
+                del inflight[text]
+
+    def _on_retry(self, exc: BaseException, delay: float) -> None:
+        """Before a retry's wait: count it, and pause everyone after a 429."""
+        cause = describe(exc)
+        self._retries[cause] += 1
+        if isinstance(exc, RateLimitError):
+            self.quota.pause(delay)
+            logger.warning("rate limited (%s); pausing all requests for %.2f s", cause, delay)
+        elif isinstance(exc, ModelLoadingError):
+            # One request probes (held by the server with x-wait-for-model) while the rest
+            # wait for a slot, instead of every batch polling a cold model. No client-wide
+            # cooldown: the probe itself is what tells us the model is ready.
+            self.concurrency.probe()
+            logger.info("model is loading; waiting %.1f s, then probing with one request", delay)
+        else:
+            logger.info("request failed (%s); retrying in %.2f s", cause, delay)

@@ -1,0 +1,195 @@
+"""What a caller holds and what a batch is: the scheduler's small, hot data structures.
+
+A caller's texts become a `Job` (its texts, the matrix their rows land in, an event to wake
+it). A `Batch` is texts on their way to the server, each with its *waiters*: the (job, row)
+pairs that get the text's vector when it comes back; dedup adds a waiter to a text already
+in flight instead of sending it twice. A `Slot` is a batch's hold on one concurrency slot,
+and a `Ticket` is what `Scheduler.enqueue` hands a streaming caller.
+
+These sit on the hot path (one waiter per text, one job per call), so they keep `__slots__`
+and plain tuples: a named tuple costs ten times a tuple to build, once per text.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import anyio
+import numpy as np
+
+from .._config import Matrix
+from .._errors import ResponseError
+from .flow import AdaptiveConcurrency
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+
+__all__ = ["Abandoned", "Batch", "Job", "Slot", "Ticket", "Waiters", "copy_error", "one_block"]
+
+
+class Job:
+    """One caller's texts, and the matrix their rows land in."""
+
+    __slots__ = ("at", "done", "error", "finished", "n", "next", "out", "pending", "texts")
+
+    def __init__(self, texts: list[str], done: anyio.Event) -> None:
+        self.texts = texts
+        self.n = len(texts)
+        self.next = 0  # the first text not yet put in a batch
+        self.out: Matrix | None = None
+        self.pending = self.n  # rows still to come
+        self.done = done
+        self.error: BaseException | None = None
+        self.finished = False  # answered, failed, or given up by its caller
+        self.at = 0.0  # when it was queued (BatchPolicy clock)
+
+    def deliver(self, row: int, vector: Matrix) -> None:
+        """Row `row` of this job's matrix."""
+        self.deliver_rows(row, vector.reshape(1, -1))
+
+    def deliver_rows(self, start: int, rows: Matrix) -> None:
+        """Rows `start`, `start + 1`, ... of this job's matrix (copied: `rows` may be shared)."""
+        if self.finished:
+            return
+        out = self.out
+        if out is None:
+            out = self.out = np.empty((self.n, rows.shape[1]), dtype=np.float32)
+        elif out.shape[1] != rows.shape[1]:
+            self.fail(
+                ResponseError(
+                    f"embedding dimension changed between batches ({out.shape[1]} then "
+                    f"{rows.shape[1]}): is the server switching models?"
+                )
+            )
+            return
+        k = rows.shape[0]
+        if k == 1:
+            out[start] = rows[0]
+        else:
+            out[start : start + k] = rows
+        self.pending -= k
+        if self.pending == 0:
+            self.finished = True
+            self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        """End this job with `error` (unless it has already ended)."""
+        if not self.finished:
+            self.finished = True
+            self.error = error
+            self.done.set()
+
+    async def result(self, dimension: int | None) -> Matrix:
+        """Wait for the matrix (or raise the error). Cancelling the wait discards the job.
+
+        `dimension` shapes the empty matrix of a job without texts.
+        """
+        if self.n == 0:
+            return np.empty((0, dimension or 0), dtype=np.float32)
+        try:
+            await self.done.wait()
+        except BaseException:
+            self.finished = True  # cancelled: skip what is queued, drop what arrives
+            raise
+        if self.error is not None:
+            raise copy_error(self.error) from self.error.__cause__  # keep the httpx cause
+        assert self.out is not None
+        return self.out
+
+
+#: the callers waiting for one text: (job, row) pairs, one per caller that asked for it
+Waiters = list[tuple[Job, int]]
+
+
+class Batch:
+    """Texts on their way to the server; `waiters[k]` get the vector of `texts[k]`."""
+
+    __slots__ = ("texts", "waiters")
+
+    def __init__(self, texts: list[str], waiters: list[Waiters]) -> None:
+        self.texts = texts
+        self.waiters = waiters
+
+    def part(self, start: int, stop: int) -> Batch:
+        """Texts `start` to `stop` (excluded), with their waiters: for splits and bisection."""
+        return Batch(self.texts[start:stop], self.waiters[start:stop])
+
+    def abandoned(self) -> bool:
+        """True when every caller waiting on this batch has gone (cancelled or failed)."""
+        return all(job.finished for waiters in self.waiters for job, _ in waiters)
+
+
+class Slot:
+    """A batch's hold on one concurrency slot; released while the batch backs off."""
+
+    __slots__ = ("_concurrency", "held")
+
+    def __init__(self, concurrency: AdaptiveConcurrency) -> None:
+        self._concurrency = concurrency
+        self.held = True  # the dispatcher acquired it before forming the batch
+
+    async def acquire(self) -> None:
+        """Take a slot again (after backing off), unless this batch still holds one."""
+        if not self.held:
+            await self._concurrency.acquire()
+            self.held = True
+
+    def release(self) -> None:
+        """Give the slot back (idempotent)."""
+        if self.held:
+            self.held = False
+            self._concurrency.release()
+
+
+class Abandoned(Exception):
+    """Internal: stop retrying a batch nobody waits for any more."""
+
+
+class Ticket:
+    """A caller's hold on texts queued with `Scheduler.enqueue`.
+
+    `await ticket.result()` gives their matrix (rows in the order queued) or raises their
+    error; `ticket.discard()` gives up on them (queued texts are skipped, rows dropped).
+    """
+
+    __slots__ = ("_job", "_scheduler")
+
+    def __init__(self, scheduler: Scheduler, job: Job) -> None:
+        self._scheduler = scheduler
+        self._job = job
+
+    def __len__(self) -> int:
+        return self._job.n
+
+    async def result(self) -> Matrix:
+        """Wait for the matrix. Cancelling the wait discards the ticket."""
+        return await self._job.result(self._scheduler.dimension)
+
+    def discard(self) -> None:
+        """Give up on these texts (idempotent)."""
+        self._job.finished = True
+
+
+def one_block(every: list[Waiters]) -> bool:
+    """Whether each text has one waiter, all of one job, on consecutive rows."""
+    head = every[0]
+    if len(head) != 1:
+        return False
+    job, row = head[0]
+    for waiters in every:
+        if len(waiters) != 1:
+            return False
+        other, other_row = waiters[0]
+        if other is not job or other_row != row:
+            return False
+        row += 1
+    return True
+
+
+def copy_error(error: BaseException) -> BaseException:
+    """A per-caller copy, so tracebacks of callers sharing one failure do not pile up."""
+    try:
+        return copy.copy(error)
+    except Exception:  # an exotic exception that cannot be copied: share it
+        return error
