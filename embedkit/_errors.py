@@ -13,6 +13,9 @@ The tree:
     * InputError - 400, 413, 422: the server refused the input.
       * BatchTooLargeError - the batch was too big (TEI's "batch size N > maximum allowed
         batch size M", 413 payload too large); embedkit splits the batch and resends it.
+      * TokenLimitError - too many tokens, in the request (OpenAI's `max_tokens_per_request`,
+        Mistral's "Too many tokens in batch") or in one input ("maximum context length is
+        N tokens"); embedkit lowers its token budget and splits, or names the input.
     * RateLimitError - 429.
     * ModelLoadingError - 503 while the model is loading (`estimated_time` when given).
     * ServerError - other 5xx, 424 and 408: the server failed, maybe for a moment.
@@ -35,6 +38,8 @@ from typing import Any
 
 import orjson
 
+from ._usage import parse_duration, retry_after_from_message
+
 __all__ = [
     "AuthenticationError",
     "BatchTooLargeError",
@@ -47,6 +52,7 @@ __all__ = [
     "ResponseError",
     "ServerError",
     "StatusError",
+    "TokenLimitError",
     "TransportError",
     "error_from_response",
     "parse_retry_after",
@@ -162,6 +168,72 @@ def _rebuild_batch_error(
     )
 
 
+class TokenLimitError(InputError):
+    """Too many tokens: in one request (`scope="request"`) or in one input (`"input"`).
+
+    Raised from a server's 400/413/422 that names a token limit, and by embedkit itself
+    before sending an input longer than `max_tokens_per_input` (`on_overflow="error"`;
+    then `status_code` is 0 and `position` names the input).
+
+    Attributes:
+        scope: "request" (the sum over a batch) or "input" (one text).
+        limit: the limit the server (or `Limits`) set, when said.
+        requested: the tokens it counted (or embedkit estimated), when said.
+        position: the input's index in the call, when embedkit refused it itself.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        scope: str = "request",
+        limit: int | None = None,
+        requested: int | None = None,
+        position: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(status_code, message, request_id=request_id)
+        self.scope = scope
+        self.limit = limit
+        self.requested = requested
+        self.position = position
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_token_error,
+            (
+                self.status_code,
+                self.message,
+                self.scope,
+                self.limit,
+                self.requested,
+                self.position,
+                self.request_id,
+            ),
+        )
+
+
+def _rebuild_token_error(
+    status_code: int,
+    message: str,
+    scope: str,
+    limit: int | None,
+    requested: int | None,
+    position: int | None,
+    request_id: str | None,
+) -> TokenLimitError:
+    return TokenLimitError(
+        status_code,
+        message,
+        scope=scope,
+        limit=limit,
+        requested=requested,
+        position=position,
+        request_id=request_id,
+    )
+
+
 class RateLimitError(StatusError):
     """429: too many requests; `retry_after` says how long the server asked us to wait."""
 
@@ -175,13 +247,26 @@ class ServerError(StatusError):
 
 
 _BATCH_SIZE_RE = re.compile(r"maximum allowed batch size (\d+)", re.IGNORECASE)
+# Token limits, as the servers word them (sources in docs/guides/tokens.md):
+# OpenAI "max_tokens_per_request: Requested 346134 tokens, max 300000"
+_REQUEST_TOKENS_RE = re.compile(r"requested\s+(\d+)\s+tokens,?\s+max\s+(\d+)", re.IGNORECASE)
+# Mistral "Too many tokens in batch. Max is 16384"
+_BATCH_TOKENS_RE = re.compile(r"too many tokens in batch\.?\s+max is\s+(\d+)", re.IGNORECASE)
+# OpenAI and vLLM "This model's maximum context length is 512 tokens. However, you
+# requested 1451 tokens in the input for embedding generation."
+_CONTEXT_RE = re.compile(
+    r"maximum context length is\s+(\d+)\s+tokens.*?requested\s+(\d+)\s+tokens",
+    re.IGNORECASE | re.DOTALL,
+)
+# TEI "`inputs` must have less than 512 tokens. Given: 1451"
+_TEI_INPUT_RE = re.compile(r"must have less than\s+(\d+)\s+tokens\.?\s+given:\s*(\d+)", re.I)
 _TAG_RE = re.compile(r"<[^>]+>")
 _SPACE_RE = re.compile(r"\s+")
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
     """Seconds to wait from `retry-after-ms` or `Retry-After` (delay-seconds or HTTP-date)."""
-    ms = headers.get("retry-after-ms")
+    ms = headers.get("retry-after-ms") or headers.get("x-ms-retry-after-ms")
     if ms:
         try:
             value = float(ms) / 1000.0
@@ -264,6 +349,10 @@ def error_from_response(status_code: int, body: bytes, headers: Mapping[str, str
         return AuthenticationError(status_code, message, request_id=request_id)
     if status_code == 404:
         return ModelNotFoundError(status_code, message, request_id=request_id)
+    if status_code in (400, 413, 422):
+        token_error = _token_limit(status_code, message, parsed, request_id)
+        if token_error is not None:
+            return token_error
     if status_code == 413 or (
         status_code in (400, 422) and "batch size" in lowered and "maximum" in lowered
     ):
@@ -277,6 +366,8 @@ def error_from_response(status_code: int, body: bytes, headers: Mapping[str, str
     if status_code in (400, 422):
         return InputError(status_code, message, request_id=request_id)
     if status_code == 429:
+        if retry_after is None:
+            retry_after = _retry_after_429(headers, message)
         return RateLimitError(status_code, message, request_id=request_id, retry_after=retry_after)
     if status_code == 503 and (
         "loading" in lowered or (isinstance(parsed, dict) and "estimated_time" in parsed)
@@ -289,3 +380,50 @@ def error_from_response(status_code: int, body: bytes, headers: Mapping[str, str
     if status_code >= 500 or status_code in (408, 424):
         return ServerError(status_code, message, request_id=request_id, retry_after=retry_after)
     return StatusError(status_code, message, request_id=request_id, retry_after=retry_after)
+
+
+def _token_limit(
+    status_code: int, message: str, parsed: Any, request_id: str | None
+) -> TokenLimitError | None:
+    """The `TokenLimitError` a 400/413/422 stands for, when it names a token limit."""
+    code = ""
+    if isinstance(parsed, dict):
+        inner = parsed.get("error")
+        raw = (inner if isinstance(inner, dict) else parsed).get("code")
+        code = raw if isinstance(raw, str) else ""
+    found = _REQUEST_TOKENS_RE.search(message)
+    if found is not None or code == "max_tokens_per_request":
+        return TokenLimitError(
+            status_code,
+            message,
+            scope="request",
+            limit=int(found.group(2)) if found else None,
+            requested=int(found.group(1)) if found else None,
+            request_id=request_id,
+        )
+    found = _BATCH_TOKENS_RE.search(message)
+    if found is not None:
+        return TokenLimitError(
+            status_code, message, scope="request", limit=int(found.group(1)), request_id=request_id
+        )
+    found = _CONTEXT_RE.search(message) or _TEI_INPUT_RE.search(message)
+    if found is not None:
+        return TokenLimitError(
+            status_code,
+            message,
+            scope="input",
+            limit=int(found.group(1)),
+            requested=int(found.group(2)),
+            request_id=request_id,
+        )
+    return None
+
+
+def _retry_after_429(headers: Mapping[str, str], message: str) -> float | None:
+    """A 429's wait when it sent no Retry-After: Azure's reset header, or OpenAI's text."""
+    # (OpenAI's x-ratelimit-reset-tokens is the time until the allowance is *full* again:
+    # far longer than needed, so it is not taken as a wait.)
+    reset = parse_duration(headers.get("x-rate-limit-reset-tokens"))
+    if reset is not None and reset > 0:
+        return reset
+    return retry_after_from_message(message)

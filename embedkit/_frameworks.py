@@ -359,6 +359,12 @@ class EmbedkitModel(BaseModel):
     quota: Quota | None = Field(default=None, exclude=True)
     cache_size: int = 0
     backend: Backend | None = Field(default=None, exclude=True)
+    on_overflow: Literal["error", "truncate", "chunk_mean"] = "error"
+    count_tokens: Any = Field(
+        default=None,
+        exclude=True,
+        description="None (estimate), a callable, a tokenizer.json path, or False (off).",
+    )
 
     _shared: SharedEmbedder = PrivateAttr()
 

@@ -28,7 +28,7 @@ from ._config import (
     Pooling,
     VerifyTypes,
 )
-from ._core import Quota, RetryPolicy
+from ._core import Overflow, Quota, RetryPolicy, TokenCounting
 
 __all__ = ["AnyOptions", "EmbedderOptions", "LegacyOptions", "fold_legacy"]
 
@@ -53,6 +53,8 @@ class EmbedderOptions(TypedDict, total=False):
     quota: Quota | None
     cache_size: int
     backend: Backend | None
+    on_overflow: Overflow
+    count_tokens: TokenCounting
 
 
 class LegacyOptions(TypedDict, total=False):

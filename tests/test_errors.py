@@ -26,6 +26,7 @@ from embedkit import (
     ResponseError,
     ServerError,
     StatusError,
+    TokenLimitError,
     TransportError,
 )
 from embedkit._errors import error_from_response, parse_retry_after
@@ -73,7 +74,12 @@ def test_the_tree() -> None:
         (403, {"error": "You don't have access to this model"}, AuthenticationError, None),
         (404, {"error": "Model foo/bar does not exist"}, ModelNotFoundError, None),
         (400, {"error": "Input should be a valid string"}, InputError, None),
-        (422, {"error": "`inputs` must have less than 512 tokens. Given: 600"}, InputError, None),
+        (
+            422,
+            {"error": "`inputs` must have less than 512 tokens. Given: 600"},
+            TokenLimitError,
+            None,
+        ),
         (429, {"error": "Rate limit reached."}, RateLimitError, None),
         (500, {"error": "unknown error"}, ServerError, None),
         (504, {"error": "Model too busy"}, ServerError, None),

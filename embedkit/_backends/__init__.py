@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .balancer import BalancedBackend
-from .base import Backend, BackendStats, CompleteBackend, complete
+from .base import Backend, BackendStats, CompleteBackend, Listening, complete
 from .factory import URLs, build_backend, endpoints_of
 from .http import DEFAULT_MAX_RESPONSE_SIZE, DEFAULT_TIMEOUT, HttpBackend
 from .protocols import PROTOCOLS, BackendInfo, OpenAIProtocol, Options
@@ -26,6 +26,7 @@ __all__ = [
     "CompleteBackend",
     "Endpoint",
     "HttpBackend",
+    "Listening",
     "LocalBackend",
     "LocalModel",
     "OpenAIProtocol",
@@ -46,6 +47,7 @@ __all__ = [
 _LOCAL = {
     "DEFAULT_LOCAL_MODEL",
     "LocalBackend",
+    "Listening",
     "LocalModel",
     "cached_snapshot",
     "check_installed",

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anyio
 from anyio.abc import TaskStatus
@@ -51,7 +51,8 @@ from .._errors import (
     ServerError,
     TransportError,
 )
-from .base import BackendStats
+from .._usage import Answer
+from .base import BackendStats, Listening
 from .protocols import BackendInfo
 from .replica import Replica
 
@@ -185,6 +186,12 @@ class BalancedBackend:
             else:
                 return
         raise errors[0]
+
+    def listen(self, on_answer: Callable[[Answer], None]) -> None:
+        """Every replica that can report its answers reports them (tagged with its URL)."""
+        for replica in self.replicas:
+            if isinstance(replica.backend, Listening):
+                replica.backend.listen(on_answer)
 
     def backend_stats(self) -> BackendStats:
         """Each replica's figures, and the re-sent requests summed over them."""

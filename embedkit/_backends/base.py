@@ -12,6 +12,7 @@ defaults.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import anyio
@@ -19,6 +20,7 @@ from anyio.abc import TaskStatus
 
 from .._config import Matrix
 from .._core import EndpointStats
+from .._usage import Answer
 from .protocols import BackendInfo
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "BackendInfo",
     "BackendStats",
     "CompleteBackend",
+    "Listening",
     "MinimalBackend",
     "complete",
     "fit_to_info",
@@ -102,6 +105,21 @@ class CompleteBackend(Backend, Protocol):
         ...
 
 
+@runtime_checkable
+class Listening(Protocol):
+    """A backend that reports what the server said of each answer (optional capability).
+
+    `listen(on_answer)` is called once, before the first batch; the backend then calls
+    `on_answer(Answer)` for every answer it reads (successes and refusals): the tokens the
+    server counted and its `x-ratelimit-*` headers (see `embedkit._usage`). A backend
+    without it is simply not heard: batches are still counted and budgeted by estimate.
+    """
+
+    def listen(self, on_answer: Callable[[Answer], None]) -> None:
+        """Report every answer to `on_answer` from now on."""
+        ...
+
+
 def fit_to_info(info: BackendInfo, max_batch_size: int, max_concurrency: int) -> int:
     """The concurrency a server's stated limits allow: TEI counts inputs, not requests,
     against `max_concurrent_requests`, so at most that many inputs are in flight."""
@@ -149,6 +167,11 @@ class MinimalBackend:
     def backend_stats(self) -> BackendStats:
         """Nothing counted below the scheduler."""
         return BackendStats()
+
+    def listen(self, on_answer: Callable[[Answer], None]) -> None:
+        """Pass the callback on when the wrapped backend can report answers."""
+        if isinstance(self.inner, Listening):
+            self.inner.listen(on_answer)
 
     def __repr__(self) -> str:
         return f"<MinimalBackend {self.describe()}>"

@@ -2,12 +2,19 @@
 
 This is the one boundary where httpx exceptions and error statuses become embedkit's
 exceptions (`raise ... from exc`), so nothing above it handles httpx types.
+
+It is also where the server's word on usage is read: once the embedder has called
+`listen(on_answer)`, every answer (success or refusal) is reported as an
+`embedkit._usage.Answer` (the tokens the server counted, from `usage.prompt_tokens` or
+`x-compute-tokens`, and its `x-ratelimit-*` headers), beside the matrix `embed_batch`
+returns. The callback runs synchronously before `embed_batch` returns or raises. Until
+`listen` is called, the fast path does not even look at a success's headers.
 """
 
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import anyio
 import httpx
@@ -30,6 +37,7 @@ from .._errors import (
     error_from_response,
 )
 from .._transports import FastTransport, PreparedPost, ResponseTooLarge, build_client, send_limited
+from .._usage import Answer, rate_limits_from
 from .._version import __version__ as _version
 from .base import BackendStats, fit_to_info
 from .protocols import BackendInfo, WireProtocol
@@ -41,6 +49,15 @@ _USER_AGENT = f"embedkit/{_version} python-httpx/{httpx.__version__}"
 #: The headers of an answer whose headers nobody reads (a success on the fast path).
 _NO_HEADERS: Mapping[str, str] = httpx.Headers()
 _Answer = tuple[int, bytes, Mapping[str, str]]
+
+
+def _reported_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The `x-...` headers of a raw answer, by lower-case name (what `Answer` reads)."""
+    return {
+        name.decode("latin-1").lower(): value.decode("latin-1")
+        for name, value in raw
+        if name[:2] in (b"x-", b"X-")
+    }
 
 
 def _safe_url(url: str) -> str:
@@ -141,6 +158,34 @@ class HttpBackend:
         if token is not None:
             self._base_headers["authorization"] = f"Bearer {token.reveal()}"
         self._headers = self._build_headers()
+        self._on_answer: Callable[[Answer], None] | None = None
+        self._where = _safe_url(protocol.endpoint)
+
+    def listen(self, on_answer: Callable[[Answer], None]) -> None:
+        """Report every answer's usage and rate limits to `on_answer` (see the module doc)."""
+        self._on_answer = on_answer
+
+    def _report(
+        self,
+        texts: list[str],
+        status: int,
+        headers: Mapping[str, str],
+        tokens: int | None = None,
+        message: str = "",
+    ) -> None:
+        on_answer = self._on_answer
+        if on_answer is None:
+            return
+        on_answer(
+            Answer(
+                texts=len(texts),
+                chars=sum(map(len, texts)),
+                tokens=tokens,
+                limits=rate_limits_from(headers, message),
+                status=status,
+                endpoint=self._where,
+            )
+        )
 
     def _build_headers(self) -> dict[str, str]:
         headers = dict(self._base_headers)
@@ -169,6 +214,8 @@ class HttpBackend:
             if prepared is not None:
                 raw = await direct.send_prepared(prepared, body, self._timeouts)
                 if raw.status < 400 and not raw.encoded:
+                    if self._on_answer is not None:
+                        return raw.status, raw.content, _reported_headers(raw.headers)
                     return raw.status, raw.content, _NO_HEADERS
                 response = raw.to_httpx()  # httpx undoes Content-Encoding, parses headers
                 await response.aread()
@@ -245,6 +292,8 @@ class HttpBackend:
             ) from exc
         if status >= 400:
             error = error_from_response(status, content, headers)
+            if self._on_answer is not None:
+                self._report(texts, status, headers, message=error.message)
             if (
                 isinstance(error, ModelLoadingError)
                 and self._forced_wait is None
@@ -255,9 +304,13 @@ class HttpBackend:
                 self._headers = self._build_headers()
             raise self._redact(error)
         try:
-            return self.protocol.decode(content, len(texts))
+            if self._on_answer is None:
+                return self.protocol.decode(content, len(texts))
+            matrix, tokens = self.protocol.decode_counted(content, len(texts), headers)
         except EmbedkitError as exc:
             raise self._redact(exc) from exc.__cause__
+        self._report(texts, status, headers, tokens)
+        return matrix
 
     def _redact(self, exc: EmbedkitError) -> EmbedkitError:
         """Blank out the token where a server quoted it back (some gateways do)."""

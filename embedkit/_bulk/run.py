@@ -65,6 +65,9 @@ class FileResult:
         embedded: rows this call wrote (the others were written by an interrupted run).
         resumed_from: the first row this call wrote (0 unless it resumed a run).
         mask: the .npy mask file (`on_bad="skip"`), else None.
+        tokens: tokens this call cost: as the server reported them (`usage.prompt_tokens`,
+            `x-compute-tokens`), else as counted or estimated before sending; 0 when
+            token awareness is off (`count_tokens=False`).
     """
 
     output: Path
@@ -75,6 +78,7 @@ class FileResult:
     embedded: int
     resumed_from: int
     mask: Path | None = None
+    tokens: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +170,7 @@ class Run:
         self.sink: Sink | None = None
         self.state: ResumeState | None = None
         self.refused_shown = 0
+        self._tokens_before = 0
 
     # ---------------------------------------------------------------- setup
 
@@ -270,6 +275,7 @@ class Run:
     async def run(self) -> FileResult:
         job = self.job
         started = time.monotonic()
+        self._tokens_before = self._tokens_now()
         scan = await anyio.to_thread.run_sync(job.corpus.scan)
         logger.info(
             f"{job.source}: {_count(scan.records, 'record')} ({job.corpus.format}), "
@@ -362,7 +368,16 @@ class Run:
             embedded=state.rows - resumed_from,
             resumed_from=resumed_from,
             mask=mask,
+            tokens=self._tokens_now() - self._tokens_before,
         )
+
+    def _tokens_now(self) -> int:
+        """Tokens spent so far by the embedder: the server's count, else ours."""
+        try:
+            stats = self.embedder.stats()
+        except EmbedkitError:  # not open: nothing spent
+            return 0
+        return stats.tokens_reported or stats.tokens_sent
 
     async def _stream(self, scan: Scan, dim: int, first: int) -> None:
         job, embedder = self.job, self.embedder

@@ -9,27 +9,46 @@ from __future__ import annotations
 from .flow import AdaptiveConcurrency, Clock, Cooldown, LearnedRate, Sleep, TokenBucket
 from .jobs import Ticket
 from .policy import BatchPolicy
-from .quota import LocalQuota, Quota
+from .quota import LocalQuota, Quota, ServerBudget
 from .retry import DEFAULT_RETRY, RetryPolicy, describe
 from .scheduler import Scheduler
 from .stats import EndpointStats, ReplicaState, SchedulerStats
+from .tokens import (
+    OVERFLOWS,
+    CountTokens,
+    Overflow,
+    TokenBook,
+    TokenCounting,
+    Tokenizer,
+    book_for,
+    combine,
+)
 
 __all__ = [
     "DEFAULT_RETRY",
+    "OVERFLOWS",
     "AdaptiveConcurrency",
     "BatchPolicy",
     "Clock",
     "Cooldown",
+    "CountTokens",
     "EndpointStats",
     "LearnedRate",
     "LocalQuota",
+    "Overflow",
     "Quota",
     "ReplicaState",
     "RetryPolicy",
     "Scheduler",
     "SchedulerStats",
+    "ServerBudget",
     "Sleep",
     "Ticket",
+    "TokenBook",
     "TokenBucket",
+    "TokenCounting",
+    "Tokenizer",
+    "book_for",
+    "combine",
     "describe",
 ]

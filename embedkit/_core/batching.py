@@ -13,10 +13,12 @@ locals and handle the common case (one caller's consecutive rows) with a single 
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 
 from .._config import Matrix
 from .jobs import Batch, Job, Waiters, one_block
+from .tokens import TokenBook
 
 __all__ = ["Batching"]
 
@@ -37,13 +39,15 @@ class Batching:
     _cache_hits: int
     _batches: int
     _texts_sent: int
+    tokens: TokenBook | None
 
     def _form_batch(self) -> Batch | None:
         """Take texts from the head of the queue into a new batch (None if none is left).
 
-        Up to `max_batch_size` texts and `max_batch_chars` characters (a first text longer
-        than that still goes, alone). A text already in flight, or earlier in this batch,
-        joins that copy's waiters; a cached one is answered at once.
+        Up to `max_batch_size` texts, `max_batch_chars` characters and, when tokens
+        are counted, the token budget (a first text longer than that still goes, alone).
+        A text already in flight, or earlier in this batch, joins that copy's waiters; a
+        cached one is answered at once.
         """
         limit = self.max_batch_size
         budget = self.max_batch_chars if self.max_batch_chars is not None else -1
@@ -54,6 +58,17 @@ class Batching:
         cache = self._cache
         chars = 0
         taken = 0
+        book = self.tokens
+        counts: list[int] | None = None
+        tokens = 0
+        token_budget = -1
+        exact = False
+        ratio = 0.0
+        if book is not None:
+            counts = []
+            token_budget = book.budget if book.budget is not None else -1
+            exact = book.exact
+            ratio = book.ratio
         while queue and len(texts) < limit:
             job = queue[0]
             if job.finished:
@@ -84,6 +99,13 @@ class Batching:
                     chars += len(text)
                     if chars > budget and texts:
                         break
+                if counts is not None:
+                    assert book is not None
+                    t = book.count(text) if exact else math.ceil(len(text) * ratio)
+                    tokens += t
+                    if 0 <= token_budget < tokens and texts:
+                        break
+                    counts.append(t)
                 ws: Waiters = [(job, i)]
                 if inflight is not None:
                     inflight[text] = ws
@@ -101,7 +123,10 @@ class Batching:
             return None
         self._batches += 1
         self._texts_sent += len(texts)
-        return Batch(texts, waiters)
+        batch = Batch(texts, waiters, counts)
+        if book is not None:
+            book.sent += batch.tokens
+        return batch
 
     def _deliver(self, batch: Batch, matrix: Matrix) -> None:
         """Hand row k of `matrix` to every waiter of text k; the texts leave the books."""

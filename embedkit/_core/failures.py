@@ -14,6 +14,7 @@ counters) and sends the parts through the scheduler's `_attempts`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -26,11 +27,13 @@ from .._errors import (
     InputError,
     ModelLoadingError,
     RateLimitError,
+    TokenLimitError,
 )
 from .flow import AdaptiveConcurrency
 from .jobs import Abandoned, Batch, Slot, Waiters
 from .quota import Quota
 from .retry import describe
+from .tokens import TokenBook
 
 __all__ = ["Failures"]
 
@@ -50,6 +53,7 @@ class Failures:
     _bisections: int
     _failed_texts: int
     _abandoned: int
+    tokens: TokenBook | None
 
     if TYPE_CHECKING:
 
@@ -69,6 +73,21 @@ class Failures:
     async def _recover(self, batch: Batch, slot: Slot, error: Exception) -> None:
         """A batch failed: split it, bisect it, or hand its callers the error."""
         n = len(batch.texts)
+        book = self.tokens
+        if isinstance(error, TokenLimitError) and book is not None:
+            # the server named its cap (and its count): budgets for every batch after this
+            book.on_limit(error, batch.tokens if error.scope == "request" or n == 1 else None)
+            if error.scope == "request" and n > 1:
+                self._splits += 1
+                logger.warning(
+                    "server refused a batch of %d tokens (%s); token budget now %s",
+                    error.requested or batch.tokens,
+                    error.message,
+                    book.budget,
+                )
+                for part in self._token_parts(batch, book):
+                    await self._resolve(part, slot)
+                return
         if isinstance(error, Abandoned):
             self._abandoned += 1
             self._fail(batch, ClientClosedError("every caller of this batch has gone"))
@@ -95,6 +114,27 @@ class Failures:
             self._fail(batch, error)
         else:  # a backend bug must not hang its callers
             self._fail(batch, EmbedkitError(f"the backend failed: {error!r}"))
+
+    @staticmethod
+    def _token_parts(batch: Batch, book: TokenBook) -> list[Batch]:
+        """`batch` cut into parts within the (lowered) token budget; always at least two."""
+        n = len(batch.texts)
+        counts = [book.count(text) for text in batch.texts]  # at the corrected ratio
+        budget = book.budget or max(1, sum(counts) // 2)
+        cuts = [0]
+        total = 0
+        for k, count in enumerate(counts):
+            if k > cuts[-1] and total + count > budget:
+                cuts.append(k)
+                total = 0
+            total += count
+        if len(cuts) == 1:  # the budget fits it by our count, not the server's: halve it
+            cuts.append(n // 2)
+        cuts.append(n)
+        return [
+            Batch(batch.texts[a:b], batch.waiters[a:b], counts[a:b])
+            for a, b in itertools.pairwise(cuts)
+        ]
 
     async def _settle(self, batch: Batch, slot: Slot, error: Exception) -> None:
         """Recover a batch whose caller-driven send failed, in the dispatcher's task group."""

@@ -142,6 +142,18 @@ class TokenBucket:
             self._tokens += n  # cancelled: give back what we did not use
             raise
 
+    def cap(self, level: float) -> None:
+        """Hold at most `level` tokens now (what the server says is left); never adds any."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        self._tokens = min(self._tokens, level)
+
+    @property
+    def level(self) -> float:
+        """Tokens in the bucket as of the last call (negative: reserved ahead)."""
+        return self._tokens
+
 
 class Cooldown:
     """A client-wide pause: after a 429, nobody sends until `until` has passed."""
@@ -208,7 +220,7 @@ class LearnedRate:
         self._window = window
         self._backoff = backoff
         self._growth = growth
-        self._ok: deque[float] = deque(maxlen=65_536)
+        self._ok: deque[tuple[float, float]] = deque(maxlen=65_536)  # (when, amount)
         self._mark = 0
         self._confident = False  # whether the last cut rested on enough samples
 
@@ -217,12 +229,17 @@ class LearnedRate:
         """The learned pace in requests/s (None while unpaced)."""
         return self.bucket.rate if self.bucket is not None else None
 
-    def on_success(self) -> None:
-        """A request was answered: remember when, and probe for a little more."""
-        self._ok.append(self._clock())
+    def on_success(self, amount: float = 1.0) -> None:
+        """A request was answered: remember when, and probe for a little more.
+
+        `amount` is what it cost in the bucket's unit: 1 for a request pace, its tokens for
+        a token pace (the growth scales with it, so it stays about 2% a second).
+        """
+        self._ok.append((self._clock(), amount))
         if self.bucket is not None:
             # about +100%/s while the pace rests on a handful of samples (a slow start)
-            self.bucket.rate += self._growth if self._confident else 50 * self._growth
+            step = self._growth * amount
+            self.bucket.rate += step if self._confident else 50 * step
 
     def on_rate_limited(self, ticket: int, issued: int) -> None:
         """A request was refused with 429: pace at what the server let through."""
@@ -231,12 +248,12 @@ class LearnedRate:
         self._mark = issued
         now = self._clock()
         since = now - self._window
-        recent = sum(1 for t in self._ok if t >= since)
+        window = [(t, a) for t, a in self._ok if t >= since]
         observed = 0.0
-        if recent:
-            oldest = next(t for t in self._ok if t >= since)
-            observed = recent / max(now - oldest, 0.05)
-        self._confident = recent >= 16
+        if window:
+            oldest = window[0][0]
+            observed = sum(a for _, a in window) / max(now - oldest, 0.05)
+        self._confident = len(window) >= 16
         current = self.bucket.rate if self.bucket is not None else math.inf
         if observed > 0:
             new = max(0.1, observed * self._backoff)  # just under what the server let through

@@ -21,6 +21,7 @@ import numpy as np
 from .._config import Matrix
 from .._errors import ResponseError
 from .flow import AdaptiveConcurrency
+from .tokens import combine
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -31,10 +32,26 @@ __all__ = ["Abandoned", "Batch", "Job", "Slot", "Ticket", "Waiters", "copy_error
 class Job:
     """One caller's texts, and the matrix their rows land in."""
 
-    __slots__ = ("at", "done", "error", "finished", "n", "next", "out", "pending", "texts")
+    __slots__ = (
+        "at",
+        "done",
+        "error",
+        "finished",
+        "n",
+        "next",
+        "out",
+        "pending",
+        "spans",
+        "texts",
+        "weights",
+    )
 
     def __init__(self, texts: list[str], done: anyio.Event) -> None:
         self.texts = texts
+        # chunked inputs (on_overflow="chunk_mean"): caller row i is the weighted mean of
+        # rows spans[i] of `out`; None: one row per text
+        self.spans: list[tuple[int, int]] | None = None
+        self.weights: list[float] | None = None
         self.n = len(texts)
         self.next = 0  # the first text not yet put in a batch
         self.out: Matrix | None = None
@@ -95,7 +112,14 @@ class Job:
         if self.error is not None:
             raise copy_error(self.error) from self.error.__cause__  # keep the httpx cause
         assert self.out is not None
+        if self.spans is not None and self.weights is not None:
+            return combine(self.out, self.spans, self.weights)
         return self.out
+
+    @property
+    def rows(self) -> int:
+        """Rows the caller gets (fewer than texts sent when inputs were chunked)."""
+        return len(self.spans) if self.spans is not None else self.n
 
 
 #: the callers waiting for one text: (job, row) pairs, one per caller that asked for it
@@ -105,15 +129,20 @@ Waiters = list[tuple[Job, int]]
 class Batch:
     """Texts on their way to the server; `waiters[k]` get the vector of `texts[k]`."""
 
-    __slots__ = ("texts", "waiters")
+    __slots__ = ("counts", "texts", "tokens", "waiters")
 
-    def __init__(self, texts: list[str], waiters: list[Waiters]) -> None:
+    def __init__(
+        self, texts: list[str], waiters: list[Waiters], counts: list[int] | None = None
+    ) -> None:
         self.texts = texts
         self.waiters = waiters
+        self.counts = counts  # each text's tokens, when the scheduler counts them
+        self.tokens = sum(counts) if counts is not None else 0
 
     def part(self, start: int, stop: int) -> Batch:
         """Texts `start` to `stop` (excluded), with their waiters: for splits and bisection."""
-        return Batch(self.texts[start:stop], self.waiters[start:stop])
+        counts = self.counts[start:stop] if self.counts is not None else None
+        return Batch(self.texts[start:stop], self.waiters[start:stop], counts)
 
     def abandoned(self) -> bool:
         """True when every caller waiting on this batch has gone (cancelled or failed)."""
@@ -160,7 +189,7 @@ class Ticket:
         self._job = job
 
     def __len__(self) -> int:
-        return self._job.n
+        return self._job.rows
 
     async def result(self) -> Matrix:
         """Wait for the matrix. Cancelling the wait discards the ticket."""

@@ -45,16 +45,19 @@ and the end of step 4: dedup, the LRU cache); `failures.py` splitting, bisection
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from .._config import Matrix
 from .._errors import ClientClosedError, EmbedkitError, RateLimitError, ResponseError
+from .._usage import Answer
 from .batching import Batching
 from .failures import Failures
 from .flow import AdaptiveConcurrency, Cooldown, TokenBucket
@@ -63,6 +66,7 @@ from .policy import BatchPolicy
 from .quota import LocalQuota, Quota
 from .retry import RetryPolicy
 from .stats import SchedulerStats
+from .tokens import TokenBook
 
 __all__ = ["Scheduler", "Send", "Ticket"]
 
@@ -94,6 +98,8 @@ class Scheduler(Batching, Failures):
         learn_rate: bool = True,
         policy: BatchPolicy | None = None,
         quota: Quota | None = None,
+        tokens: TokenBook | None = None,
+        token_rate: TokenBucket | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -108,7 +114,12 @@ class Scheduler(Batching, Failures):
             request_rate=request_rate,
             input_rate=input_rate,
             learn_rate=learn_rate,
+            token_rate=token_rate,
+            read_headers=tokens is not None,
         )
+        # token counts, budgets and the overflow rule (None: token awareness off)
+        self.tokens = tokens
+        self._tokens_by_endpoint: Counter[str] = Counter()
         self.policy = policy or BatchPolicy(self.concurrency.maximum)
         self._dedup = dedup
         self._cache: OrderedDict[str, Matrix] | None = OrderedDict() if cache_size > 0 else None
@@ -168,7 +179,13 @@ class Scheduler(Batching, Failures):
     def _enqueue(self, texts: list[str]) -> Job:
         if self._closed:
             raise ClientClosedError("the embedder is closed")
+        book = self.tokens
+        spans = weights = None
+        if book is not None and texts:
+            texts, spans, weights = book.prepare(texts)
         job = Job(texts, self._new_event())
+        if spans is not None:
+            job.spans, job.weights = spans, weights
         n = job.n
         self._texts += n
         if n:
@@ -209,6 +226,8 @@ class Scheduler(Batching, Failures):
                 batch = self._form_batch()
                 if batch is not None:
                     await self.quota.take_inputs(len(batch.texts))
+                    if batch.tokens:
+                        await self.quota.take_tokens(batch.tokens)
             except BaseException:
                 self.concurrency.release()
                 raise
@@ -401,6 +420,8 @@ class Scheduler(Batching, Failures):
             await quota.wait()
             if not paced:
                 await quota.pace()  # retries count against the rate too
+                if batch.tokens:
+                    await quota.take_tokens(batch.tokens)
             paced = False
             if batch.abandoned():
                 raise Abandoned
@@ -433,6 +454,20 @@ class Scheduler(Batching, Failures):
         if self.retry is None:
             return await attempt()
         return await self.retry.call(attempt, on_retry=self._on_retry)
+
+    def on_answer(self, answer: Answer) -> None:
+        """What a backend reports of an answer (see `embedkit._usage`): learn the tokens a
+        character costs, count them (per endpoint), and tell the quota."""
+        book = self.tokens
+        if book is None:
+            return
+        if answer.status < 400:
+            if answer.tokens is not None:
+                book.observe(answer.chars, answer.tokens)
+                if answer.endpoint:
+                    self._tokens_by_endpoint[answer.endpoint] += answer.tokens
+            answer = dataclasses.replace(answer, estimated=book.estimate(answer.chars))
+        self.quota.on_answer(answer)
 
     # ------------------------------------------------------------------- lifecycle
 
@@ -482,4 +517,22 @@ class Scheduler(Batching, Failures):
             latency_p50=pct(0.5),
             latency_p90=pct(0.9),
             latency_p99=pct(0.99),
+            **self._token_stats(),
         )
+
+    def _token_stats(self) -> dict[str, Any]:
+        book = self.tokens
+        if book is None:
+            return {}
+        pace = getattr(self.quota, "token_pace", None)
+        return {
+            "tokens_sent": book.sent,
+            "tokens_reported": book.reported,
+            "tokens_by_endpoint": dict(self._tokens_by_endpoint),
+            "tokens_per_char": book.ratio if not book.exact else None,
+            "max_batch_tokens": book.budget,
+            "max_input_tokens": book.max_per_input,
+            "token_rate": pace if isinstance(pace, float) else None,
+            "truncated": book.truncated,
+            "chunked": book.chunked,
+        }

@@ -77,6 +77,16 @@ class SchedulerStats:
         latency_p90: 90th percentile.
         latency_p99: 99th percentile.
         endpoints: with several URLs, each replica's figures (see the "many replicas" guide).
+        tokens_sent: tokens sent, as counted (or estimated) here before sending.
+        tokens_reported: tokens the server said it counted (`usage.prompt_tokens`,
+            `x-compute-tokens`): what a hosted API bills.
+        tokens_by_endpoint: `tokens_reported` per server URL.
+        tokens_per_char: the learned estimate (None with an exact counter).
+        max_batch_tokens: the token budget of one request in force (None: none).
+        max_input_tokens: the per-input cap in force (None: none known).
+        token_rate: the token pace in force, tokens/s (None while unpaced).
+        truncated: inputs cut to `max_tokens_per_input` (`on_overflow="truncate"`).
+        chunked: inputs split and averaged (`on_overflow="chunk_mean"`).
     """
 
     requests: int
@@ -101,3 +111,12 @@ class SchedulerStats:
     latency_p90: float | None
     latency_p99: float | None
     endpoints: tuple[EndpointStats, ...] = ()
+    tokens_sent: int = 0
+    tokens_reported: int = 0
+    tokens_by_endpoint: dict[str, int] = dataclasses.field(default_factory=dict)
+    tokens_per_char: float | None = None
+    max_batch_tokens: int | None = None
+    max_input_tokens: int | None = None
+    token_rate: float | None = None
+    truncated: int = 0
+    chunked: int = 0

@@ -135,6 +135,8 @@ def embed_dataset(
             requests_per_second=requests_per_second,
             inputs_per_second=inputs_per_second,
             learn_rate=learn,
+            # Limits(tokens_per_minute=...) is the fleet's, like requests_per_second here
+            tokens_per_minute=getattr(limits, "tokens_per_minute", None),
         )
     )
     num_cpus = _actor_cpus(api, num_cpus, num_gpus)
@@ -149,6 +151,7 @@ def embed_dataset(
             "token": secret,
             "quota": quota,
             "inputs_quota": inputs_per_second is not None,
+            "tokens_quota": getattr(limits, "tokens_per_minute", None) is not None,
         },
         compute=ray.data.ActorPoolStrategy(size=workers),
         batch_size=batch_size,

@@ -74,6 +74,12 @@ class _Reservations:
             dues.append(max(0.0, -self.tokens / self.rate))
         return dues
 
+    def take_block(self, n: float, now: float) -> float:
+        """Reserve `n` at once (tokens for one request): seconds until they are due."""
+        self.take(0, now)
+        self.tokens -= n
+        return max(0.0, -self.tokens / self.rate)
+
     def debt(self, seconds: float, now: float) -> None:
         """Nothing is due before `seconds` from now (a pause)."""
         self.take(0, now)
@@ -225,10 +231,16 @@ class QuotaActor:
         requests_per_second: float | None = None,
         inputs_per_second: float | None = None,
         learn_rate: bool = True,
+        tokens_per_minute: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clock = clock
         now = clock()
+        # the fleet's tokens per minute: one reservation per request (`take_tokens`)
+        self._tokens: _Reservations | None = None
+        if tokens_per_minute is not None:
+            per_second = tokens_per_minute / 60.0
+            self._tokens = _Reservations(per_second, per_second, now)
         self._requests: _Reservations | None = None
         if requests_per_second is not None:
             self._requests = _Reservations(
@@ -300,6 +312,15 @@ class QuotaActor:
         rate_now = self._requests.rate if self._requests is not None else None
         return request_dues, input_dues, left, rate_now, self._pauses
 
+    def take_tokens(self, n: int) -> float:
+        """Reserve `n` tokens of the fleet's tokens per minute: seconds until they are due
+        (the pause in force included). 0 when the fleet has no token rate."""
+        now = self._clock()
+        left = max(0.0, self._until - now)
+        if self._tokens is None:
+            return left
+        return max(left, self._tokens.take_block(float(n), now))
+
     def _share(self, rate: float, worker: str, now: float) -> int:
         """A worker's block: `LEASE_SECONDS` of its share of the fleet's rate.
 
@@ -331,9 +352,10 @@ class FleetQuota:
     Must run on asyncio (Ray's event loop): it awaits Ray object refs.
     """
 
-    def __init__(self, actor: Any, *, inputs: bool = False) -> None:
+    def __init__(self, actor: Any, *, inputs: bool = False, tokens: bool = False) -> None:
         self._actor = actor
         self._inputs = inputs
+        self._tokens = tokens  # whether the fleet has a tokens-per-minute rate
         self._permits: collections.deque[float] = collections.deque()
         self._input_permits: collections.deque[float] = collections.deque()
         self._until = 0.0
@@ -415,6 +437,18 @@ class FleetQuota:
         left = due - time.monotonic()
         if left > 0:
             await anyio.sleep(left)
+
+    async def take_tokens(self, n: int) -> None:
+        """Reserve `n` tokens of the fleet's tokens per minute (one actor call a request)."""
+        if not self._tokens or n <= 0:
+            return
+        due = await self._actor.take_tokens.remote(n)
+        if due > 0:
+            await anyio.sleep(due)
+
+    def on_answer(self, answer: Any) -> None:
+        """Rate-limit headers are not followed fleet-wide: the fleet paces by its own rates
+        and by the 429s its workers report."""
 
     async def _take(self, permits: collections.deque[float], lease: Callable[[], Any]) -> float:
         while True:

@@ -63,6 +63,7 @@ class _EmbedBatches:
         token: Secret | None,
         quota: Any,
         inputs_quota: bool,
+        tokens_quota: bool = False,
     ) -> None:
         self._column = column
         self._output = output_column
@@ -72,6 +73,7 @@ class _EmbedBatches:
         self._token = token
         self._quota_actor = quota
         self._inputs_quota = inputs_quota
+        self._tokens_quota = tokens_quota
         self._embedder: AsyncEmbedder | None = None
         self._opening: asyncio.Future[AsyncEmbedder] | None = None
         self._holder: asyncio.Task[None] | None = None
@@ -99,7 +101,7 @@ class _EmbedBatches:
         token = self._token.reveal() if self._token is not None else None
         try:
             quota = (
-                FleetQuota(self._quota_actor, inputs=self._inputs_quota)
+                FleetQuota(self._quota_actor, inputs=self._inputs_quota, tokens=self._tokens_quota)
                 if self._quota_actor is not None
                 else None
             )

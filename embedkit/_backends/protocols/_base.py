@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import httpx
@@ -10,6 +11,7 @@ import orjson
 
 from ..._config import Matrix, Pooling
 from ..._errors import ResponseError
+from ..._usage import reported_tokens
 
 __all__ = ["BackendInfo", "Options", "WireProtocol"]
 
@@ -34,6 +36,8 @@ class BackendInfo:
     dimension: int | None = None
     max_batch_size: int | None = None
     max_inputs_in_flight: int | None = None
+    #: the longest input the server takes, in tokens (TEI's `max_input_length`)
+    max_input_tokens: int | None = None
 
 
 class WireProtocol:
@@ -66,6 +70,16 @@ class WireProtocol:
     def decode(self, content: bytes, n: int) -> Matrix:
         """The (n, dim) float32 matrix from a successful answer's body."""
         raise NotImplementedError
+
+    def decode_counted(
+        self, content: bytes, n: int, headers: Mapping[str, str]
+    ) -> tuple[Matrix, int | None]:
+        """The matrix, and the tokens the server says it counted (None: not said).
+
+        The default reads TEI's `x-compute-tokens` header; a protocol whose body carries
+        a count (OpenAI's `usage.prompt_tokens`) overrides it, parsing the body once.
+        """
+        return self.decode(content, n), reported_tokens(headers)
 
     async def discover(self, client: httpx.AsyncClient, headers: dict[str, str]) -> BackendInfo:
         """Ask the server about its limits; the default knows nothing."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -9,6 +10,7 @@ import orjson
 
 from ..._config import Matrix
 from ..._errors import ResponseError
+from ..._usage import reported_tokens
 from ..decode import checked, from_base64_rows, place_by_index
 from ._base import Options, WireProtocol, load_json
 
@@ -53,7 +55,21 @@ class OpenAIProtocol(WireProtocol):
         return orjson.dumps({**self._head, "input": texts})
 
     def decode(self, content: bytes, n: int) -> Matrix:
+        return self._decode_parsed(load_json(content), n)
+
+    def decode_counted(
+        self, content: bytes, n: int, headers: Mapping[str, str]
+    ) -> tuple[Matrix, int | None]:
+        """The matrix, and `usage.prompt_tokens` (else `x-compute-tokens`) when present."""
         parsed = load_json(content)
+        matrix = self._decode_parsed(parsed, n)
+        usage = parsed.get("usage") if isinstance(parsed, dict) else None
+        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
+            return matrix, tokens
+        return matrix, reported_tokens(headers)
+
+    def _decode_parsed(self, parsed: Any, n: int) -> Matrix:
         data = parsed.get("data") if isinstance(parsed, dict) else None
         if not isinstance(data, list):
             raise ResponseError("the answer has no 'data' list of embeddings")

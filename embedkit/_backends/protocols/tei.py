@@ -39,7 +39,8 @@ class TEIProtocol(WireProtocol):
         return from_json_rows(load_json(content), n, numbers_only=only_numbers(content))
 
     async def discover(self, client: httpx.AsyncClient, headers: dict[str, str]) -> BackendInfo:
-        """Read `/info`: `max_client_batch_size` and `max_concurrent_requests` are obeyed."""
+        """Read `/info`: `max_client_batch_size`, `max_concurrent_requests` and
+        `max_input_length` (the longest input, in tokens) are obeyed."""
         try:
             response = await client.get(self.root + "/info", headers=headers)
         except httpx.HTTPError as exc:
@@ -70,4 +71,5 @@ class TEIProtocol(WireProtocol):
             dimension=self.options.dimensions,
             max_batch_size=positive("max_client_batch_size"),
             max_inputs_in_flight=positive("max_concurrent_requests"),
+            max_input_tokens=positive("max_input_length"),
         )
