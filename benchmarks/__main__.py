@@ -37,6 +37,7 @@ from . import (
     ratelimit,
     rayfleet,
     replicas,
+    tokens,
 )
 from ._common import (
     NEIGHBOURS,
@@ -53,7 +54,8 @@ from ._common import (
 from ._report import markdown
 
 SCENARIOS = {
-    m.NAME: m for m in (coalescing, openloop, bulk, overhead, latency, memory, ratelimit, replicas)
+    m.NAME: m
+    for m in (coalescing, openloop, bulk, overhead, latency, memory, ratelimit, replicas, tokens)
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS[frameworks.NAME] = frameworks

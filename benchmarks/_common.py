@@ -168,9 +168,10 @@ class Server:
 
 
 @contextlib.contextmanager
-def server(**options: Any) -> Iterator[Server]:
-    """Start `benchmarks._server` with these options; stop it (by process group) at the end."""
-    argv = [sys.executable, "-m", "benchmarks._server"]
+def server(*, program: str = "benchmarks._server", **options: Any) -> Iterator[Server]:
+    """Start `benchmarks._server` (or `program`, a server module with the same command line
+    and `PORT` line) with these options; stop it (by process group) at the end."""
+    argv = [sys.executable, "-m", program]
     for key, value in options.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
     process = subprocess.Popen(
