@@ -221,8 +221,9 @@ def run(opts: Any) -> Scenario:
     scenario.notes.append(
         "% of TPM is tokens admitted over what the quota allowed during the run (the bucket's "
         "two seconds plus TPM/60 a second). 'after first' counts size refusals of requests "
-        "that reached the server after the first size refusal had been answered; the first "
-        "wave (requests already in flight) is in 'size 400s'. The machine is shared (2 cores)."
+        "that reached the server over 50 ms after the first size refusal had been answered; "
+        "the first wave (requests already on the wire) is in 'size 400s' only. The machine "
+        "is shared (2 cores, other sessions running)."
     )
     for key, share, share_429 in (
         ("embedkit on", TARGET_SHARE_HEADERS, TARGET_429_HEADERS),

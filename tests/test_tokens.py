@@ -260,14 +260,15 @@ async def test_an_input_over_the_servers_context_fails_alone_and_sets_the_cap() 
 @pytest.mark.asyncio
 async def test_usage_is_counted_and_teaches_the_tokens_per_character() -> None:
     server = OpenAIServer()
-    texts = [f"alpha beta gamma {i} " * 10 for i in range(40)]
+    texts = [f"alpha beta gamma {i} " * 10 for i in range(300)]
     async with openai(server) as emb:
         await emb.embed_many(texts)
         stats = emb.stats()
     assert stats.tokens_reported == sum(words(t) for t in texts)
     assert stats.tokens_by_endpoint == {"http://openai.test/v1/embeddings": stats.tokens_reported}
     expected = stats.tokens_reported / sum(len(t) for t in texts)
-    assert stats.tokens_per_char == pytest.approx(expected, rel=0.01)
+    # learned from the reports (the prior of 0.25 has faded)
+    assert stats.tokens_per_char == pytest.approx(expected, rel=0.02)
     assert stats.tokens_sent > 0
 
 

@@ -126,6 +126,7 @@ class Batching:
         batch = Batch(texts, waiters, counts)
         if book is not None:
             book.sent += batch.tokens
+            batch.generation = book.generation
         return batch
 
     def _deliver(self, batch: Batch, matrix: Matrix) -> None:

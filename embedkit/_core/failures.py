@@ -57,14 +57,18 @@ class Failures:
 
     if TYPE_CHECKING:
 
-        async def _attempts(self, batch: Batch, slot: Slot) -> Matrix: ...
+        async def _attempts(self, batch: Batch, slot: Slot, paced: bool = True) -> Matrix: ...
 
         def _deliver(self, batch: Batch, matrix: Matrix) -> None: ...
 
     async def _resolve(self, batch: Batch, slot: Slot) -> None:
-        """Send a batch and hand out its rows, splitting it when the server asks."""
+        """Send a batch and hand out its rows, splitting it when the server asks.
+
+        A part is paced like a retry: it was not paced when the dispatcher formed it (the
+        parts of a batch refused for its tokens must not leave as one burst).
+        """
         try:
-            matrix = await self._attempts(batch, slot)
+            matrix = await self._attempts(batch, slot, paced=False)
         except Exception as exc:
             await self._recover(batch, slot, exc)
             return
@@ -131,10 +135,13 @@ class Failures:
         if len(cuts) == 1:  # the budget fits it by our count, not the server's: halve it
             cuts.append(n // 2)
         cuts.append(n)
-        return [
+        parts = [
             Batch(batch.texts[a:b], batch.waiters[a:b], counts[a:b])
             for a, b in itertools.pairwise(cuts)
         ]
+        for part in parts:
+            part.generation = book.generation
+        return parts
 
     async def _settle(self, batch: Batch, slot: Slot, error: Exception) -> None:
         """Recover a batch whose caller-driven send failed, in the dispatcher's task group."""

@@ -142,6 +142,11 @@ class TokenBucket:
             self._tokens += n  # cancelled: give back what we did not use
             raise
 
+    def adjust(self, n: float) -> None:
+        """Add `n` tokens now (negative: take them, without waiting): a correction, when a
+        request turned out to cost more or less than was taken for it."""
+        self._tokens = min(self.burst, self._tokens + n)
+
     def cap(self, level: float) -> None:
         """Hold at most `level` tokens now (what the server says is left); never adds any."""
         now = self._clock()
@@ -212,8 +217,12 @@ class LearnedRate:
         window: float = 2.0,
         backoff: float = 0.97,
         growth: float = 0.02,
+        min_samples: int = 16,
     ) -> None:
         self.bucket: TokenBucket | None = None
+        # successes in the window that make an estimate trustworthy: 16 requests; a token
+        # pace counts answers of thousands of tokens each, so it trusts fewer
+        self._min_samples = min_samples
         self.cuts = 0
         self._clock = clock
         self._sleep = sleep
@@ -253,7 +262,7 @@ class LearnedRate:
         if window:
             oldest = window[0][0]
             observed = sum(a for _, a in window) / max(now - oldest, 0.05)
-        self._confident = len(window) >= 16
+        self._confident = len(window) >= self._min_samples
         current = self.bucket.rate if self.bucket is not None else math.inf
         if observed > 0:
             new = max(0.1, observed * self._backoff)  # just under what the server let through

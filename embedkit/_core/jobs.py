@@ -129,7 +129,7 @@ Waiters = list[tuple[Job, int]]
 class Batch:
     """Texts on their way to the server; `waiters[k]` get the vector of `texts[k]`."""
 
-    __slots__ = ("counts", "texts", "tokens", "waiters")
+    __slots__ = ("counts", "generation", "probing", "texts", "tokens", "waiters")
 
     def __init__(
         self, texts: list[str], waiters: list[Waiters], counts: list[int] | None = None
@@ -138,11 +138,15 @@ class Batch:
         self.waiters = waiters
         self.counts = counts  # each text's tokens, when the scheduler counts them
         self.tokens = sum(counts) if counts is not None else 0
+        self.generation = 0  # the TokenBook's limits it was formed under
+        self.probing = False  # bigger than any batch accepted yet, and not answered yet
 
     def part(self, start: int, stop: int) -> Batch:
         """Texts `start` to `stop` (excluded), with their waiters: for splits and bisection."""
         counts = self.counts[start:stop] if self.counts is not None else None
-        return Batch(self.texts[start:stop], self.waiters[start:stop], counts)
+        part = Batch(self.texts[start:stop], self.waiters[start:stop], counts)
+        part.generation = self.generation
+        return part
 
     def abandoned(self) -> bool:
         """True when every caller waiting on this batch has gone (cancelled or failed)."""

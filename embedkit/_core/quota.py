@@ -27,7 +27,11 @@ from typing import Protocol, runtime_checkable
 from .._usage import Answer
 from .flow import Clock, Cooldown, LearnedRate, Sleep, TokenBucket
 
-__all__ = ["LocalQuota", "Quota", "ServerBudget"]
+__all__ = ["REFUSAL_SHARE", "LocalQuota", "Quota", "ServerBudget"]
+
+#: The share of a TPM named only in a 429's text (no `x-ratelimit-remaining-*` to keep in
+#: step with) that is paced: just under it, so estimates a little low do not drain it.
+REFUSAL_SHARE = 0.97
 
 
 @runtime_checkable
@@ -111,11 +115,15 @@ class ServerBudget:
         self._sleep = sleep
 
     def observe(
-        self, limit: float | None, remaining: float | None, reset: float | None
+        self,
+        limit: float | None,
+        remaining: float | None,
+        reset: float | None,
+        share: float = 1.0,
     ) -> float | None:
-        """Take in one answer's figures; the pause to start, if any."""
+        """Take in one answer's figures (pace at `share` of the limit); the pause to start."""
         bucket = self.bucket
-        rate = limit / 60.0 if limit else (bucket.rate if bucket is not None else None)
+        rate = limit / 60.0 * share if limit else (bucket.rate if bucket is not None else None)
         if rate is None:
             if remaining is not None and remaining < 1:
                 return reset if reset else 1.0
@@ -207,18 +215,27 @@ class LocalQuota:
 
     def on_answer(self, answer: Answer) -> None:
         """Follow the server's rate-limit headers; learn the tokens a success cost."""
+        if answer.status >= 400 and answer.estimated:
+            # refused: the server charged nothing, and a retry (or the parts of a split)
+            # takes its own tokens again; what the server says next (below) still caps it
+            for bucket in self._token_buckets():
+                bucket.adjust(answer.estimated)
         limits = answer.limits
         if (
             limits is not None
             and answer.status == 429
             and limits.limit_tokens is not None
             and limits.remaining_tokens is None
-        ):  # a token 429 that names its TPM (OpenAI's text): nothing is left right now
+        ):  # a token 429 that names its TPM (OpenAI's text): nothing is left right now,
+            # and with no `remaining` to follow later, pace a little under it
             limits = dataclasses.replace(limits, remaining_tokens=0.0)
+            share = REFUSAL_SHARE
+        else:
+            share = 1.0
         if limits is not None and self._read_headers:
             pauses = (
                 self.server_tokens.observe(
-                    limits.limit_tokens, limits.remaining_tokens, limits.reset_tokens
+                    limits.limit_tokens, limits.remaining_tokens, limits.reset_tokens, share
                 ),
                 self.server_requests.observe(
                     limits.limit_requests, limits.remaining_requests, limits.reset_requests
@@ -227,10 +244,15 @@ class LocalQuota:
             for pause in pauses:
                 if pause:
                     self.cooldown.extend(pause)
+        if answer.status < 400 and answer.tokens is not None and answer.estimated:
+            # what the request really cost, against what was taken for it: correct every
+            # token bucket, so estimates that run a little low do not drain the server's
+            for bucket in self._token_buckets():
+                bucket.adjust(answer.estimated - answer.tokens)
         if answer.status < 400 and self._learn_tokens and answer.spent > 0:
             if self.learned_tokens is None:
                 clock, sleep = self.cooldown.clock, self.cooldown.sleep
-                self.learned_tokens = LearnedRate(clock=clock, sleep=sleep)
+                self.learned_tokens = LearnedRate(clock=clock, sleep=sleep, min_samples=4)
             self.learned_tokens.on_success(float(answer.spent))
 
     def on_success(self) -> None:

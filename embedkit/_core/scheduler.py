@@ -56,7 +56,13 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from .._config import Matrix
-from .._errors import ClientClosedError, EmbedkitError, RateLimitError, ResponseError
+from .._errors import (
+    ClientClosedError,
+    EmbedkitError,
+    RateLimitError,
+    ResponseError,
+    TokenLimitError,
+)
 from .._usage import Answer
 from .batching import Batching
 from .failures import Failures
@@ -138,6 +144,7 @@ class Scheduler(Batching, Failures):
         self._closed = False
         self._queued = 0  # texts in the queue not yet put in a batch
         self._sending = 0  # requests out now
+        self._probes = 0  # requests out bigger (in tokens) than any accepted yet
         self._tg: TaskGroup | None = None
         self._drivers: set[anyio.CancelScope] = set()  # batches sent from callers' tasks
 
@@ -225,8 +232,11 @@ class Scheduler(Batching, Failures):
                 await self.quota.pace()
                 batch = self._form_batch()
                 if batch is not None:
+                    await self._await_probe(batch)
+                    self._mark_probe(batch)
                     await self.quota.take_inputs(len(batch.texts))
-                    if batch.tokens:
+                    book = self.tokens
+                    if batch.tokens and not (book and book.stale(batch.texts, batch.generation)):
                         await self.quota.take_tokens(batch.tokens)
             except BaseException:
                 self.concurrency.release()
@@ -236,6 +246,37 @@ class Scheduler(Batching, Failures):
                 continue
             self._running.add(batch)
             tg.start_soon(self._run_batch, batch)
+
+    def _probing(self) -> bool:
+        """True while a *probe* is out: a batch bigger (in tokens) than any accepted yet.
+
+        Until it is answered (or a 400 names the server's cap), more batches of that size
+        might all be refused together, so only batches within what is proven go meanwhile.
+        """
+        return self._probes > 0
+
+    def _mark_probe(self, batch: Batch) -> None:
+        """Count `batch` as a probe until its first answer, if it is one."""
+        book = self.tokens
+        if book is not None and book.probe(batch.tokens):
+            batch.probing = True
+            self._probes += 1
+
+    def _end_probe(self, batch: Batch) -> None:
+        if batch.probing:
+            batch.probing = False
+            self._probes -= 1
+            self._wake()
+
+    async def _await_probe(self, batch: Batch) -> None:
+        """Hold a batch bigger than what is proven while a probe is out."""
+        book = self.tokens
+        while book is not None and self._probes > 0 and book.probe(batch.tokens):
+            self._wakeup = wakeup = self._new_event()
+            try:
+                await wakeup.wait()
+            finally:
+                self._wakeup = None
 
     async def _hold(self) -> None:
         """Wait while the batching policy says a sub-full batch should not leave yet."""
@@ -298,12 +339,18 @@ class Scheduler(Batching, Failures):
     async def _send_eagerly(self) -> None:
         """Send a full batch from the caller's task, if a slot is free and nothing paces us."""
         tg = self._tg
-        if tg is None or not self.quota.idle() or not self.concurrency.try_acquire():
+        if (
+            tg is None
+            or not self.quota.idle()
+            or self._probing()
+            or not self.concurrency.try_acquire()
+        ):
             return
         batch = self._form_batch()
         if batch is None:
             self.concurrency.release()
             return
+        self._mark_probe(batch)
         self._running.add(batch)
         slot = Slot(self.concurrency)
         scope = anyio.CancelScope()  # close() cancels it: the request runs in a caller's task
@@ -322,6 +369,7 @@ class Scheduler(Batching, Failures):
             return
         finally:
             self._drivers.discard(scope)
+            self._end_probe(batch)
         self._running.discard(batch)
         if scope.cancelled_caught:  # closed, and close() failed the batch
             slot.release()
@@ -375,6 +423,7 @@ class Scheduler(Batching, Failures):
                 self._deliver(batch, matrix)
         finally:
             self._running.discard(batch)
+            self._end_probe(batch)
             if current is not None:  # formed, never sent (only if delivering raised)
                 self._running.discard(current)
                 self._fail(current, EmbedkitError("a batch was dropped before it was sent"))
@@ -395,6 +444,7 @@ class Scheduler(Batching, Failures):
             or not slot.held
             or concurrency.in_flight > int(concurrency.limit)
             or not self.quota.idle()
+            or self._probing()
         ):
             return None
         policy = self.policy
@@ -404,26 +454,38 @@ class Scheduler(Batching, Failures):
             return None
         batch = self._form_batch()
         if batch is not None:
+            self._mark_probe(batch)
             self._running.add(batch)
         return batch
 
-    async def _attempts(self, batch: Batch, slot: Slot) -> Matrix:
+    async def _attempts(self, batch: Batch, slot: Slot, paced: bool = True) -> Matrix:
+        """Send `batch` under the retry policy. `paced`: the dispatcher paced its first
+        attempt before forming it (a part of a split batch was not)."""
         texts = batch.texts
         concurrency = self.concurrency
         quota = self.quota
         clock = self.policy.clock
-        paced = True  # the dispatcher paced the first attempt before forming the batch
 
         async def attempt() -> Matrix:
             nonlocal paced
             await slot.acquire()  # a retry waits for a slot under the (maybe lowered) limit
             await quota.wait()
+            book = self.tokens
+            if book is not None and book.stale(texts, batch.generation):
+                # formed (or refused for its rate) before a server named a smaller cap: cut
+                # it now rather than send what would be refused for its size
+                self._end_probe(batch)
+                raise TokenLimitError(
+                    0, "this batch is over the token budget the server named", scope="request"
+                )
             if not paced:
                 await quota.pace()  # retries count against the rate too
-                if batch.tokens:
+                if book is not None:  # counted again: the ratio may have been corrected
+                    batch.tokens = sum(book.count(t) for t in texts)
                     await quota.take_tokens(batch.tokens)
             paced = False
             if batch.abandoned():
+                self._end_probe(batch)
                 raise Abandoned
             ticket = concurrency.ticket()
             self._requests += 1
@@ -441,6 +503,7 @@ class Scheduler(Batching, Failures):
                 raise
             finally:
                 self._sending -= 1
+                self._end_probe(batch)  # answered (or refused): the next batches may go
                 self._wake()
             if matrix.shape[0] != len(texts):
                 raise ResponseError(f"sent {len(texts)} texts, got {matrix.shape[0]} rows")
@@ -449,6 +512,8 @@ class Scheduler(Batching, Failures):
             self.policy.observe(len(texts), seconds, out)
             concurrency.on_success()
             quota.on_success()
+            if book is not None and batch.tokens > book.proven:
+                book.proven = batch.tokens
             return matrix
 
         if self.retry is None:
@@ -461,12 +526,12 @@ class Scheduler(Batching, Failures):
         book = self.tokens
         if book is None:
             return
-        if answer.status < 400:
-            if answer.tokens is not None:
-                book.observe(answer.chars, answer.tokens)
-                if answer.endpoint:
-                    self._tokens_by_endpoint[answer.endpoint] += answer.tokens
-            answer = dataclasses.replace(answer, estimated=book.estimate(answer.chars))
+        # what was taken for it (at the ratio before this answer teaches a new one)
+        answer = dataclasses.replace(answer, estimated=book.estimate(answer.chars))
+        if answer.status < 400 and answer.tokens is not None:
+            book.observe(answer.chars, answer.tokens)
+            if answer.endpoint:
+                self._tokens_by_endpoint[answer.endpoint] += answer.tokens
         self.quota.on_answer(answer)
 
     # ------------------------------------------------------------------- lifecycle

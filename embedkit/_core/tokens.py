@@ -60,6 +60,8 @@ OVERFLOWS = ("error", "truncate", "chunk_mean")
 ESTIMATE_MARGIN = 0.9
 #: The ratio an embedder starts from (tokens per character) before the server reports any.
 PRIOR_RATIO = 0.25
+#: The characters of evidence the prior ratio is worth.
+PRIOR_CHARS = 2_000.0
 #: Weight of the past in the learned ratio (per report, by characters): a slow average.
 _DECAY = 0.95
 
@@ -161,10 +163,19 @@ class TokenBook:
         self.server_truncates = server_truncates
         self.refuse_blank = refuse_blank
         self.ratio = PRIOR_RATIO
-        self._chars = 0.0
-        self._tokens = 0.0
+        # the prior counts as this many characters of evidence, so one short text (whose
+        # special tokens make it look dear) does not set the ratio; real reports soon
+        # outweigh it
+        self._chars = PRIOR_CHARS
+        self._tokens = PRIOR_CHARS * PRIOR_RATIO
         self.budget: int | None = None
         self.learned = False
+        # the largest batch (in tokens, as counted here) a server has accepted, or the budget
+        # once a server named its cap: a bigger batch is a *probe*, and while one is out the
+        # scheduler sends no other batch bigger than this (see `Scheduler._await_probe`)
+        self.proven = 0
+        self.generation = 0  # +1 each time a server names a limit (batches formed before
+        # it are checked again before they are sent: `stale`)
         self._set_budget()
         # counters for stats()
         self.sent = 0
@@ -216,6 +227,20 @@ class TokenBook:
         if not self.exact and error.requested is not None and counted and error.requested > counted:
             self.ratio *= error.requested / counted  # the estimate was low by that much
         self._set_budget()
+        if error.status_code:  # a server's word (not embedkit's own check)
+            self.generation += 1
+            if error.scope == "request" and error.limit is not None and self.budget:
+                self.proven = max(self.proven, self.budget)  # the server named its cap
+
+    def probe(self, tokens: int) -> bool:
+        """Whether a batch of `tokens` is bigger than any a server has accepted yet."""
+        return self.budget is not None and tokens > self.proven
+
+    def stale(self, texts: list[str], generation: int) -> bool:
+        """Whether a batch formed under an older `generation` is over today's budget."""
+        if generation == self.generation or self.budget is None or len(texts) < 2:
+            return False
+        return sum(self.count(t) for t in texts) > self.budget
 
     # ---------------------------------------------------------- over-long inputs
 
