@@ -20,6 +20,7 @@ from ._config import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_BATCH_SIZE
 from ._config import DEFAULT_MAX_CONCURRENCY as DEFAULT_MAX_CONCURRENCY
 from ._config import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
 from ._config import OPENAI_MAX_BATCH_SIZE as OPENAI_MAX_BATCH_SIZE
+from ._config import OPENAI_MAX_TOKENS_PER_REQUEST as OPENAI_MAX_TOKENS_PER_REQUEST
 from ._config import Connection as Connection
 from ._config import Limits as Limits
 from ._core import DEFAULT_RETRY as DEFAULT_RETRY
@@ -51,6 +52,7 @@ __all__ = [
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUT",
     "OPENAI_MAX_BATCH_SIZE",
+    "OPENAI_MAX_TOKENS_PER_REQUEST",
     "AsyncEmbedder",
     "AuthenticationError",
     "Backend",

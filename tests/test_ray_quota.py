@@ -140,6 +140,48 @@ def test_an_input_rate_is_for_the_fleet_too() -> None:
     assert first[-1] < second[0]
 
 
+def test_a_tokens_per_minute_is_for_the_fleet_too() -> None:
+    clock = FakeClock()
+    # 60,000 tokens a minute: 1,000 a second, a second of it in a burst
+    actor = QuotaActor(tokens_per_minute=60_000.0, clock=clock)
+    assert actor.take_tokens(1_000) == 0.0  # the burst
+    assert actor.take_tokens(500) == pytest.approx(0.5)  # whoever asks next waits its share
+    assert actor.take_tokens(500) == pytest.approx(1.0)
+    clock.now += 1.0
+    assert actor.take_tokens(100) == pytest.approx(0.1)
+    assert QuotaActor(clock=clock).take_tokens(10**9) == 0.0  # no token rate: never waits
+
+
+@pytest.mark.asyncio
+async def test_four_workers_share_one_token_rate() -> None:
+    actor = QuotaActor(tokens_per_minute=600_000.0)  # 10,000 tokens/s for the fleet
+    handle = FakeHandle(actor)
+    handle.take_tokens = _Method(actor.take_tokens)  # type: ignore[attr-defined]
+    quotas = [FleetQuota(handle, tokens=True) for _ in range(4)]
+    taken = 0
+
+    async def send_forever(quota: FleetQuota) -> None:
+        nonlocal taken
+        while True:
+            await quota.take_tokens(500)
+            taken += 500
+
+    started = time.monotonic()
+    with anyio.move_on_after(1.0):
+        async with anyio.create_task_group() as tg:
+            for quota in quotas:
+                tg.start_soon(send_forever, quota)
+    elapsed = time.monotonic() - started
+    # one rate for the four (plus the burst of one second), not four times it
+    assert taken <= 10_000 * elapsed + 10_000 + 4 * 500
+    assert taken >= 10_000 * 0.5
+    # a fleet quota without a token rate does not call the actor for tokens
+    idle = FleetQuota(handle)
+    calls = handle.take_tokens.calls  # type: ignore[attr-defined]
+    await idle.take_tokens(500)
+    assert handle.take_tokens.calls == calls  # type: ignore[attr-defined]
+
+
 # ------------------------------------------------------- four schedulers, one quota
 
 

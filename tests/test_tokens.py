@@ -525,3 +525,18 @@ def test_limits_validate_the_token_fields() -> None:
         AsyncEmbedder(api="tei", url="http://x", on_overflow="drop")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="count_tokens"):
         AsyncEmbedder(api="tei", url="http://x", count_tokens=True)  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_embed_file_states_the_tokens_it_cost(tmp_path: Any) -> None:
+    server = OpenAIServer()
+    texts = [f"line {i} of the corpus" for i in range(50)]
+    source = tmp_path / "c.txt"
+    source.write_text("".join(t + "\n" for t in texts))
+    async with openai(server) as emb:
+        await emb.embed_many(["before the file"])  # tokens spent before are not this run's
+        result = await embedkit.aembed_file(source, tmp_path / "o.npy", embedder=emb)
+    # what the server counted for this run's requests (its probe of the first text included)
+    billed = sum(words(t) for batch in server.batches[1:] for t in batch)
+    assert result.tokens == billed
+    assert billed >= sum(words(t) for t in texts)
