@@ -220,7 +220,24 @@ class HttpxPerText(Client):
         return np.concatenate(await asyncio.gather(*(one(t) for t in texts)))
 
 
-class HttpxBatched(Client):
+class HttpxPeer(Client):
+    """A hand-written peer on one `httpx.AsyncClient` that counts the 429s it saw."""
+
+    rejections = 0
+
+    async def __aenter__(self) -> HttpxPeer:
+        self.client = httpx.AsyncClient(timeout=PEER_TIMEOUT, headers=HEADERS)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.client.aclose()
+
+    @property
+    def rejected(self) -> int:
+        return self.rejections
+
+
+class HttpxBatched(HttpxPeer):
     """The hand-tuned loop: pre-chunked list, a semaphore, one client, rows into one matrix.
 
     With `retry_429`, a 429 is waited out (as long as the server asked) and retried, the way
@@ -247,18 +264,6 @@ class HttpxBatched(Client):
         self.retry_429 = retry_429
         fmt = "" if api == "hf" else f", {encoding}"
         self.name = f"httpx hand-batched loop ({batch} × {concurrency}{fmt})"
-        self.rejections = 0
-
-    async def __aenter__(self) -> HttpxBatched:
-        self.client = httpx.AsyncClient(timeout=PEER_TIMEOUT, headers=HEADERS)
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.client.aclose()
-
-    @property
-    def rejected(self) -> int:
-        return self.rejections
 
     async def run(self, texts: Sequence[str]) -> np.ndarray:
         semaphore = asyncio.Semaphore(self.concurrency)

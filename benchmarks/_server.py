@@ -172,6 +172,10 @@ class App:
     def cost(self, n: int) -> float:
         return self.latency + self.per_text * n
 
+    def answer_headers(self) -> bytes:
+        """Extra header lines of a successful answer (a server built on this one adds some)."""
+        return b""
+
     def parse(self, path: bytes, body: bytes) -> tuple[int, bytes, bytes, int]:
         """(status, content type, body, texts) for a POST, before any waiting."""
         try:
@@ -321,7 +325,7 @@ class Connection(asyncio.Protocol):
         await self.app.serve_slow(n)
         self.app.counters.ok += 1
         self.busy = False
-        self.send(response(200, b"application/json", answer), close)
+        self.send(response(200, b"application/json", answer, self.app.answer_headers()), close)
         if self.buffer:
             self.next_request()
 
@@ -337,11 +341,13 @@ class Connection(asyncio.Protocol):
 _TASKS: set[asyncio.Task[None]] = set()
 
 
-async def main(args: argparse.Namespace) -> None:
-    app = App(args)
+async def main(
+    args: argparse.Namespace, app_class: type[App] = App, connection: type[Connection] = Connection
+) -> None:
+    app = app_class(args)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: Connection(app), args.host, args.port, backlog=4096, reuse_address=True
+        lambda: connection(app), args.host, args.port, backlog=4096, reuse_address=True
     )
     port = server.sockets[0].getsockname()[1]
     print(f"PORT {port}", flush=True)
@@ -349,8 +355,11 @@ async def main(args: argparse.Namespace) -> None:
         await server.serve_forever()
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(
+    argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> argparse.Namespace:
+    """The server's options; a server built on this one passes its parser with its own."""
+    parser = parser or argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--dim", type=int, default=384)

@@ -40,6 +40,8 @@ import time
 import orjson
 
 from ._server import App, Bucket, Connection, response, row_index
+from ._server import main as base_main
+from ._server import parse_args as base_args
 
 _TASKS: set[asyncio.Task[None]] = set()
 #: A size refusal is "late" (not of the first wave, already on the wire) when its request
@@ -109,6 +111,9 @@ class TokenApp(App):
             rate=self.tokens.rate,
         )
         return orjson.dumps(data)
+
+    def answer_headers(self) -> bytes:
+        return self.limit_headers()
 
     def limit_headers(self) -> bytes:
         if not self.headers:
@@ -224,52 +229,22 @@ class TokenConnection(Connection):
             self.send(refusal, close)
             return
         self.busy = True
-        task = asyncio.get_running_loop().create_task(self.slow_with_headers(n, answer, close))
+        task = asyncio.get_running_loop().create_task(self.slow(n, answer, close))
         task.add_done_callback(_TASKS.discard)
         _TASKS.add(task)
-
-    async def slow_with_headers(self, n: int, answer: bytes, close: bool) -> None:
-        if self.app.slots is not None:
-            await self.app.serve_slow(n)
-        self.app.counters.ok += 1
-        self.busy = False
-        extra = self.app.limit_headers()
-        self.send(response(200, b"application/json", answer, extra), close)
-        if self.buffer:
-            self.next_request()
-
-
-async def main(args: argparse.Namespace) -> None:
-    app = TokenApp(args)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: TokenConnection(app), args.host, args.port, backlog=4096, reuse_address=True
-    )
-    port = server.sockets[0].getsockname()[1]
-    print(f"PORT {port}", flush=True)
-    async with server:
-        await server.serve_forever()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--per-text-ms", type=float, default=0.0)
-    parser.add_argument("--slots", type=int, default=0)
-    parser.add_argument("--rate", type=float, default=0.0, help="(unused: --tpm is the quota)")
-    parser.add_argument("--burst", type=float, default=0.0, help="(unused)")
     parser.add_argument("--tpm", type=int, default=1_200_000, help="tokens per minute")
     parser.add_argument("--rpm", type=int, default=60_000, help="requests per minute")
     parser.add_argument("--burst-s", type=float, default=2.0, help="seconds of TPM in a burst")
     parser.add_argument("--request-cap", type=int, default=16_384)
     parser.add_argument("--input-cap", type=int, default=2_048)
     parser.add_argument("--headers", type=int, default=1, help="send x-ratelimit-* (1) or not")
-    return parser.parse_args(argv)
+    return base_args(argv, parser)
 
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main(parse_args()))
+        asyncio.run(base_main(parse_args(), TokenApp, TokenConnection))

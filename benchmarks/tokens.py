@@ -35,9 +35,9 @@ import httpx
 import numpy as np
 import orjson
 
-from ._common import _WORDS, PEER_TIMEOUT, Scenario, at_least, at_most, server
+from ._common import _WORDS, Scenario, at_least, at_most, server
 from ._measure import measure
-from ._peers import HEADERS, Client, EmbedkitMany
+from ._peers import EmbedkitMany, HttpxPeer
 from ._tokenserver import tokens_of
 
 NAME = "tokens"
@@ -92,7 +92,7 @@ def _wait(response: httpx.Response, fallback: float) -> float:
     return float(found.group(1)) if found else fallback
 
 
-class HandTokenLoop(Client):
+class HandTokenLoop(HttpxPeer):
     """Batches of 64, 8 in flight; 429s waited out; a size 400 split in half and retried."""
 
     def __init__(self, url: str, *, batch: int = 64, concurrency: int = 8) -> None:
@@ -100,18 +100,6 @@ class HandTokenLoop(Client):
         self.batch = batch
         self.concurrency = concurrency
         self.name = f"hand loop ({batch} × {concurrency}, 429 waited, size 400 split)"
-        self.rejections = 0
-
-    async def __aenter__(self) -> HandTokenLoop:
-        self.client = httpx.AsyncClient(timeout=PEER_TIMEOUT, headers=HEADERS)
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.client.aclose()
-
-    @property
-    def rejected(self) -> int:
-        return self.rejections
 
     async def _embed(self, texts: list[str]) -> np.ndarray:
         while True:
@@ -139,7 +127,7 @@ class HandTokenLoop(Client):
         return np.concatenate([parts[s] for s in sorted(parts)])
 
 
-class LangChainStyle(Client):
+class LangChainStyle(HttpxPeer):
     """`OpenAIEmbeddings`' count batching: `chunk_size` texts a request, one after another,
     with the OpenAI client's retries (2 more tries, backoff from 0.5 s, Retry-After obeyed)."""
 
@@ -148,18 +136,6 @@ class LangChainStyle(Client):
         self.chunk_size = chunk_size
         self.max_retries = max_retries
         self.name = f"LangChain OpenAIEmbeddings style (chunk_size={chunk_size}, sequential)"
-        self.rejections = 0
-
-    async def __aenter__(self) -> LangChainStyle:
-        self.client = httpx.AsyncClient(timeout=PEER_TIMEOUT, headers=HEADERS)
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.client.aclose()
-
-    @property
-    def rejected(self) -> int:
-        return self.rejections
 
     async def run(self, texts: Sequence[str]) -> np.ndarray:
         out = []

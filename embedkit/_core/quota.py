@@ -249,11 +249,13 @@ class LocalQuota:
             # token bucket, so estimates that run a little low do not drain the server's
             for bucket in self._token_buckets():
                 bucket.adjust(answer.estimated - answer.tokens)
-        if answer.status < 400 and self._learn_tokens and answer.spent > 0:
+        if answer.status < 400 and self._learn_tokens and answer.tokens:
+            # a token pace is learned only from the server's own counts (`usage`): from
+            # estimates alone, the request pace learned from 429s serves better
             if self.learned_tokens is None:
                 clock, sleep = self.cooldown.clock, self.cooldown.sleep
                 self.learned_tokens = LearnedRate(clock=clock, sleep=sleep, min_samples=4)
-            self.learned_tokens.on_success(float(answer.spent))
+            self.learned_tokens.on_success(float(answer.tokens))
 
     def on_success(self) -> None:
         """A request was answered."""
