@@ -40,17 +40,18 @@ Where each step lives: this module holds the `Scheduler` itself (the queue, the 
 and its hold, slots, sending); `jobs.py` what a caller holds and what a batch is (`Job`,
 `Batch`, `Slot`, `Ticket`); `batching.py` forming a batch and handing out its rows (step 3
 and the end of step 4: dedup, the LRU cache); `failures.py` splitting, bisection and errors
-(the end of step 4); `policy.py`, `flow.py` and `quota.py` the decisions of step 2.
+(the end of step 4); `policy.py`, `flow.py` and `quota.py` the decisions of step 2;
+`tokens.py` token counts, budgets and over-long inputs (a batch also closes at a token
+budget, and takes token permits from the quota), and `metering.py` the probes of an
+unconfirmed budget and what answers report (`on_answer`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -63,11 +64,11 @@ from .._errors import (
     ResponseError,
     TokenLimitError,
 )
-from .._usage import Answer
 from .batching import Batching
 from .failures import Failures
 from .flow import AdaptiveConcurrency, Cooldown, TokenBucket
 from .jobs import Abandoned, Batch, Job, Slot, Ticket, Waiters
+from .metering import Metering
 from .policy import BatchPolicy
 from .quota import LocalQuota, Quota
 from .retry import RetryPolicy
@@ -81,7 +82,7 @@ logger = logging.getLogger("embedkit")
 Send = Callable[[list[str]], Awaitable[Matrix]]
 
 
-class Scheduler(Batching, Failures):
+class Scheduler(Batching, Failures, Metering):
     """Coalesces concurrent submissions into batches and runs them under flow control.
 
     Run `scheduler.run` in a task group (it is the dispatcher), then call `submit` from any
@@ -246,37 +247,6 @@ class Scheduler(Batching, Failures):
                 continue
             self._running.add(batch)
             tg.start_soon(self._run_batch, batch)
-
-    def _probing(self) -> bool:
-        """True while a *probe* is out: a batch bigger (in tokens) than any accepted yet.
-
-        Until it is answered (or a 400 names the server's cap), more batches of that size
-        might all be refused together, so only batches within what is proven go meanwhile.
-        """
-        return self._probes > 0
-
-    def _mark_probe(self, batch: Batch) -> None:
-        """Count `batch` as a probe until its first answer, if it is one."""
-        book = self.tokens
-        if book is not None and book.probe(batch.tokens):
-            batch.probing = True
-            self._probes += 1
-
-    def _end_probe(self, batch: Batch) -> None:
-        if batch.probing:
-            batch.probing = False
-            self._probes -= 1
-            self._wake()
-
-    async def _await_probe(self, batch: Batch) -> None:
-        """Hold a batch bigger than what is proven while a probe is out."""
-        book = self.tokens
-        while book is not None and self._probes > 0 and book.probe(batch.tokens):
-            self._wakeup = wakeup = self._new_event()
-            try:
-                await wakeup.wait()
-            finally:
-                self._wakeup = None
 
     async def _hold(self) -> None:
         """Wait while the batching policy says a sub-full batch should not leave yet."""
@@ -520,20 +490,6 @@ class Scheduler(Batching, Failures):
             return await attempt()
         return await self.retry.call(attempt, on_retry=self._on_retry)
 
-    def on_answer(self, answer: Answer) -> None:
-        """What a backend reports of an answer (see `embedkit._usage`): learn the tokens a
-        character costs, count them (per endpoint), and tell the quota."""
-        book = self.tokens
-        if book is None:
-            return
-        # what was taken for it (at the ratio before this answer teaches a new one)
-        answer = dataclasses.replace(answer, estimated=book.estimate(answer.chars))
-        if answer.status < 400 and answer.tokens is not None:
-            book.observe(answer.chars, answer.tokens)
-            if answer.endpoint:
-                self._tokens_by_endpoint[answer.endpoint] += answer.tokens
-        self.quota.on_answer(answer)
-
     # ------------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
@@ -584,20 +540,3 @@ class Scheduler(Batching, Failures):
             latency_p99=pct(0.99),
             **self._token_stats(),
         )
-
-    def _token_stats(self) -> dict[str, Any]:
-        book = self.tokens
-        if book is None:
-            return {}
-        pace = getattr(self.quota, "token_pace", None)
-        return {
-            "tokens_sent": book.sent,
-            "tokens_reported": book.reported,
-            "tokens_by_endpoint": dict(self._tokens_by_endpoint),
-            "tokens_per_char": book.ratio if not book.exact else None,
-            "max_batch_tokens": book.budget,
-            "max_input_tokens": book.max_per_input,
-            "token_rate": pace if isinstance(pace, float) else None,
-            "truncated": book.truncated,
-            "chunked": book.chunked,
-        }

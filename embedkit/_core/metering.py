@@ -1,0 +1,105 @@
+"""The scheduler's side of tokens: probes, what answers report, and the token figures.
+
+* A *probe* is a batch bigger (in tokens) than any a server has accepted yet. While one is
+  out, no other batch bigger than what is proven leaves (`_await_probe`): if the server's
+  cap is smaller than the budget, one request is refused, not one per slot.
+* `on_answer` is the callback the HTTP backend reports every answer to (see
+  `embedkit._usage`): it teaches the `TokenBook` the tokens a character costs, counts them
+  per endpoint, and hands the answer to the quota (header pacing, usage corrections).
+* `_token_stats` adds the token figures to `SchedulerStats`.
+
+`Metering` is a mixin of `Scheduler` (the state is the scheduler's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .._usage import Answer
+from .jobs import Batch
+from .quota import Quota
+from .tokens import TokenBook
+
+__all__ = ["Metering"]
+
+
+class Metering:
+    """Probes, answers and token figures (a mixin: the state is `Scheduler`'s)."""
+
+    tokens: TokenBook | None
+    quota: Quota
+    _probes: int
+    _tokens_by_endpoint: Counter[str]
+    _wakeup: anyio.Event | None
+    _new_event: Callable[[], anyio.Event]
+
+    if TYPE_CHECKING:
+
+        def _wake(self) -> None: ...
+
+    def _probing(self) -> bool:
+        """True while a *probe* is out: a batch bigger (in tokens) than any accepted yet.
+
+        Until it is answered (or a 400 names the server's cap), more batches of that size
+        might all be refused together, so only batches within what is proven go meanwhile.
+        """
+        return self._probes > 0
+
+    def _mark_probe(self, batch: Batch) -> None:
+        """Count `batch` as a probe until its first answer, if it is one."""
+        book = self.tokens
+        if book is not None and book.probe(batch.tokens):
+            batch.probing = True
+            self._probes += 1
+
+    def _end_probe(self, batch: Batch) -> None:
+        if batch.probing:
+            batch.probing = False
+            self._probes -= 1
+            self._wake()
+
+    async def _await_probe(self, batch: Batch) -> None:
+        """Hold a batch bigger than what is proven while a probe is out."""
+        book = self.tokens
+        while book is not None and self._probes > 0 and book.probe(batch.tokens):
+            self._wakeup = wakeup = self._new_event()
+            try:
+                await wakeup.wait()
+            finally:
+                self._wakeup = None
+
+    def on_answer(self, answer: Answer) -> None:
+        """What a backend reports of an answer (see `embedkit._usage`): learn the tokens a
+        character costs, count them (per endpoint), and tell the quota."""
+        book = self.tokens
+        if book is None:
+            return
+        # what was taken for it (at the ratio before this answer teaches a new one)
+        answer = dataclasses.replace(answer, estimated=book.estimate(answer.chars))
+        if answer.status < 400 and answer.tokens is not None:
+            book.observe(answer.chars, answer.tokens)
+            if answer.endpoint:
+                self._tokens_by_endpoint[answer.endpoint] += answer.tokens
+        self.quota.on_answer(answer)
+
+    def _token_stats(self) -> dict[str, Any]:
+        book = self.tokens
+        if book is None:
+            return {}
+        pace = getattr(self.quota, "token_pace", None)
+        return {
+            "tokens_sent": book.sent,
+            "tokens_reported": book.reported,
+            "tokens_by_endpoint": dict(self._tokens_by_endpoint),
+            "tokens_per_char": book.ratio if not book.exact else None,
+            "max_batch_tokens": book.budget,
+            "max_input_tokens": book.max_per_input,
+            "token_rate": pace if isinstance(pace, float) else None,
+            "truncated": book.truncated,
+            "chunked": book.chunked,
+        }
