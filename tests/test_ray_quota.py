@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import pickle
 import time
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import anyio
@@ -140,6 +140,26 @@ def test_an_input_rate_is_for_the_fleet_too() -> None:
     assert first[-1] < second[0]
 
 
+async def _for_a_second(
+    quotas: list[FleetQuota], one: Callable[[FleetQuota], Awaitable[int]]
+) -> tuple[int, float]:
+    """Every quota's worker calls `one` in a loop for a second: (what they took, seconds)."""
+    taken = 0
+
+    async def forever(quota: FleetQuota) -> None:
+        nonlocal taken
+        while True:
+            got = await one(quota)  # (not `taken += await ...`: that reads `taken` first)
+            taken += got
+
+    started = time.monotonic()
+    with anyio.move_on_after(1.0):
+        async with anyio.create_task_group() as tg:
+            for quota in quotas:
+                tg.start_soon(forever, quota)
+    return taken, time.monotonic() - started
+
+
 def test_a_tokens_per_minute_is_for_the_fleet_too() -> None:
     clock = FakeClock()
     # 60,000 tokens a minute: 1,000 a second, a second of it in a burst
@@ -158,20 +178,12 @@ async def test_four_workers_share_one_token_rate() -> None:
     handle = FakeHandle(actor)
     handle.take_tokens = _Method(actor.take_tokens)  # type: ignore[attr-defined]
     quotas = [FleetQuota(handle, tokens=True) for _ in range(4)]
-    taken = 0
 
-    async def send_forever(quota: FleetQuota) -> None:
-        nonlocal taken
-        while True:
-            await quota.take_tokens(500)
-            taken += 500
+    async def one(quota: FleetQuota) -> int:
+        await quota.take_tokens(500)
+        return 500
 
-    started = time.monotonic()
-    with anyio.move_on_after(1.0):
-        async with anyio.create_task_group() as tg:
-            for quota in quotas:
-                tg.start_soon(send_forever, quota)
-    elapsed = time.monotonic() - started
+    taken, elapsed = await _for_a_second(quotas, one)
     # one rate for the four (plus the burst of one second), not four times it
     assert taken <= 10_000 * elapsed + 10_000 + 4 * 500
     assert taken >= 10_000 * 0.5
@@ -189,21 +201,13 @@ async def test_four_workers_share_one_token_rate() -> None:
 async def test_four_workers_share_one_rate_and_lease_permits_in_blocks() -> None:
     handle = FakeHandle(QuotaActor(requests_per_second=200.0))
     quotas = [FleetQuota(handle) for _ in range(4)]
-    taken = 0
 
-    async def send_forever(quota: FleetQuota) -> None:
-        nonlocal taken
-        while True:
-            await quota.wait()
-            await quota.pace()
-            taken += 1
+    async def one(quota: FleetQuota) -> int:
+        await quota.wait()
+        await quota.pace()
+        return 1
 
-    started = time.monotonic()
-    with anyio.move_on_after(1.0):
-        async with anyio.create_task_group() as tg:
-            for quota in quotas:
-                tg.start_soon(send_forever, quota)
-    elapsed = time.monotonic() - started
+    taken, elapsed = await _for_a_second(quotas, one)
     # one rate for the four (plus the bucket's burst of 20), not four times it
     assert taken <= 200 * elapsed + 20 + 1
     assert taken >= 200 * 0.5
