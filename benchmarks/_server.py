@@ -199,6 +199,10 @@ class App:
                 b"[" + b",".join(self.json_rows[k] for k in rows) + b"]",
                 n,
             )
+        return 200, b"application/json", self.openai_body(payload, rows, n), n
+
+    def openai_body(self, payload: dict[str, object], rows: list[int], tokens: int) -> bytes:
+        """An OpenAI-style answer with canned rows `rows`, reporting `tokens` in `usage`."""
         if payload.get("encoding_format") == "base64":
             cells = [b'"' + self.b64_rows[k] + b'"' for k in rows]
         else:
@@ -207,9 +211,8 @@ class App:
             b'{"object":"embedding","index":%d,"embedding":%s}' % (i, cell)
             for i, cell in enumerate(cells)
         )
-        usage = b'"usage":{"prompt_tokens":%d,"total_tokens":%d}' % (n, n)
-        body = b'{"object":"list","data":[' + data + b'],"model":"bench",' + usage + b"}"
-        return 200, b"application/json", body, n
+        usage = b'"usage":{"prompt_tokens":%d,"total_tokens":%d}' % (tokens, tokens)
+        return b'{"object":"list","data":[' + data + b'],"model":"bench",' + usage + b"}"
 
     async def serve_slow(self, n: int) -> None:
         """Hold a slot for the cost of a batch of n texts (FIFO queue when all are busy)."""

@@ -191,17 +191,7 @@ class TokenApp(App):
         self.counters.texts += n
         self.counters.max_batch = max(self.counters.max_batch, n)
         rows = [row_index(t) for t in inputs]
-        if payload.get("encoding_format") == "base64":
-            cells = [b'"' + self.b64_rows[k] + b'"' for k in rows]
-        else:
-            cells = [self.json_rows[k] for k in rows]
-        data = b",".join(
-            b'{"object":"embedding","index":%d,"embedding":%s}' % (i, cell)
-            for i, cell in enumerate(cells)
-        )
-        usage = b'"usage":{"prompt_tokens":%d,"total_tokens":%d}' % (total, total)
-        answer = b'{"object":"list","data":[' + data + b'],"model":"bench",' + usage + b"}"
-        return None, n, answer
+        return None, n, self.openai_body(payload, rows, total)
 
 
 class TokenConnection(Connection):

@@ -64,6 +64,7 @@ class Batching:
         token_budget = -1
         exact = False
         ratio = 0.0
+        ceil = math.ceil
         if book is not None:
             counts = []
             token_budget = book.budget if book.budget is not None else -1
@@ -101,7 +102,7 @@ class Batching:
                         break
                 if counts is not None:
                     assert book is not None
-                    t = book.count(text) if exact else math.ceil(len(text) * ratio)
+                    t = book.count(text) if exact else ceil(len(text) * ratio)
                     tokens += t
                     if 0 <= token_budget < tokens and texts:
                         break
