@@ -15,6 +15,10 @@ from ._bulk import FileProgress as FileProgress
 from ._bulk import FileResult as FileResult
 from ._bulk import aembed_file as aembed_file
 from ._bulk import embed_file as embed_file
+from ._cache import EmbeddingCache as EmbeddingCache
+from ._cache import RedisCache as RedisCache
+from ._cache import RedisQuota as RedisQuota
+from ._cache import SQLiteCache as SQLiteCache
 from ._client import AsyncEmbedder as AsyncEmbedder
 from ._config import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_BATCH_SIZE
 from ._config import DEFAULT_MAX_CONCURRENCY as DEFAULT_MAX_CONCURRENCY
@@ -61,6 +65,7 @@ __all__ = [
     "CorpusError",
     "Embedder",
     "EmbedderOptions",
+    "EmbeddingCache",
     "EmbedkitError",
     "Endpoint",
     "EndpointStats",
@@ -71,8 +76,11 @@ __all__ = [
     "ModelLoadingError",
     "ModelNotFoundError",
     "RateLimitError",
+    "RedisCache",
+    "RedisQuota",
     "ResponseError",
     "RetryPolicy",
+    "SQLiteCache",
     "SchedulerStats",
     "ServerError",
     "StatusError",

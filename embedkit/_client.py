@@ -21,6 +21,7 @@ import numpy as np
 from typing_extensions import Unpack
 
 from ._backends import Backend, BackendInfo, Options, URLs, build_backend, endpoints_of
+from ._cache import CachingScheduler, EmbeddingCache, KeyMaker
 from ._config import Api, Connection, Limits, Matrix, Pooling
 from ._core import (
     DEFAULT_RETRY,
@@ -76,6 +77,10 @@ class AsyncEmbedder:
         quota: a quota shared with other embedders (a Ray fleet's `FleetQuota`, or your own
             `Quota`); None: this embedder's own limits.
         cache_size: keep an LRU cache of this many recent vectors (0: none).
+        cache: a persistent cache shared by processes (`embedkit.SQLiteCache(path)`,
+            `embedkit.RedisCache(url)`, or your own `EmbeddingCache`): texts found there are
+            answered without a request; a store that is down or slow is skipped, never an
+            error (see the "many processes" guide); None: no persistent cache.
         backend: a ready `Backend` object (overrides api/url); the seam for custom backends.
 
     The flat keywords that `limits=` and `connection=` replaced (`max_batch_size=`,
@@ -102,6 +107,7 @@ class AsyncEmbedder:
         retry: RetryPolicy | None = DEFAULT_RETRY,
         quota: Quota | None = None,
         cache_size: int = 0,
+        cache: EmbeddingCache | None = None,
         backend: Backend | None = None,
         **deprecated: Unpack[LegacyOptions],
     ) -> None:
@@ -122,6 +128,13 @@ class AsyncEmbedder:
         self.max_batch_size = limits.batch_size_for(api)
         self._retry = retry
         self._cache_size = cache_size
+        if cache is not None and not isinstance(cache, EmbeddingCache):
+            raise TypeError(
+                "cache must be an EmbeddingCache (embedkit.SQLiteCache, embedkit.RedisCache, "
+                f"or an object with get_many, set_many and timeout), not {type(cache).__name__}"
+            )
+        self._cache = cache
+        self._custom_backend = type(backend).__qualname__ if backend is not None else None
         self._options = Options(
             normalize=normalize,
             prompt_name=prompt_name,
@@ -150,7 +163,9 @@ class AsyncEmbedder:
         self.info = BackendInfo()
 
     def identity(self) -> dict[str, Any]:
-        """What decides the vectors this embedder gives (`embed_file`'s resume fingerprint).
+        """What decides the vectors this embedder gives: `embed_file`'s resume fingerprint and
+        the persistent cache's key (every field here is part of it; see the "many processes"
+        guide).
 
         The URL may carry credentials, so only a hash of it is kept.
         """
@@ -168,6 +183,11 @@ class AsyncEmbedder:
             "prompt_name": options.prompt_name,
             "dimensions": options.dimensions,
             "truncate": options.truncate,
+            "truncation_direction": options.truncation_direction,
+            "pooling": options.pooling,
+            "encoding_format": self.connection.encoding_format if self.api == "openai" else None,
+            "dtype": "float32",
+            "backend": self._custom_backend,
         }
 
     def describe(self) -> str:
@@ -203,8 +223,12 @@ class AsyncEmbedder:
             rps, ips = limits.requests_per_second, limits.inputs_per_second
             retry = self._retry
             cooldown = Cooldown(sleep=retry.sleep) if retry is not None else Cooldown()
-            scheduler = Scheduler(
+            cached: dict[str, Any] = {}
+            if self._cache is not None:
+                cached = {"store": self._cache, "keys": KeyMaker(self.identity())}
+            scheduler = (CachingScheduler if cached else Scheduler)(
                 self._backend.embed_batch,
+                **cached,
                 max_batch_size=max_batch,
                 max_batch_chars=limits.max_batch_chars,
                 concurrency=AdaptiveConcurrency(max_conc, adaptive=limits.adaptive_concurrency),
@@ -221,6 +245,8 @@ class AsyncEmbedder:
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             stack.callback(scheduler.close)
+            if isinstance(scheduler, CachingScheduler):  # before close: write what is queued
+                stack.push_async_callback(scheduler.flush)
             await tg.start(scheduler.run)
             await tg.start(self._backend.run)  # e.g. the balancer's probes of ejected replicas
         except BaseException:

@@ -48,6 +48,7 @@ from typing_extensions import Self
 
 from ._auth import resolve_token
 from ._backends import Backend
+from ._cache import EmbeddingCache
 from ._client import AsyncEmbedder
 from ._config import CONNECTION_FIELDS, LIMITS_FIELDS, Connection, Limits, Matrix
 from ._core import DEFAULT_RETRY, Quota, RetryPolicy, SchedulerStats
@@ -317,9 +318,9 @@ class EmbedkitModel(BaseModel):
     The base of the LangChain and LlamaIndex classes. `token` is a `SecretStr`, filled from
     the environment as `AsyncEmbedder` does (`HF_TOKEN` or the huggingface CLI's token file
     for hf/tei, `OPENAI_API_KEY` for openai) and never shown. The token and the objects that
-    only make sense in this process (`retry`, `connection`, `quota`, `backend`) are left out
-    of serialized forms (`model_dump`, LlamaIndex's
-    `to_json`). The flat keywords that `limits=` and `connection=` replaced still work, with
+    only make sense in this process (`retry`, `connection`, `quota`, `cache`, `backend`) are
+    left out of serialized forms (`model_dump`, LlamaIndex's `to_json`). The flat keywords
+    that `limits=` and `connection=` replaced still work, with
     a `DeprecationWarning`.
     """
 
@@ -358,6 +359,7 @@ class EmbedkitModel(BaseModel):
     retry: RetryPolicy | None = Field(default=DEFAULT_RETRY, exclude=True)
     quota: Quota | None = Field(default=None, exclude=True)
     cache_size: int = 0
+    cache: EmbeddingCache | None = Field(default=None, exclude=True)
     backend: Backend | None = Field(default=None, exclude=True)
 
     _shared: SharedEmbedder = PrivateAttr()

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypedDict
 import httpx
 
 from ._backends import Backend, URLs
+from ._cache import EmbeddingCache
 from ._config import (
     CONNECTION_FIELDS,
     LIMITS_FIELDS,
@@ -52,6 +53,7 @@ class EmbedderOptions(TypedDict, total=False):
     retry: RetryPolicy | None
     quota: Quota | None
     cache_size: int
+    cache: EmbeddingCache | None
     backend: Backend | None
 
 

@@ -7,7 +7,7 @@ Nothing here imports httpx, a protocol or a backend: the scheduler sends through
 from __future__ import annotations
 
 from .flow import AdaptiveConcurrency, Clock, Cooldown, LearnedRate, Sleep, TokenBucket
-from .jobs import Ticket
+from .jobs import Job, Ticket
 from .policy import BatchPolicy
 from .quota import LocalQuota, Quota
 from .retry import DEFAULT_RETRY, RetryPolicy, describe
@@ -21,6 +21,7 @@ __all__ = [
     "Clock",
     "Cooldown",
     "EndpointStats",
+    "Job",
     "LearnedRate",
     "LocalQuota",
     "Quota",

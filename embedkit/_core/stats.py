@@ -77,6 +77,10 @@ class SchedulerStats:
         latency_p90: 90th percentile.
         latency_p99: 99th percentile.
         endpoints: with several URLs, each replica's figures (see the "many replicas" guide).
+        store_hits: texts answered from the persistent cache (`cache=`), never sent.
+        store_misses: texts looked up there and not found (or not looked up: store down).
+        store_errors: lookups and writes that failed or timed out; those calls went to the
+            server (see the "many processes" guide).
     """
 
     requests: int
@@ -101,3 +105,6 @@ class SchedulerStats:
     latency_p90: float | None
     latency_p99: float | None
     endpoints: tuple[EndpointStats, ...] = ()
+    store_hits: int = 0
+    store_misses: int = 0
+    store_errors: int = 0
