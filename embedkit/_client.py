@@ -212,6 +212,11 @@ class AsyncEmbedder:
         await stack.__aenter__()
         try:
             stack.push_async_callback(self._backend.aclose)
+            for shared in (self._cache, self._quota):  # Redis ones close their connections
+                attach = getattr(shared, "attach", None)
+                if attach is not None:
+                    attach()
+                    stack.push_async_callback(shared.detach)  # type: ignore[union-attr]
             info = await self._backend.start()
             self.info = info
             max_batch = self.max_batch_size

@@ -150,6 +150,15 @@ class RedisQuota:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]
 
+    def attach(self) -> None:
+        """Called by an embedder as it opens (its connections are closed by `detach`)."""
+        self._clients.attach()
+
+    async def detach(self) -> None:
+        """Called by an embedder as it closes: the last one on a loop closes its connections."""
+        self._script = self._script_client = None
+        await self._clients.detach()
+
     # ------------------------------------------------------------------ Redis
 
     async def _call(self, requests: int, inputs: int, tokens: int) -> list[Any]:

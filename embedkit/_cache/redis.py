@@ -40,6 +40,25 @@ class RedisClients:
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
+        self._holders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def attach(self) -> None:
+        """An embedder on the running loop starts using these clients."""
+        loop = asyncio.get_running_loop()
+        self._holders[loop] = self._holders.get(loop, 0) + 1
+
+    async def detach(self) -> None:
+        """An embedder stops; the last one on this loop closes the loop's connections."""
+        loop = asyncio.get_running_loop()
+        held = self._holders.get(loop, 1) - 1
+        self._holders[loop] = held
+        if held <= 0:
+            self._holders.pop(loop, None)
+            client = self._clients.pop(loop, None)
+            if client is not None:
+                await client.aclose()
 
     def get(self) -> Any:
         """The client of the running loop (made on first use)."""
@@ -130,8 +149,10 @@ class RedisCache:
                 pipe.set(prefix + k, v, px=ttl_ms)
             await pipe.execute()
 
-    async def aclose(self) -> None:
-        """Close the running loop's connections."""
-        client = self._clients._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+    def attach(self) -> None:
+        """Called by an embedder as it opens (its connections are closed by `detach`)."""
+        self._clients.attach()
+
+    async def detach(self) -> None:
+        """Called by an embedder as it closes: the last one on a loop closes its connections."""
+        await self._clients.detach()
