@@ -37,6 +37,7 @@ from . import (
     ratelimit,
     rayfleet,
     replicas,
+    shared,
 )
 from ._common import (
     NEIGHBOURS,
@@ -58,6 +59,7 @@ SCENARIOS = {
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS[frameworks.NAME] = frameworks
 SCENARIOS[rayfleet.NAME] = rayfleet
+SCENARIOS[shared.NAME] = shared
 
 
 @dataclasses.dataclass
