@@ -98,12 +98,11 @@ class _EmbedBatches:
     async def _hold(self, opened: asyncio.Future[AsyncEmbedder]) -> None:
         token = self._token.reveal() if self._token is not None else None
         try:
-            quota = (
-                FleetQuota(self._quota_actor, inputs=self._inputs_quota)
-                if self._quota_actor is not None
-                else None
-            )
-            embedder = AsyncEmbedder(token=token, quota=quota, **self._options)
+            options = dict(self._options)
+            quota = options.pop("quota", None)  # a quota of your own (RedisQuota), or
+            if self._quota_actor is not None:  # the fleet's
+                quota = FleetQuota(self._quota_actor, inputs=self._inputs_quota)
+            embedder = AsyncEmbedder(token=token, quota=quota, **options)
             async with embedder:
                 opened.set_result(embedder)
                 await asyncio.Event().wait()  # until the actor ends
