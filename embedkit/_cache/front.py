@@ -63,6 +63,7 @@ class CachingScheduler(Scheduler):
         keys = self.keys.keys(texts)
         values = await self.guard.get(keys)
         if values is None:
+            self.guard.misses += len(texts)
             return keys, [None] * len(texts)
         want = self.dimension
         rows: list[Matrix | None] = []

@@ -31,6 +31,8 @@ logger = logging.getLogger("embedkit")
 
 #: After a store error, skip the store for this long (calls go to the server meanwhile).
 RETRY_SECONDS = 1.0
+#: Lookups out at once; the keys of others wait and share the next one.
+LOOKUPS_IN_FLIGHT = 2
 #: Vectors written by one `set_many` at most.
 WRITE_CHUNK = 2048
 
@@ -67,6 +69,17 @@ def decode(value: bytes) -> Matrix | None:
     return np.frombuffer(value, dtype="<f4").astype(np.float32)
 
 
+class _Lookup:
+    """Keys of concurrent lookups sent in one `get_many`, and its answer."""
+
+    __slots__ = ("done", "keys", "values")
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.values: list[bytes | None] | None = None
+        self.done = anyio.Event()
+
+
 class Guard:
     """The scheduler's side of a store: deadlines, error counts, a write queue."""
 
@@ -81,6 +94,8 @@ class Guard:
         self._wake: anyio.Event | None = None
         self._idle: anyio.Event | None = None
         self._closing = False
+        self._open: _Lookup | None = None  # the lookup new keys join
+        self._lookups = anyio.CapacityLimiter(LOOKUPS_IN_FLIGHT)
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self.errors += 1
@@ -93,9 +108,38 @@ class Guard:
         return time.monotonic() >= self._skip_until
 
     async def get(self, keys: list[str]) -> list[bytes | None] | None:
-        """The stored values (None each where missing), or None when the store failed."""
+        """The stored values (None each where missing), or None when the store failed.
+
+        Concurrent lookups share calls to the store: while `LOOKUPS_IN_FLIGHT` are out,
+        the keys of new ones pile up into one `get_many` (a web app's hundred concurrent
+        `embed` calls cost a few round trips, not a hundred).
+        """
         if not self.available():
-            self.misses += len(keys)
+            return None
+        batch = self._open
+        leader = batch is None
+        if batch is None:
+            batch = self._open = _Lookup()
+        start = len(batch.keys)
+        batch.keys.extend(keys)
+        if leader:
+            try:
+                async with self._lookups:
+                    if self._open is batch:
+                        self._open = None  # later arrivals start the next lookup
+                    batch.values = await self._fetch(batch.keys)
+            finally:
+                if self._open is batch:
+                    self._open = None
+                batch.done.set()
+        else:
+            await batch.done.wait()
+        if batch.values is None:
+            return None
+        return batch.values[start : start + len(keys)]
+
+    async def _fetch(self, keys: list[str]) -> list[bytes | None] | None:
+        if not self.available():
             return None
         try:
             with anyio.fail_after(self.store.timeout):
@@ -103,7 +147,6 @@ class Guard:
             if len(values) != len(keys):
                 raise ValueError(f"get_many returned {len(values)} values for {len(keys)} keys")
         except Exception as exc:
-            self.misses += len(keys)
             self._failed("lookup", exc)
             return None
         return values
