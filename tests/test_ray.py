@@ -35,7 +35,7 @@ from embedkit import Limits
 
 from .fakes import vectors_for
 from .hashserver import HashServer
-from .servers import stop
+from .servers import rate_limited_server
 
 pytestmark = [
     pytest.mark.integration,
@@ -212,23 +212,8 @@ def test_a_bad_row_stops_the_job_and_names_the_row(cluster: Path) -> None:
 # ---------------------------------------------------------------------- shared quota
 
 
-@contextlib.contextmanager
-def quota_server(rate: float) -> Iterator[str]:
-    """The benchmarks' load server in its own process: admits `rate` requests/s, 429 beyond."""
-    argv = [sys.executable, "-m", "benchmarks._server", "--rate", str(rate), "--dim", "8"]
-    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
-    assert process.stdout is not None
-    with process.stdout:
-        try:
-            said = process.stdout.readline().decode().split()
-            assert said[:1] == ["PORT"], said
-            yield f"http://127.0.0.1:{said[1]}"
-        finally:
-            stop(process)
-
-
 def _quota_run(rate: float, *, given: bool, n: int) -> tuple[float, float, float, dict[str, Any]]:
-    with quota_server(rate) as root:
+    with rate_limited_server(rate) as root:
         watch = LastAnswer(root)
         watch.start()
         ds = ray.data.from_items(corpus(n), override_num_blocks=16)

@@ -8,11 +8,8 @@ with its own embedder and its own connection to Redis, as uvicorn's or Celery's 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import multiprocessing
 import pickle
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +24,7 @@ import embedkit
 from devtools.redis import RunningRedis, running_redis
 
 from .fakes import vector_for
-from .servers import ROOT, stop
+from .servers import rate_limited_server
 
 RATE = 40.0
 PROCESSES = 4
@@ -37,21 +34,6 @@ PROCESSES = 4
 def redis_server(tmp_path: Path) -> Iterator[RunningRedis]:
     with running_redis(tmp_path) as r:
         yield r
-
-
-@contextlib.contextmanager
-def rate_limited_server(rate: float) -> Iterator[str]:
-    """The benchmarks' load server: admits `rate` requests/s, answers 429 beyond."""
-    argv = [sys.executable, "-m", "benchmarks._server", "--rate", str(rate), "--dim", "8"]
-    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
-    assert process.stdout is not None
-    with process.stdout:
-        try:
-            said = process.stdout.readline().decode().split()
-            assert said[:1] == ["PORT"], said
-            yield f"http://127.0.0.1:{said[1]}"
-        finally:
-            stop(process)
 
 
 def _web_worker(
