@@ -87,8 +87,11 @@ class CachingScheduler(Scheduler):
 
     # -------------------------------------------------------------------- doors
 
-    async def submit(self, texts: list[str]) -> Matrix:
-        """Embed `texts`: stored vectors from the cache, the rest through the shared batches."""
+    async def submit(self, texts: list[str], **how: Any) -> Matrix:
+        """Embed `texts`: stored vectors from the cache, the rest through the shared batches.
+
+        `how` (a priority, a deadline) goes to the scheduler's `submit` with the misses.
+        """
         keys, rows = await self._look_up(texts)
         miss = [i for i, row in enumerate(rows) if row is None]
         if not miss:
@@ -97,10 +100,10 @@ class CachingScheduler(Scheduler):
                 self.dimension = int(out.shape[1])
             return out
         if len(miss) == len(texts):
-            matrix = await super().submit(texts)
+            matrix = await super().submit(texts, **how)
             self._remember(keys, miss, matrix)
             return matrix
-        answers = await super().submit([texts[i] for i in miss])
+        answers = await super().submit([texts[i] for i in miss], **how)
         self._remember(keys, miss, answers)
         out = np.empty((len(texts), answers.shape[1]), dtype=np.float32)
         out[miss] = answers
@@ -113,22 +116,27 @@ class CachingScheduler(Scheduler):
             else:
                 out[i] = row
         if stale:
-            fresh = await super().submit([texts[i] for i in stale])
+            fresh = await super().submit([texts[i] for i in stale], **how)
             out[stale] = fresh
             self._remember(keys, stale, fresh)
         return out
 
-    def enqueue(self, texts: list[str]) -> Ticket:
-        """Queue `texts` without waiting: the lookup runs in a task, then the misses queue."""
+    def enqueue(self, texts: list[str], **how: Any) -> Ticket:
+        """Queue `texts` without waiting: the lookup runs in a task, then the misses queue.
+
+        `how` (a priority) goes to the scheduler's `enqueue` with the misses.
+        """
         tg = self._tg
         if self._closed or tg is None:
             raise ClientClosedError("the embedder is closed")
         job = Job(texts, self._new_event())
         scope = anyio.CancelScope()
-        tg.start_soon(self._fill, job, texts, scope)
+        tg.start_soon(self._fill, job, texts, scope, how)
         return _CachedTicket(self, job, scope)
 
-    async def _fill(self, job: Job, texts: list[str], scope: anyio.CancelScope) -> None:
+    async def _fill(
+        self, job: Job, texts: list[str], scope: anyio.CancelScope, how: dict[str, Any]
+    ) -> None:
         inner: Ticket | None = None
         try:
             with scope:
@@ -137,7 +145,7 @@ class CachingScheduler(Scheduler):
                 keys, rows = await self._look_up(texts)
                 miss = [i for i, row in enumerate(rows) if row is None]
                 if miss:
-                    inner = super().enqueue([texts[i] for i in miss])
+                    inner = super().enqueue([texts[i] for i in miss], **how)
                     answers = await inner.result()
                     self._remember(keys, miss, answers)
                     if len(miss) == len(texts):
@@ -152,7 +160,7 @@ class CachingScheduler(Scheduler):
                     if stale:  # stored before the server changed its model
                         for i in stale:
                             rows[i] = None
-                        inner = super().enqueue([texts[i] for i in stale])
+                        inner = super().enqueue([texts[i] for i in stale], **how)
                         fresh = await inner.result()
                         self._remember(keys, stale, fresh)
                         for k, i in enumerate(stale):
