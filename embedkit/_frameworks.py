@@ -49,7 +49,7 @@ from typing_extensions import Self
 from ._auth import resolve_token
 from ._backends import Backend
 from ._client import AsyncEmbedder
-from ._config import CONNECTION_FIELDS, LIMITS_FIELDS, Connection, Limits, Matrix
+from ._config import CONNECTION_FIELDS, LIMITS_FIELDS, Api, Connection, Limits, Matrix
 from ._core import DEFAULT_RETRY, Quota, RetryPolicy, SchedulerStats
 from ._errors import ClientClosedError
 from ._options import fold_legacy
@@ -333,7 +333,7 @@ class EmbedkitModel(BaseModel):
         default=None,
         description="Server URL (hf: full URL; tei: root), or a list: replicas of one model.",
     )
-    api: Literal["hf", "tei", "openai", "local"] = "hf"
+    api: Api = "hf"
     token: SecretStr | None = Field(
         default=None,
         validate_default=True,
@@ -359,6 +359,12 @@ class EmbedkitModel(BaseModel):
     quota: Quota | None = Field(default=None, exclude=True)
     cache_size: int = 0
     backend: Backend | None = Field(default=None, exclude=True)
+    kind: Literal["query", "document"] | None = Field(
+        default=None, description="What texts are for by default: 'query' or 'document'."
+    )
+    dtype: Literal["float32", "int8", "uint8", "binary", "ubinary"] = Field(
+        default="float32", description="Element type of the vectors (packed bits: dim/8)."
+    )
 
     _shared: SharedEmbedder = PrivateAttr()
 

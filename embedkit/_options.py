@@ -24,6 +24,8 @@ from ._config import (
     Api,
     CertTypes,
     Connection,
+    Dtype,
+    Kind,
     Limits,
     Pooling,
     VerifyTypes,
@@ -53,6 +55,8 @@ class EmbedderOptions(TypedDict, total=False):
     quota: Quota | None
     cache_size: int
     backend: Backend | None
+    kind: Kind | None
+    dtype: Dtype
 
 
 class LegacyOptions(TypedDict, total=False):
