@@ -58,7 +58,12 @@ def rows_body(api: str, body: dict[str, Any], rows: list[list[float]]) -> Any:
     if api == "voyage":
         data = [{"object": "embedding", "embedding": r, "index": i} for i, r in enumerate(rows)]
         data.reverse()  # out of order on purpose: rows are placed by index
-        return {"object": "list", "data": data, "model": body["model"], "usage": {"total_tokens": 3}}
+        return {
+            "object": "list",
+            "data": data,
+            "model": body["model"],
+            "usage": {"total_tokens": 3},
+        }
     if api == "gemini":
         return {"embeddings": [{"values": r} for r in rows]}
     if api == "ollama":

@@ -30,7 +30,7 @@ from embedkit import (
 )
 from embedkit._errors import error_from_response, parse_retry_after
 
-from .providers import ALL_APIS, URLS, success, texts_of
+from .providers import ALL_APIS, URLS, success
 
 HTML_502 = b"""<!DOCTYPE html>
 <html><head><title>502 Bad Gateway</title></head>

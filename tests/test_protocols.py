@@ -27,7 +27,6 @@ from embedkit._config import CONNECTION_FIELDS, LIMITS_FIELDS
 from .providers import ALL_APIS, POST_PATHS, URLS, rows_body, texts_of
 
 
-
 def vector(text: str) -> list[float]:
     """A row that says which text it belongs to."""
     return [float(len(text)), float(ord(text[0])), 0.5]
