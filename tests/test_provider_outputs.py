@@ -258,3 +258,55 @@ def test_hamming_similarity_on_packed_bits(dtype: str) -> None:
     assert embedkit.cosine_similarity(packed_q[0], packed_c[7], bits=True) == pytest.approx(1.0)
     with pytest.raises(TypeError, match="packed bits"):
         embedkit.top_k(queries, corpus, bits=True)
+
+
+# ------------------------------------------------------------------- the sync twin
+
+
+def test_the_blocking_embedder_takes_kind_and_returns_the_dtype() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        return success("gemini", body, vectors_for(texts_of("gemini", body)).tolist())
+
+    connection = Connection(transport=httpx.MockTransport(handle))
+    with embedkit.Embedder(
+        "m", api="gemini", url=URLS["gemini"], connection=connection, dtype="ubinary"
+    ) as emb:
+        one = emb.embed("a", kind="query")
+        many = emb.embed_many(["a", "b"], kind="document")
+        blocks = list(emb.embed_stream(TEXTS[:50], block_size=20, kind="query"))
+    expected = quantize(vectors_for(TEXTS[:50]), "ubinary")
+    np.testing.assert_array_equal(np.concatenate([m for _, m in blocks]), expected)
+    assert blocks[0][1].dtype == np.uint8
+    np.testing.assert_array_equal(one, quantize(vectors_for(["a"]), "ubinary")[0])
+    np.testing.assert_array_equal(many, quantize(vectors_for(["a", "b"]), "ubinary"))
+    kinds = [{r.get("taskType") for r in b["requests"]} for b in seen]
+    assert {"RETRIEVAL_DOCUMENT"} in kinds
+    assert {"RETRIEVAL_QUERY"} in kinds
+    assert all(len(k) == 1 for k in kinds)
+
+
+def test_kinds_and_dtypes_under_trio() -> None:
+    pytest.importorskip("trio")
+    import anyio
+
+    async def main() -> tuple[Any, Any]:
+        transport = httpx.MockTransport(
+            lambda request: success(
+                "cohere",
+                json.loads(request.content),
+                vectors_for(texts_of("cohere", json.loads(request.content))).tolist(),
+            )
+        )
+        emb = AsyncEmbedder(
+            "m", api="cohere", url=URLS["cohere"], connection=Connection(transport=transport)
+        )
+        async with emb:
+            return await emb.embed("a", kind="query"), await emb.embed_many(["b"], kind="document")
+
+    one, many = anyio.run(main, backend="trio")
+    np.testing.assert_array_equal(one, vectors_for(["a"])[0])
+    np.testing.assert_array_equal(many, vectors_for(["b"]))
