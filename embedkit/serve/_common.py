@@ -18,7 +18,15 @@ from starlette.responses import Response
 
 from .._config import Matrix
 
-__all__ = ["ApiError", "Dialect", "EmbedRequest", "ErrorKind", "json_response", "parse_options"]
+__all__ = [
+    "PLAIN_STATUS",
+    "ApiError",
+    "Dialect",
+    "EmbedRequest",
+    "ErrorKind",
+    "json_response",
+    "parse_options",
+]
 
 ErrorKind = Literal[
     "validation",  # a field is wrong, a text too long, a batch too big
@@ -30,6 +38,20 @@ ErrorKind = Literal[
     "overloaded",  # too many texts in flight
     "backend",  # the model failed
 ]
+
+
+#: The status of each error kind for the dialects that answer `{"error": ...}`-style
+#: bodies with plain HTTP semantics (HF, Cohere; Ollama differs for "overloaded").
+PLAIN_STATUS: dict[str, int] = {
+    "validation": 400,
+    "empty": 400,
+    "bad_json": 400,
+    "too_large": 413,
+    "unauthorized": 401,
+    "loading": 503,
+    "overloaded": 429,
+    "backend": 500,
+}
 
 
 class ApiError(Exception):

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from .._config import Dtype, Matrix
 from .._quantize import quantize
 from ._common import (
+    PLAIN_STATUS,
     ApiError,
     Dialect,
     EmbedRequest,
@@ -44,16 +45,7 @@ _TYPES: dict[str, Dtype] = {
     "ubinary": "ubinary",
 }
 _TRUNCATE = {"NONE": (False, "right"), "END": (True, "right"), "START": (True, "left")}
-_STATUS = {
-    "validation": 400,
-    "empty": 400,
-    "bad_json": 400,
-    "too_large": 413,
-    "unauthorized": 401,
-    "loading": 503,
-    "overloaded": 429,
-    "backend": 500,
-}
+_STATUS = PLAIN_STATUS
 
 
 class CohereDialect(Dialect):

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from .._config import Matrix
 from ._common import (
+    PLAIN_STATUS,
     ApiError,
     Dialect,
     EmbedRequest,
@@ -29,16 +30,8 @@ from ._common import (
 
 __all__ = ["OllamaDialect"]
 
-_STATUS = {
-    "validation": 400,
-    "empty": 400,
-    "bad_json": 400,
-    "too_large": 413,
-    "unauthorized": 401,
-    "loading": 503,
-    "overloaded": 503,
-    "backend": 500,
-}
+#: Ollama answers a full queue with 503 "server busy".
+_STATUS = {**PLAIN_STATUS, "overloaded": 503}
 
 
 class OllamaDialect(Dialect):
