@@ -310,3 +310,41 @@ def test_kinds_and_dtypes_under_trio() -> None:
     one, many = anyio.run(main, backend="trio")
     np.testing.assert_array_equal(one, vectors_for(["a"])[0])
     np.testing.assert_array_equal(many, vectors_for(["b"]))
+
+
+def voyage_recorder(seen: list[dict[str, Any]]) -> Connection:
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        return success("voyage", body, vectors_for(texts_of("voyage", body)).tolist())
+
+    return Connection(transport=httpx.MockTransport(handle))
+
+
+def test_langchain_queries_and_documents_are_sent_as_their_kind() -> None:
+    pytest.importorskip("langchain_core")
+    from embedkit.langchain import EmbedkitEmbeddings
+
+    seen: list[dict[str, Any]] = []
+    options = {"api": "voyage", "model": "m", "url": URLS["voyage"]}
+    with EmbedkitEmbeddings(**options, kind="document", connection=voyage_recorder(seen)) as lc:
+        lc.embed_documents(["a", "b"])
+        lc.embed_query("q")
+        asyncio.run(lc.aembed_query("q2"))
+    assert sorted(b["input_type"] for b in seen) == ["document", "query", "query"]
+    seen.clear()
+    with EmbedkitEmbeddings(**options, connection=voyage_recorder(seen)) as plain:
+        plain.embed_query("q")  # no kind= given: nothing is sent for it
+    assert "input_type" not in seen[0]
+
+
+def test_llama_index_queries_and_texts_are_sent_as_their_kind() -> None:
+    pytest.importorskip("llama_index.core")
+    from embedkit.llama_index import EmbedkitEmbedding
+
+    seen: list[dict[str, Any]] = []
+    options = {"api": "voyage", "model": "m", "url": URLS["voyage"]}
+    with EmbedkitEmbedding(**options, kind="document", connection=voyage_recorder(seen)) as li:
+        li.get_query_embedding("q")
+        li.get_text_embedding_batch(["a", "b"])
+    assert sorted(b["input_type"] for b in seen) == ["document", "query"]
