@@ -42,8 +42,9 @@ from ._core import (
     TokenBucket,
 )
 from ._errors import ClientClosedError
+from ._kinds import KindSchedulers, check_kind, quantising
 from ._options import LegacyOptions, fold_legacy
-from ._quantize import as_dtype, carried, check_dtype, is_packed
+from ._quantize import as_dtype, check_dtype, is_packed
 from ._texts import check_text, check_texts
 
 __all__ = ["AsyncEmbedder"]
@@ -127,7 +128,7 @@ class AsyncEmbedder:
     ) -> None:
         limits, connection = fold_legacy(limits, connection, dict(deprecated))
         self.dtype: Dtype = check_dtype(dtype)
-        _check_kind(kind)
+        check_kind(kind)
         if kind is not None and prompt_name is not None:
             raise ValueError(
                 "kind= and prompt_name= both choose the prompt; give one (kind='query' is "
@@ -177,9 +178,7 @@ class AsyncEmbedder:
         self._scheduler: Scheduler | None = None
         # the schedulers of calls whose kind differs from the default, made on first use;
         # they share the default's concurrency and quota, so limits hold across kinds
-        self._kinds: dict[Kind, Scheduler] = {}
-        self._make_scheduler: Any = None
-        self._kinds_lock: anyio.Lock | None = None
+        self._kinds: KindSchedulers | None = None  # the other kinds' schedulers, once open
         self._stack: contextlib.AsyncExitStack | None = None
         self.info = BackendInfo()
         # a custom backend knows nothing of dtypes (its floats are quantised here) and
@@ -258,7 +257,7 @@ class AsyncEmbedder:
 
             async def make_scheduler(send: Any) -> Scheduler:
                 if self._quantise_here:
-                    send = _quantising(send, self.dtype)
+                    send = quantising(send, self.dtype)
                 made = Scheduler(
                     send,
                     max_batch_size=max_batch,
@@ -279,8 +278,12 @@ class AsyncEmbedder:
             if self._custom and self._options.kind is not None:
                 send = kind_sender(self._backend, self._options.kind)
             scheduler = await make_scheduler(send)
-            self._make_scheduler = make_scheduler
-            self._kinds_lock = anyio.Lock()
+            self._kinds = KindSchedulers(
+                self._backend,
+                make_scheduler,
+                default_kind=self._options.kind,
+                prompt_name=self._options.prompt_name,
+            )
             await tg.start(self._backend.run)  # e.g. the balancer's probes of ejected replicas
         except BaseException:
             await stack.aclose()
@@ -337,27 +340,13 @@ class AsyncEmbedder:
 
         Internal, like `running_scheduler`. Each kind has its own scheduler, so texts of
         different kinds never share a request; all of them share one concurrency limit
-        and one quota. Raises `ValueError` when the API has no field for a kind.
+        and one quota (`_kinds.py`). Raises `ValueError` when the API has no field for a kind.
         """
         scheduler = self.running_scheduler()
-        _check_kind(kind)
-        if kind is None or kind == self._options.kind:
+        if self._kinds is None:
+            check_kind(kind)
             return scheduler
-        if self._options.prompt_name is not None:
-            raise ValueError(
-                "kind= cannot be given per call to an embedder with prompt_name= (both "
-                "choose the prompt)"
-            )
-        found = self._kinds.get(kind)
-        if found is not None:
-            return found
-        send = kind_sender(self._backend, kind)  # raises unless the API carries a kind
-        assert self._kinds_lock is not None
-        async with self._kinds_lock:
-            found = self._kinds.get(kind)
-            if found is None:
-                found = self._kinds[kind] = await self._make_scheduler(send)
-        return found
+        return await self._kinds.get(kind, scheduler)
 
     async def embed(self, text: str, *, kind: Kind | None = None) -> Matrix:
         """Embed one text: a vector of shape (dim,) (float32 unless the embedder's `dtype`
@@ -446,7 +435,7 @@ class AsyncEmbedder:
         scheduler = self.running_scheduler()
         if block_size < 1:
             raise ValueError("block_size must be at least 1")
-        _check_kind(kind)
+        check_kind(kind)
         depth = max_blocks_in_flight or default_depth(
             block_size, self.max_concurrency, scheduler.max_batch_size
         )
@@ -530,17 +519,3 @@ class AsyncEmbedder:
             max_concurrency=self.max_concurrency,
         )
         return as_dtype(result, self.dtype)
-
-
-def _check_kind(kind: object) -> None:
-    if kind not in (None, "query", "document"):
-        raise ValueError(f"kind must be 'query' or 'document', not {kind!r}")
-
-
-def _quantising(send: Any, dtype: Dtype) -> Any:
-    """A send function whose float answer is quantised to `dtype`'s carrier rows."""
-
-    async def quantised(texts: list[str]) -> Matrix:
-        return carried(await send(texts), dtype)
-
-    return quantised
