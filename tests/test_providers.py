@@ -627,3 +627,15 @@ async def test_a_gemini_key_quoted_back_is_redacted() -> None:
             await emb.embed("a")
     assert "AIza-secret" not in str(info.value)
     assert "AIza-secret" not in repr(emb)
+
+
+@pytest.mark.parametrize(
+    ("api", "expected"), [("cohere", 3), ("voyage", 3), ("ollama", 3), ("gemini", None)]
+)
+def test_the_tokens_each_api_reports(api: str, expected: int | None) -> None:
+    from embedkit._backends.protocols import PROTOCOLS, Options
+
+    protocol = PROTOCOLS[api](model="m", url=URLS[api], options=Options())
+    body = json.dumps(rows_body(api, json.loads(protocol.body(["a"])), [[1.0]])).encode()
+    assert protocol.reported_tokens(body) == expected
+    assert protocol.reported_tokens(b"not json") is None

@@ -96,6 +96,22 @@ class WireProtocol:
         """The (n, dim) float32 matrix from a successful answer's body."""
         raise NotImplementedError
 
+    #: where a success body reports the tokens the request used (keys, outermost first);
+    #: empty: the API does not say. For issue "Tokens" (token limits and accounting).
+    tokens_path: ClassVar[tuple[str, ...]] = ()
+
+    def reported_tokens(self, content: bytes) -> int | None:
+        """The tokens a success body says the request used, when the API reports them."""
+        if not self.tokens_path:
+            return None
+        try:
+            value: Any = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            return None
+        for key in self.tokens_path:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
     def refine_error(self, error: StatusError, body: bytes) -> StatusError:
         """The error for an error answer, with what this API's body says beyond the generic
         mapping (a batch limit in its own words, a retry delay in its own field)."""

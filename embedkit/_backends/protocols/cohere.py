@@ -45,6 +45,7 @@ class CohereProtocol(WireProtocol):
     """
 
     name: ClassVar[str] = "cohere"
+    tokens_path: ClassVar[tuple[str, ...]] = ("meta", "billed_units", "input_tokens")
     supported: ClassVar[frozenset[str]] = frozenset(
         {"kind", "truncate", "truncation_direction", "dimensions"}
     )

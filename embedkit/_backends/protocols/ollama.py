@@ -32,6 +32,7 @@ class OllamaProtocol(WireProtocol):
     """
 
     name: ClassVar[str] = "ollama"
+    tokens_path: ClassVar[tuple[str, ...]] = ("prompt_eval_count",)
     supported: ClassVar[frozenset[str]] = frozenset({"truncate", "dimensions"})
 
     def __init__(self, *, model: str | None, url: str | None, options: Options) -> None:

@@ -25,6 +25,7 @@ class OpenAIProtocol(WireProtocol):
     """
 
     name: ClassVar[str] = "openai"
+    tokens_path: ClassVar[tuple[str, ...]] = ("usage", "prompt_tokens")
     supported: ClassVar[frozenset[str]] = frozenset({"dimensions"})
 
     def __init__(

@@ -39,6 +39,7 @@ class VoyageProtocol(WireProtocol):
     """
 
     name: ClassVar[str] = "voyage"
+    tokens_path: ClassVar[tuple[str, ...]] = ("usage", "total_tokens")
     supported: ClassVar[frozenset[str]] = frozenset({"kind", "truncate", "dimensions"})
     server_dtypes: ClassVar[frozenset[str]] = frozenset(_DTYPES)
     max_batch_size: ClassVar[int | None] = 128
