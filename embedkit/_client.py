@@ -65,12 +65,15 @@ class AsyncEmbedder:
     Args:
         model: the model id (hf, openai, local) — for `api="local"` also a folder path.
         url: where to send requests. hf: the full URL (default: the HF router URL for
-            `model`); tei: the server root; openai: the API base (default OpenAI's).
+            `model`); tei: the server root; openai, cohere, voyage, gemini: the API base
+            (default the provider's); ollama: the server root (default 127.0.0.1:11434).
             Several URLs (or `Endpoint`s) of the same protocol: replicas of one model,
             balanced by expected finish time, with failover (see the "many replicas" guide).
-        api: `"hf"`, `"tei"`, `"openai"` or `"local"` (a model in this process).
+        api: `"hf"`, `"tei"`, `"openai"`, `"cohere"`, `"voyage"`, `"gemini"`, `"ollama"`
+            or `"local"` (a model in this process).
         token: the API token; default `HF_TOKEN` / the huggingface CLI token file
-            (hf, tei) or `OPENAI_API_KEY` (openai). Never shown in reprs, logs or errors.
+            (hf, tei), `OPENAI_API_KEY`, `COHERE_API_KEY`, `VOYAGE_API_KEY`,
+            `GEMINI_API_KEY` (their APIs). Never shown in reprs, logs or errors.
         normalize: ask for unit-length vectors (None: the server's default).
         prompt_name: a prompt the model defines (e.g. "query"), hf/tei/local.
         truncate: let the server truncate over-long inputs instead of refusing them.

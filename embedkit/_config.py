@@ -118,7 +118,9 @@ class Limits:
 
     Attributes:
         max_batch_size: texts per request at most (lowered to the server's own limit);
-            None: `OPENAI_MAX_BATCH_SIZE` (64) for openai, else `DEFAULT_MAX_BATCH_SIZE` (32).
+            None: `PROVIDER_MAX_BATCH_SIZE` for openai (64), cohere (96), voyage (128),
+            gemini (100) and ollama (32), else `DEFAULT_MAX_BATCH_SIZE` (32). A hosted
+            API's documented limit also caps a larger value.
         max_batch_chars: characters per request at most, to stay under body limits.
         max_concurrency: requests in flight at most; adaptive below this after 429s. With
             several URLs, per replica (an `Endpoint` may set its own); the total is the sum.
