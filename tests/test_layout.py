@@ -117,7 +117,7 @@ def test_an_unknown_keyword_is_still_a_type_error() -> None:
 @pytest.mark.asyncio
 async def test_the_old_spelling_gives_the_same_embedder_as_the_new() -> None:
     backend = FakeBackend()
-    with pytest.warns(DeprecationWarning, match="dedup, max_batch_size= as flat keywords"):
+    with pytest.warns(DeprecationWarning, match="dedup=, max_batch_size= as flat keywords"):
         old = embedkit.AsyncEmbedder(backend=backend, max_batch_size=4, dedup=False)
     new = embedkit.AsyncEmbedder(backend=backend, limits=Limits(max_batch_size=4, dedup=False))
     for emb in (old, new):
