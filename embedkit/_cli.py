@@ -343,7 +343,7 @@ def _embed_ray(args: argparse.Namespace) -> int:
     try:
         import ray
 
-        from .ray.command import run_command
+        from .ray import run_command
     except ImportError as exc:
         console.error(f"--engine ray needs the ray extra: pip install 'embedkit[ray]' ({exc})")
         return EXIT_FAILED
