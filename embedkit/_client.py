@@ -42,9 +42,9 @@ from ._core import (
     TokenBucket,
 )
 from ._errors import ClientClosedError
-from ._kinds import KindSchedulers, check_kind, quantising
+from ._kinds import KindSchedulers, check_kind, in_dtype, scheduler_factory
 from ._options import LegacyOptions, fold_legacy
-from ._quantize import as_dtype, check_dtype, is_packed
+from ._quantize import as_dtype, check_dtype
 from ._texts import check_text, check_texts
 
 __all__ = ["AsyncEmbedder"]
@@ -179,13 +179,10 @@ class AsyncEmbedder:
         # embedder's own limits (requests_per_second, inputs_per_second, 429s)
         self._quota: Quota | None = quota
         self._scheduler: Scheduler | None = None
-        # the schedulers of calls whose kind differs from the default, made on first use;
-        # they share the default's concurrency and quota, so limits hold across kinds
         self._kinds: KindSchedulers | None = None  # the other kinds' schedulers, once open
         self._stack: contextlib.AsyncExitStack | None = None
         self.info = BackendInfo()
-        # a custom backend knows nothing of dtypes (its floats are quantised here) and
-        # is told a default kind per call, when it can carry one
+        # a custom backend's floats are quantised here; it is told a kind per call
         self._custom = backend is not None
         self._quantise_here = self._custom and dtype != "float32"
         if self._custom and kind is not None:
@@ -257,26 +254,20 @@ class AsyncEmbedder:
             )
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
-
-            async def make_scheduler(send: Any) -> Scheduler:
-                if self._quantise_here:
-                    send = quantising(send, self.dtype)
-                made = Scheduler(
-                    send,
-                    max_batch_size=max_batch,
-                    max_batch_chars=limits.max_batch_chars,
-                    concurrency=concurrency,
-                    retry=retry,
-                    dedup=limits.dedup,
-                    cache_size=self._cache_size,
-                    quota=quota,
-                )
-                dim = info.dimension
-                made.dimension = -(-dim // 8) if dim and is_packed(self.dtype) else dim
-                stack.callback(made.close)
-                await tg.start(made.run)
-                return made
-
+            make_scheduler = scheduler_factory(
+                stack=stack,
+                tg=tg,
+                dimension=info.dimension,
+                dtype=self.dtype,
+                quantise=self._quantise_here,
+                max_batch_size=max_batch,
+                max_batch_chars=limits.max_batch_chars,
+                concurrency=concurrency,  # shared by every kind's scheduler, like the quota
+                retry=retry,
+                dedup=limits.dedup,
+                cache_size=self._cache_size,
+                quota=quota,
+            )
             send: Any = self._backend.embed_batch
             if self._custom and self._options.kind is not None:
                 send = kind_sender(self._backend, self._options.kind)
@@ -457,10 +448,8 @@ class AsyncEmbedder:
             return stream(scheduler)
 
         async def blocks() -> AsyncGenerator[tuple[int, Matrix], None]:
-            inner = stream(await self.scheduler_for(kind))
-            async with contextlib.aclosing(inner):
-                async for start, matrix in inner:
-                    yield start, as_dtype(matrix, self.dtype)
+            async for block in in_dtype(stream(await self.scheduler_for(kind)), self.dtype):
+                yield block
 
         return blocks()
 

@@ -11,17 +11,19 @@ nothing of kinds.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from ._backends import CompleteBackend, kind_sender
 from ._config import Dtype, Kind, Matrix
 from ._core import Scheduler
-from ._quantize import carried
+from ._quantize import as_dtype, carried, is_packed
 
-__all__ = ["KindSchedulers", "check_kind", "quantising"]
+__all__ = ["KindSchedulers", "check_kind", "in_dtype", "quantising", "scheduler_factory"]
 
 #: builds and starts a scheduler around a send function (the embedder's shared limits)
 MakeScheduler = Callable[[Any], Awaitable[Scheduler]]
@@ -41,6 +43,37 @@ def quantising(send: Any, dtype: Dtype) -> Any:
         return carried(await send(texts), dtype)
 
     return quantised
+
+
+def scheduler_factory(
+    *,
+    stack: contextlib.AsyncExitStack,
+    tg: TaskGroup,
+    dimension: int | None,
+    dtype: Dtype,
+    quantise: bool,
+    **settings: Any,
+) -> MakeScheduler:
+    """How an open embedder makes a scheduler: `settings` (limits, the shared concurrency
+    and quota) around a send function, started in `tg` and closed with `stack`."""
+
+    async def make(send: Any) -> Scheduler:
+        made = Scheduler(quantising(send, dtype) if quantise else send, **settings)
+        made.dimension = -(-dimension // 8) if dimension and is_packed(dtype) else dimension
+        stack.callback(made.close)
+        await tg.start(made.run)
+        return made
+
+    return make
+
+
+async def in_dtype(
+    blocks: AsyncGenerator[tuple[int, Matrix], None], dtype: Dtype
+) -> AsyncGenerator[tuple[int, Matrix], None]:
+    """`embed_stream`'s blocks as arrays of `dtype`; closing this closes `blocks`."""
+    async with contextlib.aclosing(blocks):
+        async for start, matrix in blocks:
+            yield start, as_dtype(matrix, dtype)
 
 
 class KindSchedulers:
