@@ -102,13 +102,7 @@ async def test_embed_stream_and_encode_return_the_dtype() -> None:
 @pytest.mark.asyncio
 async def test_embed_stream_of_another_kind_sends_that_kind() -> None:
     seen: list[dict[str, Any]] = []
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
-        seen.append(body)
-        return success("voyage", body, vectors_for(texts_of("voyage", body)).tolist())
-
-    connection = Connection(transport=httpx.MockTransport(handle))
+    connection = voyage_recorder(seen)
     emb = AsyncEmbedder("m", api="voyage", url=URLS["voyage"], connection=connection)
     async with emb:
         blocks = [m async for _, m in emb.embed_stream(TEXTS[:40], kind="query")]
