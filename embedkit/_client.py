@@ -21,7 +21,16 @@ import numpy as np
 from typing_extensions import Unpack
 
 from ._backends import Backend, BackendInfo, Options, URLs, build_backend, endpoints_of
-from ._config import Api, Connection, Limits, Matrix, Pooling
+from ._config import (
+    Api,
+    Connection,
+    Limits,
+    Matrix,
+    Pooling,
+    Priority,
+    check_priority,
+    check_seconds,
+)
 from ._core import (
     DEFAULT_RETRY,
     AdaptiveConcurrency,
@@ -34,6 +43,7 @@ from ._core import (
 )
 from ._errors import ClientClosedError
 from ._options import LegacyOptions, fold_legacy
+from ._telemetry import Telemetry, telemetry_available
 from ._texts import check_text, check_texts
 
 __all__ = ["AsyncEmbedder"]
@@ -77,6 +87,10 @@ class AsyncEmbedder:
             `Quota`); None: this embedder's own limits.
         cache_size: keep an LRU cache of this many recent vectors (0: none).
         backend: a ready `Backend` object (overrides api/url); the seam for custom backends.
+        deadline: the default `deadline=` of `embed` and `embed_many`: seconds a call may
+            take in all (queueing, attempts, backoff) before `DeadlineExceededError`; a wait
+            the server asks for (429 `Retry-After`, a loading model) that would not fit
+            raises at once instead. None: no deadline.
 
     The flat keywords that `limits=` and `connection=` replaced (`max_batch_size=`,
     `max_concurrency=`, `timeout=`, `transport=`, …) still work for one release, with a
@@ -103,9 +117,12 @@ class AsyncEmbedder:
         quota: Quota | None = None,
         cache_size: int = 0,
         backend: Backend | None = None,
+        deadline: float | None = None,
         **deprecated: Unpack[LegacyOptions],
     ) -> None:
         limits, connection = fold_legacy(limits, connection, dict(deprecated))
+        check_seconds("deadline", deadline)
+        self.deadline = deadline
         if dimensions is not None and dimensions < 1:
             raise ValueError("dimensions must be a positive integer")
         if truncation_direction not in (None, "left", "right"):
@@ -146,6 +163,7 @@ class AsyncEmbedder:
         # embedder's own limits (requests_per_second, inputs_per_second, 429s)
         self._quota: Quota | None = quota
         self._scheduler: Scheduler | None = None
+        self._telemetry: Telemetry | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self.info = BackendInfo()
 
@@ -216,8 +234,10 @@ class AsyncEmbedder:
                 cache_size=self._cache_size,
                 learn_rate=limits.adaptive_concurrency,
                 quota=self._quota,
+                max_queue_wait=limits.max_queue_wait,
             )
             scheduler.dimension = info.dimension
+            self._telemetry = self._open_telemetry()
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             stack.callback(scheduler.close)
@@ -273,23 +293,75 @@ class AsyncEmbedder:
             return self._scheduler.dimension
         return self.info.dimension
 
-    async def embed(self, text: str) -> Matrix:
+    async def embed(
+        self, text: str, *, priority: Priority = "interactive", deadline: float | None = None
+    ) -> Matrix:
         """Embed one text: a float32 vector of shape (dim,).
 
         Concurrent calls from many tasks share batched requests.
+
+        Args:
+            text: the text.
+            priority: "interactive" (default: sent before queued bulk work, e.g. a search
+                query) or "bulk" (queued behind it, as `embed_stream`/`embed_file` are).
+            deadline: seconds this call may take in all (queueing, attempts, backoff), then
+                `DeadlineExceededError`; default: the embedder's `deadline`.
         """
-        matrix = await self.running_scheduler().submit([check_text(text)])
+        matrix = await self._submit([check_text(text)], priority, deadline)
         row: Matrix = matrix[0]
         return row
 
-    async def embed_many(self, texts: Sequence[str] | Iterable[str]) -> Matrix:
+    async def _submit(self, texts: list[str], priority: Priority, deadline: float | None) -> Matrix:
+        """Through the scheduler, in the call's lane, within its deadline, in its span."""
+        check_priority(priority)
+        if deadline is None:
+            deadline = self.deadline
+        else:
+            check_seconds("deadline", deadline)
+        call = self.running_scheduler().submit(texts, priority=priority, deadline=deadline)
+        telemetry = self._telemetry
+        if telemetry is None:
+            return await call
+        return await telemetry.observe(call)
+
+    def _open_telemetry(self) -> Telemetry | None:
+        """OpenTelemetry instruments, when `opentelemetry-api` is installed (the `otel` extra)."""
+        if not telemetry_available():
+            return None
+        address, port = self._backend_address()
+        return Telemetry(
+            model=self.model or self.info.model_id,
+            address=address,
+            port=port,
+            encoding_format=self.connection.encoding_format if self.api == "openai" else None,
+        )
+
+    def _backend_address(self) -> tuple[str | None, int | None]:
+        """The one server this embedder talks to (None for a local model or replicas)."""
+        protocol = getattr(self._backend, "protocol", None)
+        endpoint = getattr(protocol, "endpoint", None)
+        if not isinstance(endpoint, str):
+            return None, None
+        import httpx
+
+        url = httpx.URL(endpoint)
+        return url.host or None, url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+    async def embed_many(
+        self,
+        texts: Sequence[str] | Iterable[str],
+        *,
+        priority: Priority = "interactive",
+        deadline: float | None = None,
+    ) -> Matrix:
         """Embed many texts: a float32 matrix of shape (len(texts), dim), row i for text i.
 
         The list is cut into full batches sent concurrently (and shared with any concurrent
-        `embed` calls). An empty list gives shape (0, dim) when dim is known.
+        `embed` calls). An empty list gives shape (0, dim) when dim is known. `priority` and
+        `deadline` as for `embed`; a large list that should not hold up queries is "bulk".
         """
         items = check_texts(texts)
-        scheduler = self.running_scheduler()
+        self.running_scheduler()  # raises unless open
         if not items:
             dim = self.dimension
             if dim is None:
@@ -298,7 +370,7 @@ class AsyncEmbedder:
                     "pass dimensions= or embed something first"
                 )
             return np.empty((0, dim), dtype=np.float32)
-        return await scheduler.submit(items)
+        return await self._submit(items, priority, deadline)
 
     def stats(self) -> SchedulerStats:
         """Counters, limits and latency percentiles (a frozen snapshot).

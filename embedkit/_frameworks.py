@@ -359,6 +359,9 @@ class EmbedkitModel(BaseModel):
     quota: Quota | None = Field(default=None, exclude=True)
     cache_size: int = 0
     backend: Backend | None = Field(default=None, exclude=True)
+    deadline: float | None = Field(
+        default=None, description="Seconds an embed call may take in all (None: no deadline)."
+    )
 
     _shared: SharedEmbedder = PrivateAttr()
 

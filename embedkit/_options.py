@@ -53,6 +53,7 @@ class EmbedderOptions(TypedDict, total=False):
     quota: Quota | None
     cache_size: int
     backend: Backend | None
+    deadline: float | None
 
 
 class LegacyOptions(TypedDict, total=False):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Literal
+from typing import Literal, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -13,12 +13,14 @@ from anyio.from_thread import BlockingPortal
 from typing_extensions import Unpack
 
 from ._client import AsyncEmbedder
-from ._config import Matrix
+from ._config import Matrix, Priority
 from ._core import SchedulerStats
 from ._errors import ClientClosedError
 from ._options import AnyOptions
 
 __all__ = ["Embedder"]
+
+T = TypeVar("T")
 
 
 class Embedder:
@@ -85,15 +87,38 @@ class Embedder:
         """The underlying `AsyncEmbedder` (use it only from the embedder's own loop)."""
         return self._async
 
-    def embed(self, text: str) -> Matrix:
-        """Embed one text: a float32 vector of shape (dim,)."""
-        result: Matrix = self.running_portal().call(self._async.embed, text)
+    def embed(
+        self, text: str, *, priority: Priority = "interactive", deadline: float | None = None
+    ) -> Matrix:
+        """Embed one text: a float32 vector of shape (dim,). See `AsyncEmbedder.embed`."""
+        result: Matrix = self._call(
+            lambda: self._async.embed(text, priority=priority, deadline=deadline)
+        )
         return result
 
-    def embed_many(self, texts: Sequence[str] | Iterable[str]) -> Matrix:
+    def embed_many(
+        self,
+        texts: Sequence[str] | Iterable[str],
+        *,
+        priority: Priority = "interactive",
+        deadline: float | None = None,
+    ) -> Matrix:
         """Embed many texts: a float32 matrix of shape (len(texts), dim)."""
-        result: Matrix = self.running_portal().call(self._async.embed_many, texts)
+        result: Matrix = self._call(
+            lambda: self._async.embed_many(texts, priority=priority, deadline=deadline)
+        )
         return result
+
+    def _call(self, function: Callable[[], Awaitable[T]]) -> T:
+        """Run `function()` on the embedder's loop and wait for it; interrupted here (Ctrl-C),
+        the call is cancelled there too, so its queued texts are skipped at once instead of
+        being sent for nobody."""
+        future = self.running_portal().start_task_soon(function)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
 
     def stats(self) -> SchedulerStats:
         """Counters, limits and latency percentiles (a frozen snapshot).
@@ -152,7 +177,7 @@ class Embedder:
         truncate_dim: int | None = None,
     ) -> Matrix:
         """`SentenceTransformer.encode`, blocking — see `AsyncEmbedder.encode`."""
-        result: Matrix = self.running_portal().call(
+        result: Matrix = self._call(
             lambda: self._async.encode(
                 sentences,
                 batch_size=batch_size,
