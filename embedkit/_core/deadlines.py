@@ -22,11 +22,13 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import anyio
 
 from .._config import Matrix
 from .._errors import DeadlineExceededError, RateLimitError, StatusError, TransportError
+from .flow import AdaptiveConcurrency
 from .jobs import Batch, Job, copy_error
 from .quota import Quota
 
@@ -45,6 +47,13 @@ class Deadlines:
     _urgent: deque[Job]
     _paused_by: StatusError | None
     _send: Callable[[list[str]], Awaitable[Matrix]]
+    _queued: int
+    max_batch_size: int
+    concurrency: AdaptiveConcurrency
+
+    if TYPE_CHECKING:
+
+        async def _send_eagerly(self) -> None: ...
 
     async def _result_within(self, job: Job, deadline: float | None) -> Matrix:
         """`job.result()`, failing the job when it outstays `max_queue_wait` in the queue or
@@ -52,6 +61,12 @@ class Deadlines:
         queue_wait = self.max_queue_wait
         try:
             with anyio.fail_after(deadline) if deadline is not None else nullcontext():
+                concurrency = self.concurrency
+                if (
+                    self._queued >= self.max_batch_size
+                    and concurrency.in_flight < concurrency.limit
+                ):
+                    await self._send_eagerly()  # as `submit` does, within the deadline
                 if queue_wait is not None and job.n:
                     with anyio.move_on_after(queue_wait):
                         await job.done.wait()

@@ -177,12 +177,12 @@ class Scheduler(Batching, Deadlines, Failures):
         `deadline`: seconds this call may take in all (queueing, attempts, backoff).
         """
         job = self._enqueue(texts, priority == "interactive", deadline)
+        if deadline is not None or self.max_queue_wait is not None:
+            return await self._result_within(job, deadline)  # sends eagerly within them
         concurrency = self.concurrency
         if self._queued >= self.max_batch_size and concurrency.in_flight < concurrency.limit:
             await self._send_eagerly()
-        if deadline is None and self.max_queue_wait is None:
-            return await job.result(self.dimension)
-        return await self._result_within(job, deadline)
+        return await job.result(self.dimension)
 
     def enqueue(self, texts: list[str], *, priority: Priority = "bulk") -> Ticket:
         """Queue `texts` without waiting for them: a `Ticket` to await or discard.
