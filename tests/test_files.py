@@ -4,7 +4,6 @@ and option passes before anything is sent."""
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import io
 import json
