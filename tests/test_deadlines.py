@@ -252,8 +252,8 @@ async def test_a_loading_model_beyond_the_deadline_raises_at_once() -> None:
 # -------------------------------------------------------------------- priority lanes
 
 
-@pytest.mark.anyio
-async def test_an_interactive_call_goes_in_the_next_batch_ahead_of_queued_bulk_work() -> None:
+def one_second_server() -> tuple[list[list[str]], Send]:
+    """A send that takes 1 s a batch, and the batches it was given, in order."""
     batches: list[list[str]] = []
 
     async def send(texts: list[str]) -> Matrix:
@@ -261,6 +261,12 @@ async def test_an_interactive_call_goes_in_the_next_batch_ahead_of_queued_bulk_w
         await anyio.sleep(1)
         return vectors_for(texts)
 
+    return batches, send
+
+
+@pytest.mark.anyio
+async def test_an_interactive_call_goes_in_the_next_batch_ahead_of_queued_bulk_work() -> None:
+    batches, send = one_second_server()
     s = scheduler(send, retry=None, max_batch_size=4)
     bulk = [f"bulk {i}" for i in range(12)]
     async with anyio.create_task_group() as tg:
@@ -279,13 +285,7 @@ async def test_an_interactive_call_goes_in_the_next_batch_ahead_of_queued_bulk_w
 
 @pytest.mark.anyio
 async def test_priority_bulk_queues_behind_earlier_work() -> None:
-    batches: list[list[str]] = []
-
-    async def send(texts: list[str]) -> Matrix:
-        batches.append(list(texts))
-        await anyio.sleep(1)
-        return vectors_for(texts)
-
+    batches, send = one_second_server()
     s = scheduler(send, retry=None, max_batch_size=4)
     async with anyio.create_task_group() as tg:
         await tg.start(s.run)
