@@ -320,7 +320,7 @@ class AsyncEmbedder:
             check_seconds("deadline", deadline)
         call = self.running_scheduler().submit(texts, priority=priority, deadline=deadline)
         telemetry = self._telemetry
-        if telemetry is None:
+        if telemetry is None or not telemetry.enabled():
             return await call
         return await telemetry.observe(call)
 

@@ -31,6 +31,11 @@ from ._version import __version__
 
 __all__ = ["Telemetry", "telemetry_available"]
 
+#: the API's own providers, in place until the application configures an SDK
+_NO_OP = frozenset(
+    {"ProxyTracerProvider", "NoOpTracerProvider", "_ProxyMeterProvider", "NoOpMeterProvider"}
+)
+
 #: advised by the conventions for gen_ai.client.operation.duration (seconds)
 _DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24]
 _DURATION_BUCKETS += [20.48, 40.96, 81.92]
@@ -73,6 +78,7 @@ class Telemetry:
         from opentelemetry import metrics, trace
 
         self._trace = trace
+        self._metrics = metrics
         self._tracer = trace.get_tracer("embedkit", __version__)
         meter = metrics.get_meter("embedkit", __version__)
         self._duration = meter.create_histogram(
@@ -100,17 +106,28 @@ class Telemetry:
             common["gen_ai.request.encoding_formats"] = [encoding_format]
         self._span_attributes = common
 
+    def enabled(self) -> bool:
+        """Whether the application has configured a tracer or meter provider (an SDK).
+
+        Until it has, the API's proxies record nothing, yet a span through them still costs
+        about as much as the rest of an `embed` call: then `observe` is skipped. Asked per
+        call (two global reads), so a provider set after the embedder opened is used.
+        """
+        return type(self._trace.get_tracer_provider()).__name__ not in _NO_OP or (
+            type(self._metrics.get_meter_provider()).__name__ not in _NO_OP
+        )
+
     async def observe(self, call: Awaitable[Matrix], input_tokens: int | None = None) -> Matrix:
-        """Await `call` (one logical embedding call) inside its span, and record it."""
-        kind = self._trace.SpanKind.CLIENT
+        """Await `call` (one logical embedding call) inside its span, and record it.
+
+        The span is not made the current one: requests carry texts of several calls, so
+        nothing below belongs to this call alone (and attaching a context costs as much).
+        """
         started = time.perf_counter()
-        with self._tracer.start_as_current_span(
-            self.name,
-            kind=kind,
-            attributes=self._span_attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        span = self._tracer.start_span(
+            self.name, kind=self._trace.SpanKind.CLIENT, attributes=self._span_attributes
+        )
+        try:
             try:
                 matrix = await call
             except BaseException as exc:
@@ -122,8 +139,7 @@ class Telemetry:
                     {**self._metric_attributes, "error.type": kind_of_error},
                 )
                 raise
-            if matrix.ndim == 2:
-                span.set_attribute("gen_ai.embeddings.dimension.count", int(matrix.shape[1]))
+            span.set_attribute("gen_ai.embeddings.dimension.count", int(matrix.shape[-1]))
             if input_tokens is not None:
                 span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
             self._duration.record(time.perf_counter() - started, self._metric_attributes)
@@ -132,3 +148,5 @@ class Telemetry:
                     input_tokens, {**self._metric_attributes, "gen_ai.token.type": "input"}
                 )
             return matrix
+        finally:
+            span.end()
