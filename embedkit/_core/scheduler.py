@@ -47,7 +47,7 @@ and its hold, slots, sending); `jobs.py` what a caller holds and what a batch is
 `Batch`, `Slot`, `Ticket`); `batching.py` forming a batch and handing out its rows (step 3
 and the end of step 4: dedup, the LRU cache); `failures.py` splitting, bisection and errors
 (the end of step 4); `deadlines.py` deadlines and the retry budget; `policy.py`, `flow.py`
-and `quota.py` the decisions of step 2.
+and `quota.py` the decisions of step 2; `stats.py` the counters' snapshot (`stats()`).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ from .jobs import Abandoned, Batch, Job, Slot, Ticket, Waiters
 from .policy import BatchPolicy
 from .quota import LocalQuota, Quota
 from .retry import RetryPolicy
-from .stats import SchedulerStats
+from .stats import Reporting
 
 __all__ = ["Scheduler", "Send", "Ticket"]
 
@@ -85,7 +85,7 @@ logger = logging.getLogger("embedkit")
 Send = Callable[[list[str]], Awaitable[Matrix]]
 
 
-class Scheduler(Batching, Deadlines, Failures):
+class Scheduler(Batching, Deadlines, Failures, Reporting):
     """Coalesces concurrent submissions into batches and runs them under flow control.
 
     Run `scheduler.run` in a task group (it is the dispatcher), then call `submit` from any
@@ -497,42 +497,3 @@ class Scheduler(Batching, Deadlines, Failures):
         self._running.clear()
         for scope in self._drivers:
             scope.cancel()
-
-    def stats(self) -> SchedulerStats:
-        """A consistent snapshot of the counters."""
-        latencies = sorted(self._latencies)
-
-        def pct(q: float) -> float | None:
-            if not latencies:
-                return None
-            return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
-
-        queued = sum(
-            job.n - job.next
-            for queue in (self._urgent, self._queue)
-            for job in queue
-            if not job.finished
-        )
-        return SchedulerStats(
-            requests=self._requests,
-            texts=self._texts,
-            texts_sent=self._texts_sent,
-            batches=self._batches,
-            mean_batch_size=self._texts_sent / self._batches if self._batches else 0.0,
-            retries=dict(self._retries),
-            splits=self._splits,
-            bisections=self._bisections,
-            dedup_hits=self._dedup_hits,
-            cache_hits=self._cache_hits,
-            failed_texts=self._failed_texts,
-            abandoned=self._abandoned,
-            in_flight=len(self._running),
-            queue_depth=queued,
-            concurrency_limit=self.concurrency.limit,
-            request_rate=self.quota.rate,
-            max_batch_size=self.max_batch_size,
-            cooldowns=self.quota.pauses,
-            latency_p50=pct(0.5),
-            latency_p90=pct(0.9),
-            latency_p99=pct(0.99),
-        )
