@@ -46,6 +46,7 @@ class Deadlines:
     _queue: deque[Job]
     _urgent: deque[Job]
     _paused_by: StatusError | None
+    _deadlines: bool
     _send: Callable[[list[str]], Awaitable[Matrix]]
     _queued: int
     max_batch_size: int
@@ -117,6 +118,8 @@ class Deadlines:
 
     def _fail_outlasted(self, exc: StatusError, delay: float) -> None:
         """Fail the queued jobs whose deadline comes before a pause of `delay` ends."""
+        if not self._deadlines:
+            return  # no call ever gave a deadline: nothing to sweep (a 429 may come often)
         by = anyio.current_time() + delay
         for queue in (self._urgent, self._queue):
             for job in queue:

@@ -136,6 +136,7 @@ class Scheduler(Batching, Deadlines, Failures, Reporting):
         self._urgent: deque[Job] = deque()  # the interactive lane, taken first
         self.max_queue_wait = max_queue_wait
         self._paused_by: StatusError | None = None  # the 429 behind the pause in force
+        self._deadlines = False  # whether any call gave a deadline (else no sweep on 429)
         self._inflight: dict[str, Waiters] = {}
         self._running: set[Batch] = set()
         self._wakeup: anyio.Event | None = None
@@ -200,6 +201,7 @@ class Scheduler(Batching, Deadlines, Failures, Reporting):
         self._texts += n
         if n:
             if deadline is not None:
+                self._deadlines = True
                 job.deadline = anyio.current_time() + deadline
                 self._refuse_if_paused(job, deadline)
             job.at = now = self.policy.clock()
