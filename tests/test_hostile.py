@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -191,18 +192,12 @@ async def test_a_relative_redirect_names_the_resolved_address() -> None:
 
 
 _HANG_CHILD = """
-import asyncio, sys, time
+import sys
 sys.path.insert(0, {root!r})
 import embedkit
-from tests.loopserver import LoopServer
+from tests.test_hostile import _Hang
 
-class Hang(LoopServer):
-    async def respond(self, request_line, headers, body, writer):
-        print("ARRIVED", flush=True)
-        await asyncio.Event().wait()  # never answers
-        return False
-
-with Hang.running() as server:
+with _Hang.running() as server:
     url = f"http://127.0.0.1:{{server.port}}/models/m"
     with embedkit.Embedder(url=url, token="t") as emb:
         try:
@@ -235,4 +230,50 @@ def test_ctrl_c_stops_a_blocked_sync_embed_promptly() -> None:
             child.wait()
     assert child.returncode == 0, err[-3000:]
     assert out.split() == ["INTERRUPTED", "CLOSED"]
+    assert took < 3.0, f"took {took:.1f} s to stop after Ctrl-C"
+
+
+class _Hang(LoopServer):
+    """Holds every request without answering; `arrived` is set when the first one is in."""
+
+    name = "hanging server"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = threading.Event()
+
+    async def respond(
+        self,
+        request_line: bytes,
+        headers: dict[str, str],
+        body: bytes,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        self.arrived.set()
+        print("ARRIVED", flush=True)  # for a parent process watching this one's stdout
+        await asyncio.Event().wait()  # never answers
+        return False
+
+
+def test_ctrl_c_stops_the_cli_promptly(tmp_path: Path) -> None:
+    corpus = tmp_path / "in.txt"
+    corpus.write_text("a\nb\nc\n", encoding="utf-8")
+    with _Hang.running() as server:
+        argv = [sys.executable, "-m", "embedkit", "embed", str(corpus), "-o"]
+        argv += [str(tmp_path / "out.npy"), "--api", "hf"]
+        argv += ["--url", f"http://127.0.0.1:{server.port}/models/m"]
+        env = {**os.environ, "HF_TOKEN": "hf_unused", "PYTHONPATH": str(ROOT)}
+        child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert server.arrived.wait(60), "the CLI never sent its request"
+            interrupted = time.monotonic()
+            child.send_signal(signal.SIGINT)
+            _, err = child.communicate(timeout=30)
+            took = time.monotonic() - interrupted
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    assert child.returncode == 130, err.decode()[-2000:]
+    assert b"interrupted" in err
     assert took < 3.0, f"took {took:.1f} s to stop after Ctrl-C"
