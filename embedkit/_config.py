@@ -129,7 +129,8 @@ class Limits:
         dedup: send identical in-flight texts once.
         max_queue_wait: seconds a call's texts may wait in the client's queue before the
             call fails with `DeadlineExceededError` (None: no limit). Only queueing counts:
-            a text already sent is not timed by it.
+            a text already sent is not timed by it. It times `embed` and `embed_many` calls;
+            bulk streams (`embed_stream`, `embed_file`) queue as long as they need.
     """
 
     max_batch_size: int | None = None

@@ -7,10 +7,10 @@ fast path, httpx's stock transport) undoes the encoding here instead, a bounded 
 time, and raises `ResponseTooLarge` as soon as the decoded body passes the limit: memory
 stays near the limit, whatever the ratio.
 
-The encodings are httpx's (`httpx._decoders`): identity, gzip (x-gzip), deflate (zlib, or raw
-deflate as some servers send it), and, when their packages are installed, br (brotli) and
-zstd (zstandard). Several encodings (`gzip, br`) are undone last first. An encoding httpx does
-not know is left as it is, as httpx does.
+The encodings are httpx's (`httpx._decoders.SUPPORTED_DECODERS`): identity, gzip, deflate
+(zlib, or raw deflate as some servers send it), and, when their packages are installed, br
+(brotli) and zstd (zstandard). Several encodings (`gzip, br`) are undone last first. An
+encoding httpx does not know is left as it is, as httpx does.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _too_large(limit: int, name: str) -> ResponseTooLarge:
 
 
 def _zlib(body: bytes, limit: int, name: str) -> bytes:
-    wbits = zlib.MAX_WBITS | 16 if name in ("gzip", "x-gzip") else zlib.MAX_WBITS
+    wbits = zlib.MAX_WBITS | 16 if name == "gzip" else zlib.MAX_WBITS
     try:
         return _inflate(zlib.decompressobj(wbits), body, limit, name)
     except zlib.error:
@@ -141,7 +141,6 @@ def _decoding_error(name: str) -> Exception:
 
 _DECODERS: dict[str, _Decoder] = {
     "gzip": _zlib,
-    "x-gzip": _zlib,
     "deflate": _zlib,
     "br": _brotli,
     "zstd": _zstd,
