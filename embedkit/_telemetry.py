@@ -21,6 +21,7 @@ open-telemetry/semantic-conventions, v1.37+; the bucket boundaries are the ones 
 from __future__ import annotations
 
 import importlib.util
+import math
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -79,6 +80,8 @@ class Telemetry:
 
         self._trace = trace
         self._metrics = metrics
+        self._enabled = False
+        self._recheck_at = -math.inf
         self._tracer = trace.get_tracer("embedkit", __version__)
         meter = metrics.get_meter("embedkit", __version__)
         self._duration = meter.create_histogram(
@@ -110,12 +113,18 @@ class Telemetry:
         """Whether the application has configured a tracer or meter provider (an SDK).
 
         Until it has, the API's proxies record nothing, yet a span through them still costs
-        about as much as the rest of an `embed` call: then `observe` is skipped. Asked per
-        call (two global reads), so a provider set after the embedder opened is used.
+        about as much as the rest of an `embed` call: then `observe` is skipped. Asked again
+        every second at most (reading the providers costs two environment lookups), so a
+        provider set after the embedder opened is used from then on.
         """
-        return type(self._trace.get_tracer_provider()).__name__ not in _NO_OP or (
+        now = time.monotonic()
+        if now < self._recheck_at:
+            return self._enabled
+        self._recheck_at = now + 1.0
+        self._enabled = type(self._trace.get_tracer_provider()).__name__ not in _NO_OP or (
             type(self._metrics.get_meter_provider()).__name__ not in _NO_OP
         )
+        return self._enabled
 
     async def observe(self, call: Awaitable[Matrix], input_tokens: int | None = None) -> Matrix:
         """Await `call` (one logical embedding call) inside its span, and record it.
