@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -191,6 +192,23 @@ async def test_a_relative_redirect_names_the_resolved_address() -> None:
 # ------------------------------------------------------------------------------- Ctrl-C
 
 
+def interrupt_when(
+    child: subprocess.Popen[str], ready: Callable[[], bool]
+) -> tuple[float, str, str]:
+    """SIGINT `child` once `ready()` (its request is on the wire): the seconds it took to
+    exit after the signal, its stdout and its stderr. Killed if it outlives the test."""
+    try:
+        assert ready(), "the child never sent its request"
+        interrupted = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=30)
+        return time.monotonic() - interrupted, out, err
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
 _HANG_CHILD = """
 import sys
 sys.path.insert(0, {root!r})
@@ -217,17 +235,13 @@ def test_ctrl_c_stops_a_blocked_sync_embed_promptly() -> None:
         text=True,
         cwd=ROOT,
     )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ARRIVED"  # the request is on the wire
-        interrupted = time.monotonic()
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=30)
-        took = time.monotonic() - interrupted
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    assert child.stdout is not None
+    stdout = child.stdout
+
+    def arrived() -> bool:
+        return stdout.readline().strip() == "ARRIVED"  # the request is on the wire
+
+    took, out, err = interrupt_when(child, arrived)
     assert child.returncode == 0, err[-3000:]
     assert out.split() == ["INTERRUPTED", "CLOSED"]
     assert took < 3.0, f"took {took:.1f} s to stop after Ctrl-C"
@@ -263,17 +277,10 @@ def test_ctrl_c_stops_the_cli_promptly(tmp_path: Path) -> None:
         argv += [str(tmp_path / "out.npy"), "--api", "hf"]
         argv += ["--url", f"http://127.0.0.1:{server.port}/models/m"]
         env = {**os.environ, "HF_TOKEN": "hf_unused", "PYTHONPATH": str(ROOT)}
-        child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            assert server.arrived.wait(60), "the CLI never sent its request"
-            interrupted = time.monotonic()
-            child.send_signal(signal.SIGINT)
-            _, err = child.communicate(timeout=30)
-            took = time.monotonic() - interrupted
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-    assert child.returncode == 130, err.decode()[-2000:]
-    assert b"interrupted" in err
+        child = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        took, _, err = interrupt_when(child, lambda: server.arrived.wait(60))
+    assert child.returncode == 130, err[-2000:]
+    assert "interrupted" in err
     assert took < 3.0, f"took {took:.1f} s to stop after Ctrl-C"
