@@ -34,6 +34,7 @@ from . import (
     memory,
     openloop,
     overhead,
+    priority,
     providers,
     ratelimit,
     rayfleet,
@@ -54,7 +55,8 @@ from ._common import (
 from ._report import markdown
 
 SCENARIOS = {
-    m.NAME: m for m in (coalescing, openloop, bulk, overhead, latency, memory, ratelimit, replicas)
+    m.NAME: m
+    for m in (coalescing, openloop, bulk, overhead, latency, memory, ratelimit, replicas, priority)
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS[frameworks.NAME] = frameworks

@@ -29,6 +29,7 @@ from ._core import SchedulerStats as SchedulerStats
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import BatchTooLargeError as BatchTooLargeError
 from ._errors import ClientClosedError as ClientClosedError
+from ._errors import DeadlineExceededError as DeadlineExceededError
 from ._errors import EmbedkitError as EmbedkitError
 from ._errors import InputError as InputError
 from ._errors import ModelLoadingError as ModelLoadingError
@@ -61,6 +62,7 @@ __all__ = [
     "CompleteBackend",
     "Connection",
     "CorpusError",
+    "DeadlineExceededError",
     "Embedder",
     "EmbedderOptions",
     "EmbedkitError",

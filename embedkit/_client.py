@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -29,7 +29,18 @@ from ._backends import (
     endpoints_of,
     kind_sender,
 )
-from ._config import Api, Connection, Dtype, Kind, Limits, Matrix, Pooling
+from ._config import (
+    Api,
+    Connection,
+    Dtype,
+    Kind,
+    Limits,
+    Matrix,
+    Pooling,
+    Priority,
+    check_priority,
+    check_seconds,
+)
 from ._core import (
     DEFAULT_RETRY,
     AdaptiveConcurrency,
@@ -45,6 +56,7 @@ from ._errors import ClientClosedError
 from ._kinds import KindSchedulers, check_kind, in_dtype, scheduler_factory
 from ._options import LegacyOptions, fold_legacy
 from ._quantize import as_dtype, check_dtype
+from ._telemetry import Telemetry, telemetry_available
 from ._texts import check_text, check_texts
 
 __all__ = ["AsyncEmbedder"]
@@ -99,6 +111,10 @@ class AsyncEmbedder:
             packed bits, `"binary"` (int8) or `"ubinary"` (uint8), dim/8 bytes a vector.
             Cohere and Voyage quantise on the server; for the others embedkit quantises the
             floats (the rule is in the "providers" guide). `embedkit.unpackbits` unpacks bits.
+        deadline: the default `deadline=` of `embed` and `embed_many`: seconds a call may
+            take in all (queueing, attempts, backoff) before `DeadlineExceededError`; a wait
+            the server asks for (429 `Retry-After`, a loading model) that would not fit
+            raises at once instead. None: no deadline.
 
     The flat keywords that `limits=` and `connection=` replaced (`max_batch_size=`,
     `max_concurrency=`, `timeout=`, `transport=`, …) still work for one release, with a
@@ -127,6 +143,7 @@ class AsyncEmbedder:
         backend: Backend | None = None,
         kind: Kind | None = None,
         dtype: Dtype = "float32",
+        deadline: float | None = None,
         **deprecated: Unpack[LegacyOptions],
     ) -> None:
         limits, connection = fold_legacy(limits, connection, dict(deprecated))
@@ -137,6 +154,8 @@ class AsyncEmbedder:
                 "kind= and prompt_name= both choose the prompt; give one (kind='query' is "
                 "the model's prompt named 'query')"
             )
+        check_seconds("deadline", deadline)
+        self.deadline = deadline
         if dimensions is not None and dimensions < 1:
             raise ValueError("dimensions must be a positive integer")
         if truncation_direction not in (None, "left", "right"):
@@ -180,6 +199,7 @@ class AsyncEmbedder:
         self._quota: Quota | None = quota
         self._scheduler: Scheduler | None = None
         self._kinds: KindSchedulers | None = None  # the other kinds' schedulers, once open
+        self._telemetry: Telemetry | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self.info = BackendInfo()
         # a custom backend's floats are quantised here; it is told a kind per call
@@ -252,6 +272,7 @@ class AsyncEmbedder:
                 input_rate=TokenBucket(ips, burst=max(float(max_batch), ips / 10)) if ips else None,
                 learn_rate=limits.adaptive_concurrency,
             )
+            self._telemetry = self._open_telemetry()
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             make_scheduler = scheduler_factory(
@@ -267,6 +288,7 @@ class AsyncEmbedder:
                 dedup=limits.dedup,
                 cache_size=self._cache_size,
                 quota=quota,
+                max_queue_wait=limits.max_queue_wait,
             )
             send: Any = self._backend.embed_batch
             if self._custom and self._options.kind is not None:
@@ -342,31 +364,102 @@ class AsyncEmbedder:
             return scheduler
         return await self._kinds.get(kind, scheduler)
 
-    async def embed(self, text: str, *, kind: Kind | None = None) -> Matrix:
+    async def embed(
+        self,
+        text: str,
+        *,
+        kind: Kind | None = None,
+        priority: Priority = "interactive",
+        deadline: float | None = None,
+    ) -> Matrix:
         """Embed one text: a vector of shape (dim,) (float32 unless the embedder's `dtype`
         says otherwise; dim/8 bytes for the packed-bit dtypes).
 
-        Concurrent calls from many tasks share batched requests. `kind="query"` or
-        `"document"` overrides the embedder's default `kind` for this call.
+        Concurrent calls from many tasks share batched requests.
+
+        Args:
+            text: the text.
+            kind: "query" or "document": overrides the embedder's default `kind` for this
+                call (texts of different kinds never share a request).
+            priority: "interactive" (default: sent before queued bulk work, e.g. a search
+                query) or "bulk" (queued behind it, as `embed_stream`/`embed_file` are).
+            deadline: seconds this call may take in all (queueing, attempts, backoff), then
+                `DeadlineExceededError`; default: the embedder's `deadline`.
         """
-        text = check_text(text)
-        scheduler = await self.scheduler_for(kind)
-        matrix = await scheduler.submit([text])
+        matrix = await self._submit([check_text(text)], kind, priority, deadline)
         row: Matrix = as_dtype(matrix[0], self.dtype)
         return row
 
+    def _submit(
+        self, texts: list[str], kind: Kind | None, priority: Priority, deadline: float | None
+    ) -> Awaitable[Matrix]:
+        """Through the scheduler of the call's kind, in its lane, within its deadline, in
+        its span.
+
+        Not a coroutine itself (it returns the one to await): one frame less per call.
+        """
+        if priority != "interactive":
+            check_priority(priority)
+        if deadline is None:
+            deadline = self.deadline
+        else:
+            check_seconds("deadline", deadline)
+        if kind is None or kind == self._options.kind:
+            call = self.running_scheduler().submit(texts, priority=priority, deadline=deadline)
+        else:
+            call = self._submit_kind(texts, kind, priority, deadline)
+        telemetry = self._telemetry
+        if telemetry is None or not telemetry.enabled():
+            return call
+        return telemetry.observe(call)
+
+    async def _submit_kind(
+        self, texts: list[str], kind: Kind, priority: Priority, deadline: float | None
+    ) -> Matrix:
+        scheduler = await self.scheduler_for(kind)
+        return await scheduler.submit(texts, priority=priority, deadline=deadline)
+
+    def _open_telemetry(self) -> Telemetry | None:
+        """OpenTelemetry instruments, when `opentelemetry-api` is installed (the `otel` extra)."""
+        if not telemetry_available():
+            return None
+        address, port = self._backend_address()
+        return Telemetry(
+            model=self.model or self.info.model_id,
+            address=address,
+            port=port,
+            encoding_format=self.connection.encoding_format if self.api == "openai" else None,
+        )
+
+    def _backend_address(self) -> tuple[str | None, int | None]:
+        """The one server this embedder talks to (None for a local model or replicas)."""
+        protocol = getattr(self._backend, "protocol", None)
+        endpoint = getattr(protocol, "endpoint", None)
+        if not isinstance(endpoint, str):
+            return None, None
+        import httpx
+
+        url = httpx.URL(endpoint)
+        return url.host or None, url.port or {"http": 80, "https": 443}.get(url.scheme)
+
     async def embed_many(
-        self, texts: Sequence[str] | Iterable[str], *, kind: Kind | None = None
+        self,
+        texts: Sequence[str] | Iterable[str],
+        *,
+        kind: Kind | None = None,
+        priority: Priority = "interactive",
+        deadline: float | None = None,
     ) -> Matrix:
         """Embed many texts: a matrix of shape (len(texts), dim), row i for text i (float32
         unless the embedder's `dtype` says otherwise).
 
         The list is cut into full batches sent concurrently (and shared with any concurrent
         `embed` calls of the same kind). An empty list gives shape (0, dim) when dim is
-        known. `kind` overrides the embedder's default `kind` for this call.
+        known. `kind`, `priority` and `deadline` as for `embed`; a large list that should
+        not hold up queries is "bulk".
         """
         items = check_texts(texts)
-        scheduler = await self.scheduler_for(kind)
+        self.running_scheduler()  # raises unless open
         if not items:
             dim = self.dimension
             if dim is None:
@@ -375,7 +468,7 @@ class AsyncEmbedder:
                     "pass dimensions= or embed something first"
                 )
             return as_dtype(np.empty((0, dim), dtype=np.float32), self.dtype)
-        matrix: Matrix = as_dtype(await scheduler.submit(items), self.dtype)
+        matrix: Matrix = as_dtype(await self._submit(items, kind, priority, deadline), self.dtype)
         return matrix
 
     def stats(self) -> SchedulerStats:

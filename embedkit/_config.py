@@ -28,7 +28,10 @@ __all__ = [
     "Limits",
     "Matrix",
     "Pooling",
+    "Priority",
     "VerifyTypes",
+    "check_priority",
+    "check_seconds",
     "default_max_batch_size",
 ]
 
@@ -53,6 +56,10 @@ Kind = Literal["query", "document"]
 #: byte a dimension, or one bit a dimension packed eight to a byte ("binary" as int8 offset
 #: by -128, "ubinary" as uint8), as Cohere and Voyage name them.
 Dtype = Literal["float32", "int8", "uint8", "binary", "ubinary"]
+
+#: Which lane a call's texts queue in: "interactive" texts are put in the next batch
+#: before any "bulk" text queued earlier (bulk texts fill the rest of each batch).
+Priority = Literal["interactive", "bulk"]
 
 DEFAULT_MAX_BATCH_SIZE = 32
 #: The default `max_batch_size` for `api="openai"`. OpenAI-compatible servers state no batch
@@ -89,6 +96,22 @@ def default_max_batch_size(api: str) -> int:
 def _check_rate(name: str, rate: float | None) -> None:
     if rate is not None and not (rate > 0 and math.isfinite(rate)):
         raise ValueError(f"{name} must be a positive number")
+
+
+def check_seconds(name: str, seconds: float | None) -> None:
+    """A time limit must be a positive, finite number of seconds (or None: no limit)."""
+    if seconds is None:
+        return
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(seconds).__name__}")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"{name} must be a positive number of seconds (or None), not {seconds!r}")
+
+
+def check_priority(priority: object) -> None:
+    """`priority=` must be "interactive" or "bulk"."""
+    if priority not in ("interactive", "bulk"):
+        raise ValueError(f"priority must be 'interactive' or 'bulk', not {priority!r}")
 
 
 def _check_timeout(timeout: httpx.Timeout | float | None) -> None:
@@ -129,6 +152,10 @@ class Limits:
         requests_per_second: a client-side request rate limit (token bucket).
         inputs_per_second: a client-side limit on texts per second.
         dedup: send identical in-flight texts once.
+        max_queue_wait: seconds a call's texts may wait in the client's queue before the
+            call fails with `DeadlineExceededError` (None: no limit). Only queueing counts:
+            a text already sent is not timed by it. It times `embed` and `embed_many` calls;
+            bulk streams (`embed_stream`, `embed_file`) queue as long as they need.
     """
 
     max_batch_size: int | None = None
@@ -138,6 +165,7 @@ class Limits:
     requests_per_second: float | None = None
     inputs_per_second: float | None = None
     dedup: bool = True
+    max_queue_wait: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_size is not None and self.max_batch_size < 1:
@@ -148,6 +176,7 @@ class Limits:
             raise ValueError("max_concurrency must be at least 1")
         _check_rate("requests_per_second", self.requests_per_second)
         _check_rate("inputs_per_second", self.inputs_per_second)
+        check_seconds("max_queue_wait", self.max_queue_wait)
 
     def batch_size_for(self, api: str) -> int:
         """`max_batch_size`, or the default for `api` when it is None."""
@@ -202,5 +231,6 @@ class Connection:
 
 
 #: The keywords each value object took when they were flat `AsyncEmbedder` arguments.
-LIMITS_FIELDS = frozenset(f.name for f in dataclasses.fields(Limits))
+#: (Fields added since, such as `max_queue_wait`, were never flat keywords.)
+LIMITS_FIELDS = frozenset(f.name for f in dataclasses.fields(Limits)) - {"max_queue_wait"}
 CONNECTION_FIELDS = frozenset(f.name for f in dataclasses.fields(Connection))

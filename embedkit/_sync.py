@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Literal
+from typing import Literal, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -14,13 +14,15 @@ from anyio.from_thread import BlockingPortal
 from typing_extensions import Unpack
 
 from ._client import AsyncEmbedder
-from ._config import Dtype, Kind, Matrix
+from ._config import Dtype, Kind, Matrix, Priority
 from ._core import SchedulerStats
 from ._errors import ClientClosedError
 from ._options import AnyOptions
 from ._quantize import as_dtype
 
 __all__ = ["Embedder"]
+
+T = TypeVar("T")
 
 
 class Embedder:
@@ -87,19 +89,46 @@ class Embedder:
         """The underlying `AsyncEmbedder` (use it only from the embedder's own loop)."""
         return self._async
 
-    def embed(self, text: str, *, kind: Kind | None = None) -> Matrix:
+    def embed(
+        self,
+        text: str,
+        *,
+        kind: Kind | None = None,
+        priority: Priority = "interactive",
+        deadline: float | None = None,
+    ) -> Matrix:
         """Embed one text: a vector of shape (dim,) — see `AsyncEmbedder.embed`."""
-        call = functools.partial(self._async.embed, text, kind=kind)
-        result: Matrix = self.running_portal().call(call)
+        call = functools.partial(
+            self._async.embed, text, kind=kind, priority=priority, deadline=deadline
+        )
+        result: Matrix = self._call(call)
         return result
 
     def embed_many(
-        self, texts: Sequence[str] | Iterable[str], *, kind: Kind | None = None
+        self,
+        texts: Sequence[str] | Iterable[str],
+        *,
+        kind: Kind | None = None,
+        priority: Priority = "interactive",
+        deadline: float | None = None,
     ) -> Matrix:
         """Embed many texts: a (len(texts), dim) matrix — see `AsyncEmbedder.embed_many`."""
-        call = functools.partial(self._async.embed_many, texts, kind=kind)
-        result: Matrix = self.running_portal().call(call)
+        call = functools.partial(
+            self._async.embed_many, texts, kind=kind, priority=priority, deadline=deadline
+        )
+        result: Matrix = self._call(call)
         return result
+
+    def _call(self, function: Callable[[], Awaitable[T]]) -> T:
+        """Run `function()` on the embedder's loop and wait for it; interrupted here (Ctrl-C),
+        the call is cancelled there too, so its queued texts are skipped at once instead of
+        being sent for nobody."""
+        future = self.running_portal().start_task_soon(function)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
 
     def stats(self) -> SchedulerStats:
         """Counters, limits and latency percentiles (a frozen snapshot).
@@ -163,7 +192,7 @@ class Embedder:
         truncate_dim: int | None = None,
     ) -> Matrix:
         """`SentenceTransformer.encode`, blocking — see `AsyncEmbedder.encode`."""
-        result: Matrix = self.running_portal().call(
+        result: Matrix = self._call(
             lambda: self._async.encode(
                 sentences,
                 batch_size=batch_size,
