@@ -68,6 +68,24 @@ class Telemetry:
         encoding_format: what the request asks for (`gen_ai.request.encoding_formats`).
     """
 
+    @classmethod
+    def for_backend(
+        cls, backend: object, *, model: str | None, encoding_format: str | None
+    ) -> Telemetry:
+        """Instruments for an embedder over `backend`: `server.address`/`server.port` are its
+        one server's (none for a local model or several replicas)."""
+        protocol = getattr(backend, "protocol", None)
+        endpoint = getattr(protocol, "endpoint", None)
+        address: str | None = None
+        port: int | None = None
+        if isinstance(endpoint, str):
+            import httpx
+
+            url = httpx.URL(endpoint)
+            address = url.host or None
+            port = url.port or {"http": 80, "https": 443}.get(url.scheme)
+        return cls(model=model, address=address, port=port, encoding_format=encoding_format)
+
     def __init__(
         self,
         *,
