@@ -112,10 +112,6 @@ class AsyncEmbedder(StreamMethods):
             packed bits, `"binary"` (int8) or `"ubinary"` (uint8), dim/8 bytes a vector.
             Cohere and Voyage quantise on the server; for the others embedkit quantises the
             floats (the rule is in the "providers" guide). `embedkit.unpackbits` unpacks bits.
-        deadline: the default `deadline=` of `embed` and `embed_many`: seconds a call may
-            take in all (queueing, attempts, backoff) before `DeadlineExceededError`; a wait
-            the server asks for (429 `Retry-After`, a loading model) that would not fit
-            raises at once instead. None: no deadline.
 
     The flat keywords that `limits=` and `connection=` replaced (`max_batch_size=`,
     `max_concurrency=`, `timeout=`, `transport=`, …) still work for one release, with a
@@ -144,7 +140,6 @@ class AsyncEmbedder(StreamMethods):
         backend: Backend | None = None,
         kind: Kind | None = None,
         dtype: Dtype = "float32",
-        deadline: float | None = None,
         **deprecated: Unpack[LegacyOptions],
     ) -> None:
         limits, connection = fold_legacy(limits, connection, dict(deprecated))
@@ -155,8 +150,7 @@ class AsyncEmbedder(StreamMethods):
                 "kind= and prompt_name= both choose the prompt; give one (kind='query' is "
                 "the model's prompt named 'query')"
             )
-        check_seconds("deadline", deadline)
-        self.deadline = deadline
+        self.deadline = limits.deadline  # the default of embed/embed_many (Limits.deadline)
         if dimensions is not None and dimensions < 1:
             raise ValueError("dimensions must be a positive integer")
         if truncation_direction not in (None, "left", "right"):
@@ -385,7 +379,7 @@ class AsyncEmbedder(StreamMethods):
             priority: "interactive" (default: sent before queued bulk work, e.g. a search
                 query) or "bulk" (queued behind it, as `embed_stream`/`embed_file` are).
             deadline: seconds this call may take in all (queueing, attempts, backoff), then
-                `DeadlineExceededError`; default: the embedder's `deadline`.
+                `DeadlineExceededError`; default: the embedder's `limits.deadline`.
         """
         matrix = await self._submit([check_text(text)], kind, priority, deadline)
         row: Matrix = as_dtype(matrix[0], self.dtype)

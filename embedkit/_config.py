@@ -156,6 +156,10 @@ class Limits:
             call fails with `DeadlineExceededError` (None: no limit). Only queueing counts:
             a text already sent is not timed by it. It times `embed` and `embed_many` calls;
             bulk streams (`embed_stream`, `embed_file`) queue as long as they need.
+        deadline: the default `deadline=` of `embed` and `embed_many`: seconds a call may
+            take in all (queueing, attempts, backoff) before `DeadlineExceededError`; a wait
+            the server asks for (429 `Retry-After`, a loading model) that would not fit
+            raises at once instead. None: no deadline.
     """
 
     max_batch_size: int | None = None
@@ -166,6 +170,7 @@ class Limits:
     inputs_per_second: float | None = None
     dedup: bool = True
     max_queue_wait: float | None = None
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_size is not None and self.max_batch_size < 1:
@@ -177,6 +182,7 @@ class Limits:
         _check_rate("requests_per_second", self.requests_per_second)
         _check_rate("inputs_per_second", self.inputs_per_second)
         check_seconds("max_queue_wait", self.max_queue_wait)
+        check_seconds("deadline", self.deadline)
 
     def batch_size_for(self, api: str) -> int:
         """`max_batch_size`, or the default for `api` when it is None."""
@@ -230,7 +236,17 @@ class Connection:
             raise ValueError("max_response_size must be a positive number of bytes, or None")
 
 
-#: The keywords each value object took when they were flat `AsyncEmbedder` arguments.
-#: (Fields added since, such as `max_queue_wait`, were never flat keywords.)
-LIMITS_FIELDS = frozenset(f.name for f in dataclasses.fields(Limits)) - {"max_queue_wait"}
+#: The keywords each value object took when they were flat `AsyncEmbedder` arguments
+#: (fields added since, such as `max_queue_wait`, were never flat keywords).
+LIMITS_FIELDS = frozenset(
+    {
+        "max_batch_size",
+        "max_batch_chars",
+        "max_concurrency",
+        "adaptive_concurrency",
+        "requests_per_second",
+        "inputs_per_second",
+        "dedup",
+    }
+)
 CONNECTION_FIELDS = frozenset(f.name for f in dataclasses.fields(Connection))

@@ -365,9 +365,6 @@ class EmbedkitModel(BaseModel):
     dtype: Literal["float32", "int8", "uint8", "binary", "ubinary"] = Field(
         default="float32", description="Element type of the vectors (packed bits: dim/8)."
     )
-    deadline: float | None = Field(
-        default=None, description="Seconds an embed call may take in all (None: no deadline)."
-    )
 
     _shared: SharedEmbedder = PrivateAttr()
 

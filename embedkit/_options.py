@@ -57,7 +57,6 @@ class EmbedderOptions(TypedDict, total=False):
     backend: Backend | None
     kind: Kind | None
     dtype: Dtype
-    deadline: float | None
 
 
 class LegacyOptions(TypedDict, total=False):
