@@ -226,7 +226,8 @@ def run(opts: Any) -> Scenario:
         scenario.setup["ratio_steady"] = steady_ratio
 
         quota_texts = sentences(n_quota, seed=11)
-        common = {"workers": 4, "batch_size": 64, "max_batch_size": 8, "max_concurrency": 4}
+        common: dict[str, Any] = {"workers": 4, "batch_size": 64}
+        common["limits"] = Limits(max_batch_size=8, max_concurrency=4)
         runs = [
             ("fleet told R (one shared bucket)", {"requests_per_second": rate}, None),
             ("fleet not told (learns from 429s, shared)", {}, None),
