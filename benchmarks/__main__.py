@@ -34,6 +34,7 @@ from . import (
     memory,
     openloop,
     overhead,
+    providers,
     ratelimit,
     rayfleet,
     replicas,
@@ -58,6 +59,7 @@ SCENARIOS = {
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS[frameworks.NAME] = frameworks
 SCENARIOS[rayfleet.NAME] = rayfleet
+SCENARIOS[providers.NAME] = providers
 
 
 @dataclasses.dataclass

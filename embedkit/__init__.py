@@ -39,6 +39,8 @@ from ._errors import ServerError as ServerError
 from ._errors import StatusError as StatusError
 from ._errors import TransportError as TransportError
 from ._options import EmbedderOptions as EmbedderOptions
+from ._quantize import quantize as quantize
+from ._quantize import unpackbits as unpackbits
 from ._similarity import cosine_similarity as cosine_similarity
 from ._similarity import top_k as top_k
 from ._sync import Embedder as Embedder
@@ -81,7 +83,9 @@ __all__ = [
     "aembed_file",
     "cosine_similarity",
     "embed_file",
+    "quantize",
     "top_k",
+    "unpackbits",
 ]
 
 # Show the public path (embedkit.RateLimitError) in reprs and tracebacks, not the private

@@ -20,12 +20,21 @@ import anyio
 import numpy as np
 from typing_extensions import Unpack
 
-from ._backends import Backend, BackendInfo, Options, URLs, build_backend, endpoints_of
-from ._config import Api, Connection, Limits, Matrix, Pooling
+from ._backends import (
+    Backend,
+    BackendInfo,
+    Options,
+    URLs,
+    build_backend,
+    endpoints_of,
+    kind_sender,
+)
+from ._config import Api, Connection, Dtype, Kind, Limits, Matrix, Pooling
 from ._core import (
     DEFAULT_RETRY,
     AdaptiveConcurrency,
     Cooldown,
+    LocalQuota,
     Quota,
     RetryPolicy,
     Scheduler,
@@ -33,7 +42,9 @@ from ._core import (
     TokenBucket,
 )
 from ._errors import ClientClosedError
+from ._kinds import KindSchedulers, check_kind, in_dtype, scheduler_factory
 from ._options import LegacyOptions, fold_legacy
+from ._quantize import as_dtype, check_dtype
 from ._texts import check_text, check_texts
 
 __all__ = ["AsyncEmbedder"]
@@ -54,12 +65,15 @@ class AsyncEmbedder:
     Args:
         model: the model id (hf, openai, local) — for `api="local"` also a folder path.
         url: where to send requests. hf: the full URL (default: the HF router URL for
-            `model`); tei: the server root; openai: the API base (default OpenAI's).
+            `model`); tei: the server root; openai, cohere, voyage, gemini: the API base
+            (default the provider's); ollama: the server root (default 127.0.0.1:11434).
             Several URLs (or `Endpoint`s) of the same protocol: replicas of one model,
             balanced by expected finish time, with failover (see the "many replicas" guide).
-        api: `"hf"`, `"tei"`, `"openai"` or `"local"` (a model in this process).
+        api: `"hf"`, `"tei"`, `"openai"`, `"cohere"`, `"voyage"`, `"gemini"`, `"ollama"`
+            or `"local"` (a model in this process).
         token: the API token; default `HF_TOKEN` / the huggingface CLI token file
-            (hf, tei) or `OPENAI_API_KEY` (openai). Never shown in reprs, logs or errors.
+            (hf, tei), `OPENAI_API_KEY`, `COHERE_API_KEY`, `VOYAGE_API_KEY`,
+            `GEMINI_API_KEY` (their APIs). Never shown in reprs, logs or errors.
         normalize: ask for unit-length vectors (None: the server's default).
         prompt_name: a prompt the model defines (e.g. "query"), hf/tei/local.
         truncate: let the server truncate over-long inputs instead of refusing them.
@@ -77,6 +91,14 @@ class AsyncEmbedder:
             `Quota`); None: this embedder's own limits.
         cache_size: keep an LRU cache of this many recent vectors (0: none).
         backend: a ready `Backend` object (overrides api/url); the seam for custom backends.
+        kind: what texts are for by default, `"query"` or `"document"` (a call may name its
+            own): Cohere/Voyage `input_type`, Gemini `taskType`, the model's prompt of that
+            name for hf/tei/local. openai and ollama have no such field and refuse it. Texts
+            of different kinds never share a request.
+        dtype: the vectors' element type: `"float32"` (default), `"int8"`, `"uint8"`, or
+            packed bits, `"binary"` (int8) or `"ubinary"` (uint8), dim/8 bytes a vector.
+            Cohere and Voyage quantise on the server; for the others embedkit quantises the
+            floats (the rule is in the "providers" guide). `embedkit.unpackbits` unpacks bits.
 
     The flat keywords that `limits=` and `connection=` replaced (`max_batch_size=`,
     `max_concurrency=`, `timeout=`, `transport=`, …) still work for one release, with a
@@ -103,9 +125,18 @@ class AsyncEmbedder:
         quota: Quota | None = None,
         cache_size: int = 0,
         backend: Backend | None = None,
+        kind: Kind | None = None,
+        dtype: Dtype = "float32",
         **deprecated: Unpack[LegacyOptions],
     ) -> None:
         limits, connection = fold_legacy(limits, connection, dict(deprecated))
+        self.dtype: Dtype = check_dtype(dtype)
+        check_kind(kind)
+        if kind is not None and prompt_name is not None:
+            raise ValueError(
+                "kind= and prompt_name= both choose the prompt; give one (kind='query' is "
+                "the model's prompt named 'query')"
+            )
         if dimensions is not None and dimensions < 1:
             raise ValueError("dimensions must be a positive integer")
         if truncation_direction not in (None, "left", "right"):
@@ -129,6 +160,8 @@ class AsyncEmbedder:
             truncation_direction=truncation_direction,
             dimensions=dimensions,
             pooling=pooling,
+            kind=kind,
+            dtype=dtype if dtype != "float32" else None,
         )
         self._backend, self.max_concurrency = build_backend(
             api=api,
@@ -146,8 +179,14 @@ class AsyncEmbedder:
         # embedder's own limits (requests_per_second, inputs_per_second, 429s)
         self._quota: Quota | None = quota
         self._scheduler: Scheduler | None = None
+        self._kinds: KindSchedulers | None = None  # the other kinds' schedulers, once open
         self._stack: contextlib.AsyncExitStack | None = None
         self.info = BackendInfo()
+        # a custom backend's floats are quantised here; it is told a kind per call
+        self._custom = backend is not None
+        self._quantise_here = self._custom and dtype != "float32"
+        if self._custom and kind is not None:
+            kind_sender(self._backend, kind)  # raises unless the backend carries kinds
 
     def identity(self) -> dict[str, Any]:
         """What decides the vectors this embedder gives (`embed_file`'s resume fingerprint).
@@ -168,6 +207,9 @@ class AsyncEmbedder:
             "prompt_name": options.prompt_name,
             "dimensions": options.dimensions,
             "truncate": options.truncate,
+            # only when set, so the fingerprints of earlier runs still match
+            **({"kind": options.kind} if options.kind is not None else {}),
+            **({"dtype": self.dtype} if self.dtype != "float32" else {}),
         }
 
     def describe(self) -> str:
@@ -203,25 +245,39 @@ class AsyncEmbedder:
             rps, ips = limits.requests_per_second, limits.inputs_per_second
             retry = self._retry
             cooldown = Cooldown(sleep=retry.sleep) if retry is not None else Cooldown()
-            scheduler = Scheduler(
-                self._backend.embed_batch,
-                max_batch_size=max_batch,
-                max_batch_chars=limits.max_batch_chars,
-                concurrency=AdaptiveConcurrency(max_conc, adaptive=limits.adaptive_concurrency),
-                retry=retry,
+            concurrency = AdaptiveConcurrency(max_conc, adaptive=limits.adaptive_concurrency)
+            quota = self._quota or LocalQuota(
                 cooldown=cooldown,
                 request_rate=TokenBucket(rps) if rps else None,
                 input_rate=TokenBucket(ips, burst=max(float(max_batch), ips / 10)) if ips else None,
-                dedup=limits.dedup,
-                cache_size=self._cache_size,
                 learn_rate=limits.adaptive_concurrency,
-                quota=self._quota,
             )
-            scheduler.dimension = info.dimension
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
-            stack.callback(scheduler.close)
-            await tg.start(scheduler.run)
+            make_scheduler = scheduler_factory(
+                stack=stack,
+                tg=tg,
+                dimension=info.dimension,
+                dtype=self.dtype,
+                quantise=self._quantise_here,
+                max_batch_size=max_batch,
+                max_batch_chars=limits.max_batch_chars,
+                concurrency=concurrency,  # shared by every kind's scheduler, like the quota
+                retry=retry,
+                dedup=limits.dedup,
+                cache_size=self._cache_size,
+                quota=quota,
+            )
+            send: Any = self._backend.embed_batch
+            if self._custom and self._options.kind is not None:
+                send = kind_sender(self._backend, self._options.kind)
+            scheduler = await make_scheduler(send)
+            self._kinds = KindSchedulers(
+                self._backend,
+                make_scheduler,
+                default_kind=self._options.kind,
+                prompt_name=self._options.prompt_name,
+            )
             await tg.start(self._backend.run)  # e.g. the balancer's probes of ejected replicas
         except BaseException:
             await stack.aclose()
@@ -273,23 +329,44 @@ class AsyncEmbedder:
             return self._scheduler.dimension
         return self.info.dimension
 
-    async def embed(self, text: str) -> Matrix:
-        """Embed one text: a float32 vector of shape (dim,).
+    async def scheduler_for(self, kind: Kind | None = None) -> Scheduler:
+        """The scheduler of calls of `kind` (None: the embedder's default kind).
 
-        Concurrent calls from many tasks share batched requests.
+        Internal, like `running_scheduler`. Each kind has its own scheduler, so texts of
+        different kinds never share a request; all of them share one concurrency limit
+        and one quota (`_kinds.py`). Raises `ValueError` when the API has no field for a kind.
         """
-        matrix = await self.running_scheduler().submit([check_text(text)])
-        row: Matrix = matrix[0]
+        scheduler = self.running_scheduler()
+        if self._kinds is None:
+            check_kind(kind)
+            return scheduler
+        return await self._kinds.get(kind, scheduler)
+
+    async def embed(self, text: str, *, kind: Kind | None = None) -> Matrix:
+        """Embed one text: a vector of shape (dim,) (float32 unless the embedder's `dtype`
+        says otherwise; dim/8 bytes for the packed-bit dtypes).
+
+        Concurrent calls from many tasks share batched requests. `kind="query"` or
+        `"document"` overrides the embedder's default `kind` for this call.
+        """
+        text = check_text(text)
+        scheduler = await self.scheduler_for(kind)
+        matrix = await scheduler.submit([text])
+        row: Matrix = as_dtype(matrix[0], self.dtype)
         return row
 
-    async def embed_many(self, texts: Sequence[str] | Iterable[str]) -> Matrix:
-        """Embed many texts: a float32 matrix of shape (len(texts), dim), row i for text i.
+    async def embed_many(
+        self, texts: Sequence[str] | Iterable[str], *, kind: Kind | None = None
+    ) -> Matrix:
+        """Embed many texts: a matrix of shape (len(texts), dim), row i for text i (float32
+        unless the embedder's `dtype` says otherwise).
 
         The list is cut into full batches sent concurrently (and shared with any concurrent
-        `embed` calls). An empty list gives shape (0, dim) when dim is known.
+        `embed` calls of the same kind). An empty list gives shape (0, dim) when dim is
+        known. `kind` overrides the embedder's default `kind` for this call.
         """
         items = check_texts(texts)
-        scheduler = self.running_scheduler()
+        scheduler = await self.scheduler_for(kind)
         if not items:
             dim = self.dimension
             if dim is None:
@@ -297,8 +374,9 @@ class AsyncEmbedder:
                     "embed_many([]) cannot know the embedding size before the first answer; "
                     "pass dimensions= or embed something first"
                 )
-            return np.empty((0, dim), dtype=np.float32)
-        return await scheduler.submit(items)
+            return as_dtype(np.empty((0, dim), dtype=np.float32), self.dtype)
+        matrix: Matrix = as_dtype(await scheduler.submit(items), self.dtype)
+        return matrix
 
     def stats(self) -> SchedulerStats:
         """Counters, limits and latency percentiles (a frozen snapshot).
@@ -326,6 +404,7 @@ class AsyncEmbedder:
         max_blocks_in_flight: int | None = None,
         sort_by_length: bool = False,
         dedup: bool = True,
+        kind: Kind | None = None,
     ) -> AsyncGenerator[tuple[int, Matrix], None]:
         """Embed an iterable or async iterable of any length, in order, with bounded memory.
 
@@ -343,23 +422,36 @@ class AsyncEmbedder:
         block for long (a network disk), pass an async iterable, or use `Embedder.embed_stream`,
         which reads in the calling thread. Leaving the loop early drops what was queued (at
         once with `contextlib.aclosing`, otherwise when the generator is collected).
+        `kind` overrides the embedder's default `kind`; blocks are in the embedder's `dtype`.
         """
         from ._bulk import astream, default_depth
 
         scheduler = self.running_scheduler()
         if block_size < 1:
             raise ValueError("block_size must be at least 1")
+        check_kind(kind)
         depth = max_blocks_in_flight or default_depth(
             block_size, self.max_concurrency, scheduler.max_batch_size
         )
-        return astream(
-            scheduler,
-            texts,
-            block_size=block_size,
-            depth=depth,
-            sort_by_length=sort_by_length,
-            dedup=dedup,
-        )
+
+        def stream(chosen: Scheduler) -> AsyncGenerator[tuple[int, Matrix], None]:
+            return astream(
+                chosen,
+                texts,
+                block_size=block_size,
+                depth=depth,
+                sort_by_length=sort_by_length,
+                dedup=dedup,
+            )
+
+        if (kind is None or kind == self._options.kind) and self.dtype == "float32":
+            return stream(scheduler)
+
+        async def blocks() -> AsyncGenerator[tuple[int, Matrix], None]:
+            async for block in in_dtype(stream(await self.scheduler_for(kind)), self.dtype):
+                yield block
+
+        return blocks()
 
     async def encode(
         self,
@@ -400,6 +492,11 @@ class AsyncEmbedder:
 
         if not convert_to_numpy:
             raise ValueError("convert_to_numpy=False is not supported: encode returns numpy")
+        if self.dtype != "float32" and (normalize_embeddings or truncate_dim is not None):
+            raise ValueError(
+                f"normalize_embeddings= and truncate_dim= work on floats; this embedder "
+                f"returns {self.dtype} (dtype=)"
+            )
         result = await encode(
             self.running_scheduler(),
             sentences,
@@ -413,4 +510,4 @@ class AsyncEmbedder:
             truncate_dim=truncate_dim,
             max_concurrency=self.max_concurrency,
         )
-        return result
+        return as_dtype(result, self.dtype)

@@ -19,9 +19,12 @@ __all__ = [
     "DEFAULT_MAX_RESPONSE_SIZE",
     "DEFAULT_TIMEOUT",
     "OPENAI_MAX_BATCH_SIZE",
+    "PROVIDER_MAX_BATCH_SIZE",
     "Api",
     "CertTypes",
     "Connection",
+    "Dtype",
+    "Kind",
     "Limits",
     "Matrix",
     "Pooling",
@@ -42,7 +45,14 @@ VerifyTypes = bool | str | os.PathLike[str] | ssl.SSLContext
 CertTypes = str | tuple[str, str] | tuple[str, str, str]
 
 #: The protocols an embedder speaks: a wire format, or a model in this process.
-Api = Literal["hf", "tei", "openai", "local"]
+Api = Literal["hf", "tei", "openai", "local", "cohere", "voyage", "gemini", "ollama"]
+#: What a text is for: a search query, or a document to be searched. Each protocol maps it
+#: to its own field (Cohere/Voyage `input_type`, Gemini `taskType`, `prompt_name`).
+Kind = Literal["query", "document"]
+#: The element type of the vectors an embedder returns: float32, one signed or unsigned
+#: byte a dimension, or one bit a dimension packed eight to a byte ("binary" as int8 offset
+#: by -128, "ubinary" as uint8), as Cohere and Voyage name them.
+Dtype = Literal["float32", "int8", "uint8", "binary", "ubinary"]
 
 DEFAULT_MAX_BATCH_SIZE = 32
 #: The default `max_batch_size` for `api="openai"`. OpenAI-compatible servers state no batch
@@ -58,9 +68,22 @@ DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0, pool=None)
 DEFAULT_MAX_RESPONSE_SIZE = 256 * 1024 * 1024
 
 
+#: Texts a request for the hosted APIs, from each provider's reference (see
+#: docs/providers.md): Cohere 96 a call, Voyage 128 (the list limit its SDK documents;
+#: newer models accept more), Gemini 100 requests a batchEmbedContents call. Ollama states
+#: no limit; 32 keeps one request's latency short on a local GPU or CPU.
+PROVIDER_MAX_BATCH_SIZE = {
+    "openai": OPENAI_MAX_BATCH_SIZE,
+    "cohere": 96,
+    "voyage": 128,
+    "gemini": 100,
+    "ollama": 32,
+}
+
+
 def default_max_batch_size(api: str) -> int:
     """The `max_batch_size` an embedder for `api` uses unless told one."""
-    return OPENAI_MAX_BATCH_SIZE if api == "openai" else DEFAULT_MAX_BATCH_SIZE
+    return PROVIDER_MAX_BATCH_SIZE.get(api, DEFAULT_MAX_BATCH_SIZE)
 
 
 def _check_rate(name: str, rate: float | None) -> None:
@@ -95,7 +118,9 @@ class Limits:
 
     Attributes:
         max_batch_size: texts per request at most (lowered to the server's own limit);
-            None: `OPENAI_MAX_BATCH_SIZE` (64) for openai, else `DEFAULT_MAX_BATCH_SIZE` (32).
+            None: `PROVIDER_MAX_BATCH_SIZE` for openai (64), cohere (96), voyage (128),
+            gemini (100) and ollama (32), else `DEFAULT_MAX_BATCH_SIZE` (32). A hosted
+            API's documented limit also caps a larger value.
         max_batch_chars: characters per request at most, to stay under body limits.
         max_concurrency: requests in flight at most; adaptive below this after 429s. With
             several URLs, per replica (an `Endpoint` may set its own); the total is the sum.

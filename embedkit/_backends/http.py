@@ -18,6 +18,7 @@ from .._config import (
     DEFAULT_MAX_RESPONSE_SIZE,
     DEFAULT_TIMEOUT,
     CertTypes,
+    Kind,
     Matrix,
     VerifyTypes,
 )
@@ -58,7 +59,8 @@ class HttpBackend:
 
     Args:
         protocol: the wire format (hf, tei, openai).
-        token: sent as `Authorization: Bearer ...` when set.
+        token: sent as the protocol says (`Authorization: Bearer ...`; Gemini's
+            `x-goog-api-key`) when set.
         client: an `httpx.AsyncClient` to use (the caller keeps ownership).
         transport: an httpx transport for the client embedkit builds (tests pass
             `httpx.MockTransport`); default: embedkit's lean HTTP/1.1 transport, or
@@ -139,7 +141,7 @@ class HttpBackend:
         if protocol.hf_headers and use_cache is False:
             self._base_headers["x-use-cache"] = "false"
         if token is not None:
-            self._base_headers["authorization"] = f"Bearer {token.reveal()}"
+            self._base_headers.update(protocol.auth_headers(token.reveal()))
         self._headers = self._build_headers()
 
     def _build_headers(self) -> dict[str, str]:
@@ -154,6 +156,11 @@ class HttpBackend:
             # their own framing or hold CR/LF take the httpx.Request path, which says so).
             self._prepared = PreparedPost.build(self._url, self._direct_headers)
         return headers
+
+    @property
+    def carries_kind(self) -> bool:
+        """Whether the protocol has a query/document field (a call may name its kind)."""
+        return self.protocol.carries_kind
 
     @property
     def resent_requests(self) -> int:
@@ -228,10 +235,13 @@ class HttpBackend:
                 error_from_response(response.status_code, response.content, response.headers)
             )
 
-    async def embed_batch(self, texts: list[str]) -> Matrix:
-        """POST one batch and decode it, or raise the matching embedkit error."""
+    async def embed_batch(self, texts: list[str], *, kind: Kind | None = None) -> Matrix:
+        """POST one batch and decode it, or raise the matching embedkit error.
+
+        `kind` overrides the protocol's default intent for this batch ("query"/"document").
+        """
         try:
-            status, content, headers = await self._post(self.protocol.body(texts))
+            status, content, headers = await self._post(self.protocol.body(texts, kind))
         except ResponseTooLarge as exc:
             raise ResponseError(f"{exc} from {_safe_url(self.protocol.endpoint)}") from exc
         except httpx.TimeoutException as exc:
@@ -244,7 +254,9 @@ class HttpBackend:
                 f"{type(exc).__name__} talking to {_safe_url(self.protocol.endpoint)}: {detail}"
             ) from exc
         if status >= 400:
-            error = error_from_response(status, content, headers)
+            error = self.protocol.refine_error(
+                error_from_response(status, content, headers), content
+            )
             if (
                 isinstance(error, ModelLoadingError)
                 and self._forced_wait is None
@@ -255,7 +267,7 @@ class HttpBackend:
                 self._headers = self._build_headers()
             raise self._redact(error)
         try:
-            return self.protocol.decode(content, len(texts))
+            return self.protocol.finish(self.protocol.decode(content, len(texts)))
         except EmbedkitError as exc:
             raise self._redact(exc) from exc.__cause__
 
