@@ -23,6 +23,7 @@ import anyio
 
 from ._backends import PROTOCOLS
 from ._bulk import FORMATS, CorpusError, ResumeState, state_path
+from ._config import Limits
 from ._quantize import DTYPES
 
 __all__ = ["main"]
@@ -273,11 +274,14 @@ def _embed(args: argparse.Namespace) -> int:
     urls = args.url or []
     url: str | list[str] | None = urls[0] if len(urls) == 1 else urls or None
     options: dict[str, Any] = {"model": args.model, "api": args.api, "url": url}
-    names = {"batch_size": "max_batch_size", "concurrency": "max_concurrency"}
-    names.update(rps="requests_per_second", cache_size="cache_size")
-    names.update({name: name for name in ("normalize", "prompt_name", "dimensions", "truncate")})
-    names.update(kind="kind", dtype="dtype")
+    names = {name: name for name in ("cache_size", "normalize", "prompt_name", "dimensions")}
+    names.update(truncate="truncate", kind="kind", dtype="dtype")
     options.update({names[k]: getattr(args, k) for k in names if getattr(args, k) is not None})
+    limits = {"batch_size": "max_batch_size", "concurrency": "max_concurrency"}
+    limits.update(rps="requests_per_second")
+    given = {limits[k]: getattr(args, k) for k in limits if getattr(args, k) is not None}
+    if given:
+        options["limits"] = Limits(**given)
     progress: Any = None
     if not args.quiet:
         if console.stream.isatty():
