@@ -111,13 +111,13 @@ class HttpBackend:
             # the route. The message does not repeat the URL, which holds a secret.
             raise ValueError(
                 "credentials in the URL (user:password@) are not supported; pass token=, "
-                "or an http_client=httpx.AsyncClient(auth=...)"
+                "or connection=embedkit.Connection(http_client=httpx.AsyncClient(auth=...))"
             )
         if (client is not None or transport is not None) and (
             verify is not True or cert is not None or http2
         ):
             raise ValueError(
-                "verify=, cert= and http2= configure the client embedkit builds; "
+                "Connection's verify=, cert= and http2= configure the client embedkit builds; "
                 "set them on your own http_client or transport instead"
             )
         self._owns_client = client is None
