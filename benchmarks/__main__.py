@@ -34,6 +34,8 @@ from . import (
     memory,
     openloop,
     overhead,
+    priority,
+    providers,
     ratelimit,
     rayfleet,
     replicas,
@@ -54,11 +56,13 @@ from ._common import (
 from ._report import markdown
 
 SCENARIOS = {
-    m.NAME: m for m in (coalescing, openloop, bulk, overhead, latency, memory, ratelimit, replicas)
+    m.NAME: m
+    for m in (coalescing, openloop, bulk, overhead, latency, memory, ratelimit, replicas, priority)
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS[frameworks.NAME] = frameworks
 SCENARIOS[rayfleet.NAME] = rayfleet
+SCENARIOS[providers.NAME] = providers
 SCENARIOS[shared.NAME] = shared
 
 

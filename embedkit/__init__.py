@@ -33,6 +33,7 @@ from ._core import SchedulerStats as SchedulerStats
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import BatchTooLargeError as BatchTooLargeError
 from ._errors import ClientClosedError as ClientClosedError
+from ._errors import DeadlineExceededError as DeadlineExceededError
 from ._errors import EmbedkitError as EmbedkitError
 from ._errors import InputError as InputError
 from ._errors import ModelLoadingError as ModelLoadingError
@@ -43,6 +44,8 @@ from ._errors import ServerError as ServerError
 from ._errors import StatusError as StatusError
 from ._errors import TransportError as TransportError
 from ._options import EmbedderOptions as EmbedderOptions
+from ._quantize import quantize as quantize
+from ._quantize import unpackbits as unpackbits
 from ._similarity import cosine_similarity as cosine_similarity
 from ._similarity import top_k as top_k
 from ._sync import Embedder as Embedder
@@ -63,6 +66,7 @@ __all__ = [
     "CompleteBackend",
     "Connection",
     "CorpusError",
+    "DeadlineExceededError",
     "Embedder",
     "EmbedderOptions",
     "EmbeddingCache",
@@ -89,7 +93,9 @@ __all__ = [
     "aembed_file",
     "cosine_similarity",
     "embed_file",
+    "quantize",
     "top_k",
+    "unpackbits",
 ]
 
 # Show the public path (embedkit.RateLimitError) in reprs and tracebacks, not the private

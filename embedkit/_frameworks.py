@@ -50,7 +50,7 @@ from ._auth import resolve_token
 from ._backends import Backend
 from ._cache import EmbeddingCache
 from ._client import AsyncEmbedder
-from ._config import CONNECTION_FIELDS, LIMITS_FIELDS, Connection, Limits, Matrix
+from ._config import CONNECTION_FIELDS, LIMITS_FIELDS, Api, Connection, Kind, Limits, Matrix
 from ._core import DEFAULT_RETRY, Quota, RetryPolicy, SchedulerStats
 from ._errors import ClientClosedError
 from ._options import fold_legacy
@@ -215,21 +215,21 @@ class SharedEmbedder:
         with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody waits
             caller.call_soon_threadsafe(_resolve_all, calls)
 
-    def embed(self, text: str) -> Matrix:
+    def embed(self, text: str, kind: Kind | None = None) -> Matrix:
         """Blocking `AsyncEmbedder.embed`."""
-        return self.call(self.embedder.embed, text)
+        return self.call(functools.partial(self.embedder.embed, kind=kind), text)
 
-    def embed_many(self, texts: list[str]) -> Matrix:
+    def embed_many(self, texts: list[str], kind: Kind | None = None) -> Matrix:
         """Blocking `AsyncEmbedder.embed_many`."""
-        return self.call(self.embedder.embed_many, texts)
+        return self.call(functools.partial(self.embedder.embed_many, kind=kind), texts)
 
-    async def aembed(self, text: str) -> Matrix:
+    async def aembed(self, text: str, kind: Kind | None = None) -> Matrix:
         """`AsyncEmbedder.embed` from any event loop."""
-        return await self.acall(self.embedder.embed, text)
+        return await self.acall(functools.partial(self.embedder.embed, kind=kind), text)
 
-    async def aembed_many(self, texts: list[str]) -> Matrix:
+    async def aembed_many(self, texts: list[str], kind: Kind | None = None) -> Matrix:
         """`AsyncEmbedder.embed_many` from any event loop."""
-        return await self.acall(self.embedder.embed_many, texts)
+        return await self.acall(functools.partial(self.embedder.embed_many, kind=kind), texts)
 
     def adopt(self, owner: object) -> None:
         """Count `owner` as a user: the last one garbage-collected (or interpreter exit)
@@ -334,7 +334,7 @@ class EmbedkitModel(BaseModel):
         default=None,
         description="Server URL (hf: full URL; tei: root), or a list: replicas of one model.",
     )
-    api: Literal["hf", "tei", "openai", "local"] = "hf"
+    api: Api = "hf"
     token: SecretStr | None = Field(
         default=None,
         validate_default=True,
@@ -361,6 +361,12 @@ class EmbedkitModel(BaseModel):
     cache_size: int = 0
     cache: EmbeddingCache | None = Field(default=None, exclude=True)
     backend: Backend | None = Field(default=None, exclude=True)
+    kind: Literal["query", "document"] | None = Field(
+        default=None, description="What texts are for by default: 'query' or 'document'."
+    )
+    dtype: Literal["float32", "int8", "uint8", "binary", "ubinary"] = Field(
+        default="float32", description="Element type of the vectors (packed bits: dim/8)."
+    )
 
     _shared: SharedEmbedder = PrivateAttr()
 
@@ -408,6 +414,11 @@ class EmbedkitModel(BaseModel):
         copy = super().__deepcopy__(memo)
         self._shared.adopt(copy)
         return copy
+
+    def kind_for(self, kind: Kind) -> Kind | None:
+        """The kind a framework's query or document call sends: `kind` once the model was
+        given a `kind=` (the API has the field and the user opted in), else None."""
+        return kind if self.kind is not None else None
 
     def embed_matrix(self, texts: Sequence[str]) -> Matrix:
         """The float32 matrix (len(texts), dim), row i for text i, with no list conversion."""

@@ -25,6 +25,8 @@ from ._config import (
     Api,
     CertTypes,
     Connection,
+    Dtype,
+    Kind,
     Limits,
     Pooling,
     VerifyTypes,
@@ -55,6 +57,8 @@ class EmbedderOptions(TypedDict, total=False):
     cache_size: int
     cache: EmbeddingCache | None
     backend: Backend | None
+    kind: Kind | None
+    dtype: Dtype
 
 
 class LegacyOptions(TypedDict, total=False):
@@ -110,27 +114,27 @@ def fold_legacy(
             f"unexpected keyword argument{'s' if len(unknown) > 1 else ''}: "
             + ", ".join(sorted(unknown))
         )
-    out: dict[str, tuple[Any, dict[str, Any]]] = {
-        "limits": (limits, {k: v for k, v in legacy.items() if k in LIMITS_FIELDS}),
-        "connection": (connection, {k: v for k, v in legacy.items() if k in CONNECTION_FIELDS}),
-    }
     built: dict[str, Any] = {}
-    for name, (given, flat) in out.items():
-        cls = Limits if name == "limits" else Connection
-        if flat:
-            if given is not None:
-                raise TypeError(
-                    f"{', '.join(sorted(flat))}= and {name}= were both given; "
-                    f"set {'them' if len(flat) > 1 else 'it'} on the {cls.__name__} only"
-                )
-            spelled = ", ".join(f"{k}=..." for k in sorted(flat))
-            warnings.warn(
-                f"{', '.join(sorted(flat))}= as flat keyword{'s are' if len(flat) > 1 else ' is'} "
-                f"deprecated; pass {name}=embedkit.{cls.__name__}({spelled})",
-                DeprecationWarning,
-                stacklevel=_caller_stacklevel(),
-            )
-            built[name] = cls(**flat)
-        else:
+    for name, cls, fields, given in (
+        ("limits", Limits, LIMITS_FIELDS, limits),
+        ("connection", Connection, CONNECTION_FIELDS, connection),
+    ):
+        flat = {k: v for k, v in legacy.items() if k in fields}
+        if not flat:
             built[name] = given if given is not None else cls()
+            continue
+        keywords = ", ".join(f"{k}=" for k in sorted(flat))
+        if given is not None:
+            raise TypeError(
+                f"{keywords} and {name}= were both given; "
+                f"set {'them' if len(flat) > 1 else 'it'} on the {cls.__name__} only"
+            )
+        spelled = ", ".join(f"{k}=..." for k in sorted(flat))
+        warnings.warn(
+            f"{keywords} as flat keyword{'s are' if len(flat) > 1 else ' is'} deprecated; "
+            f"pass {name}=embedkit.{cls.__name__}({spelled})",
+            DeprecationWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+        built[name] = cls(**flat)
     return built["limits"], built["connection"]

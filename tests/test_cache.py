@@ -73,6 +73,8 @@ CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         OPENAI,
         {**OPENAI, "connection": embedkit.Connection(encoding_format="float")},
     ),
+    "kind": (BASE, {**BASE, "kind": "query"}),
+    "dtype": (BASE, {**BASE, "dtype": "int8"}),
     "url-without-model": ({**BASE, "model": None}, {**BASE, "model": None, "url": "http://h:1"}),
 }
 
@@ -313,3 +315,20 @@ def test_caches_pickle_without_connections_and_hide_passwords(tmp_path: Path) ->
     cache = embedkit.RedisCache("redis://:s3cret@host:6380/2")
     assert "s3cret" not in repr(cache)
     assert pickle.loads(pickle.dumps(cache)).url == cache.url
+
+
+@pytest.mark.asyncio
+async def test_texts_of_another_kind_are_cached_under_their_own_keys(
+    server: HashServer, tmp_path: Path
+) -> None:
+    cache = embedkit.SQLiteCache(tmp_path / "c.db")
+    async with embedkit.AsyncEmbedder(api="tei", url=server.url, cache=cache) as emb:
+        await emb.embed_many(["a", "b"])
+        await emb.embed_many(["a", "b"], kind="query")  # the query kind's own scheduler
+        assert emb.stats().store_misses == 2
+    assert len(cache) == 4  # a query's vector is not a document's
+    sent = server.texts
+    async with embedkit.AsyncEmbedder(api="tei", url=server.url, cache=cache, kind="query") as emb:
+        await emb.embed_many(["a", "b"])
+        assert emb.stats().store_hits == 2
+    assert server.texts == sent

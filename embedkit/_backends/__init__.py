@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .balancer import BalancedBackend
-from .base import Backend, BackendStats, CompleteBackend, complete
+from .base import Backend, BackendStats, CompleteBackend, complete, kind_sender
 from .factory import URLs, build_backend, endpoints_of
 from .http import DEFAULT_MAX_RESPONSE_SIZE, DEFAULT_TIMEOUT, HttpBackend
 from .protocols import PROTOCOLS, BackendInfo, OpenAIProtocol, Options
@@ -38,6 +38,7 @@ __all__ = [
     "complete",
     "endpoints_of",
     "is_packaged",
+    "kind_sender",
     "normalize_rows",
 ]
 
@@ -50,6 +51,7 @@ _LOCAL = {
     "cached_snapshot",
     "check_installed",
     "is_packaged",
+    "kind_sender",
     "normalize_rows",
 }
 

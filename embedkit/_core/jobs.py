@@ -13,6 +13,7 @@ and plain tuples: a named tuple costs ten times a tuple to build, once per text.
 from __future__ import annotations
 
 import copy
+import math
 from typing import TYPE_CHECKING
 
 import anyio
@@ -31,7 +32,18 @@ __all__ = ["Abandoned", "Batch", "Job", "Slot", "Ticket", "Waiters", "copy_error
 class Job:
     """One caller's texts, and the matrix their rows land in."""
 
-    __slots__ = ("at", "done", "error", "finished", "n", "next", "out", "pending", "texts")
+    __slots__ = (
+        "at",
+        "deadline",
+        "done",
+        "error",
+        "finished",
+        "n",
+        "next",
+        "out",
+        "pending",
+        "texts",
+    )
 
     def __init__(self, texts: list[str], done: anyio.Event) -> None:
         self.texts = texts
@@ -43,6 +55,7 @@ class Job:
         self.error: BaseException | None = None
         self.finished = False  # answered, failed, or given up by its caller
         self.at = 0.0  # when it was queued (BatchPolicy clock)
+        self.deadline = math.inf  # when its caller gives up (anyio.current_time() clock)
 
     def deliver(self, row: int, vector: Matrix) -> None:
         """Row `row` of this job's matrix."""

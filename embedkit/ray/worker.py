@@ -18,6 +18,7 @@ import pyarrow as pa
 from .._auth import Secret
 from .._client import AsyncEmbedder
 from .._errors import EmbedkitError, InputError
+from .._quantize import numpy_dtype
 from .quota import FleetQuota
 
 __all__ = ["BadRowError", "OnBad"]
@@ -145,7 +146,7 @@ class _EmbedBatches:
         dim = embedder.dimension
         if dim is None:  # nothing embedded yet by this actor: learn the size
             dim = int((await embedder.embed("dimension probe")).shape[0])
-        values = np.zeros((len(texts), dim), dtype=np.float32)
+        values = np.zeros((len(texts), dim), dtype=numpy_dtype(embedder.dtype))
         if matrix is not None:
             values[good] = matrix
         for k, vector in rows.items():

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import orjson
 
-from ..._config import Matrix
+from ..._config import Kind, Matrix
 from ..._errors import ResponseError
 from ..decode import checked, from_base64_rows, place_by_index
 from ._base import Options, WireProtocol, load_json
@@ -25,6 +25,7 @@ class OpenAIProtocol(WireProtocol):
     """
 
     name: ClassVar[str] = "openai"
+    tokens_path: ClassVar[tuple[str, ...]] = ("usage", "prompt_tokens")
     supported: ClassVar[frozenset[str]] = frozenset({"dimensions"})
 
     def __init__(
@@ -49,7 +50,7 @@ class OpenAIProtocol(WireProtocol):
         base = (url or OPENAI_BASE).rstrip("/")
         return base if base.endswith("/embeddings") else base + "/embeddings"
 
-    def body(self, texts: list[str]) -> bytes:
+    def body(self, texts: list[str], kind: Kind | None = None) -> bytes:
         return orjson.dumps({**self._head, "input": texts})
 
     def decode(self, content: bytes, n: int) -> Matrix:
