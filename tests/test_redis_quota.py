@@ -180,3 +180,16 @@ def test_a_redis_quota_pickles_without_its_connections() -> None:
     assert isinstance(quota, embedkit._core.Quota)
     with pytest.raises(ValueError, match="requests_per_second"):
         embedkit.RedisQuota(requests_per_second=0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.integration
+async def test_a_fleet_pause_is_known_to_call_deadlines(redis_server: RunningRedis) -> None:
+    a = embedkit.RedisQuota(redis_server.url, name="d", requests_per_second=100.0)
+    a.attach()
+    try:
+        assert a.paused_for() == 0.0
+        a.pause(2.0)
+        assert 1.0 < a.paused_for() <= 2.0
+    finally:
+        await a.detach()

@@ -334,6 +334,11 @@ class RedisQuota:
         self._returned += lease.left()  # permits dated at the old pace would be 429s
         lease.used = lease.granted
 
+    def paused_for(self) -> float:
+        """Seconds the pause in force (this process's, or the fleet's as of the last lease)
+        has left: a call whose deadline ends sooner fails at once."""
+        return max(0.0, self._until - time.monotonic())
+
     @property
     def rate(self) -> float | None:
         """The fleet's request pace, as of the last lease."""
