@@ -34,9 +34,12 @@ from . import (
     memory,
     openloop,
     overhead,
+    priority,
+    providers,
     ratelimit,
     rayfleet,
     replicas,
+    shared,
     tokens,
 )
 from ._common import (
@@ -55,11 +58,24 @@ from ._report import markdown
 
 SCENARIOS = {
     m.NAME: m
-    for m in (coalescing, openloop, bulk, overhead, latency, memory, ratelimit, replicas, tokens)
+    for m in (
+        coalescing,
+        openloop,
+        bulk,
+        overhead,
+        latency,
+        memory,
+        ratelimit,
+        replicas,
+        priority,
+        tokens,
+    )
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS[frameworks.NAME] = frameworks
 SCENARIOS[rayfleet.NAME] = rayfleet
+SCENARIOS[providers.NAME] = providers
+SCENARIOS[shared.NAME] = shared
 
 
 @dataclasses.dataclass

@@ -312,9 +312,10 @@ def compare(
                 api="openai",
                 model=MODEL_NAME,
                 label=f"at the hand loop's best setting, {setting}",
-                max_batch_size=best["batch"],
-                max_concurrency=best["concurrency"],
-                encoding_format=best["encoding"],
+                limits=embedkit.Limits(
+                    max_batch_size=best["batch"], max_concurrency=best["concurrency"]
+                ),
+                connection=embedkit.Connection(encoding_format=best["encoding"]),
             )
         )
     rows = head_to_head(makers, texts, rounds=rounds, check=False, log=opts.log)

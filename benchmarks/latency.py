@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+import embedkit
+
 from ._common import PEER_TIMEOUT, Scenario, at_most, sentences, server
 from ._measure import percentile
 from ._peers import HEADERS, body, decode, embedder
@@ -34,7 +36,7 @@ async def _samples(url: str, n: int) -> dict[str, list[float]]:
         httpx.AsyncClient(timeout=PEER_TIMEOUT, headers=HEADERS) as direct_client,
         httpx.AsyncClient(timeout=PEER_TIMEOUT) as stock,
         embedder(url) as emb,
-        embedder(url, http_client=stock) as emb_stock,
+        embedder(url, connection=embedkit.Connection(http_client=stock)) as emb_stock,
     ):
 
         async def direct(text: str) -> np.ndarray:

@@ -19,6 +19,8 @@ import httpx
 import numpy as np
 import orjson
 
+import embedkit
+
 from ._common import Scenario, at_most, sentences, server
 from ._measure import measure
 from ._peers import EmbedkitMany, HfHubBatched, HttpxBatched, body
@@ -124,11 +126,19 @@ def run(opts: Any) -> Scenario:
                 oa_url + "/embeddings", content=body("openai", chunk, "base64")
             ).content
         makers: list[tuple[str, Callable[[], Any]]] = [
-            ("JSON", lambda: EmbedkitMany(hf_url, label="api='hf'", max_batch_size=BATCH)),
+            (
+                "JSON",
+                lambda: EmbedkitMany(
+                    hf_url, label="api='hf'", limits=embedkit.Limits(max_batch_size=BATCH)
+                ),
+            ),
             (
                 "base64",
                 lambda: EmbedkitMany(
-                    oa_url, api="openai", label="api='openai'", max_batch_size=BATCH
+                    oa_url,
+                    api="openai",
+                    label="api='openai'",
+                    limits=embedkit.Limits(max_batch_size=BATCH),
                 ),
             ),
             ("JSON", lambda: HttpxBatched(hf_url)),

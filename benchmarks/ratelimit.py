@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import embedkit
+
 from ._common import Scenario, at_least, at_most, sentences, server
 from ._measure import measure
 from ._peers import EmbedkitMany, HfHubPerText, HttpxBatched
@@ -50,7 +52,9 @@ def run(opts: Any) -> Scenario:
         clients: list[tuple[Any, int]] = [
             (
                 lambda: EmbedkitMany(
-                    url, label=f"requests_per_second={rate:g}", requests_per_second=rate
+                    url,
+                    label=f"requests_per_second={rate:g}",
+                    limits=embedkit.Limits(requests_per_second=rate),
                 ),
                 n_batched,
             ),

@@ -16,6 +16,7 @@ Two questions, on the benchmark server (its own process, as a TEI host would be)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from typing import Any
 import anyio
 import httpx
 
-from embedkit import RetryPolicy
+from embedkit import Limits, RetryPolicy
 
 from ._common import Scenario, at_least, at_most, have, sentences, server
 
@@ -104,13 +105,12 @@ def _run_fleet(
         options: dict[str, Any] = {
             "api": "tei",
             "url": srv.root,
-            "requests_per_second": per_worker_rate,
+            "limits": dataclasses.replace(
+                kw.get("limits") or Limits(), requests_per_second=per_worker_rate
+            ),
             # at 4×R attempts, 3 in 4 are refused: the default 8 attempts would give up
             "retry": RetryPolicy(attempts=100),
         }
-        for key in ("max_batch_size", "max_concurrency"):
-            if key in kw:
-                options[key] = kw[key]
         out = ds.map_batches(
             _EmbedBatches,
             fn_constructor_kwargs={
@@ -198,8 +198,15 @@ def run(opts: Any) -> Scenario:
     texts = sentences(n, seed=10)
     with _cluster() as ray:
         with server(**cost) as srv:
-            single = _run_single(srv, texts, max_concurrency=8)
-            fleet = _run_fleet(ray, srv, texts, workers=2, max_concurrency=4, batch_size=1024)
+            single = _run_single(srv, texts, limits=Limits(max_concurrency=8))
+            fleet = _run_fleet(
+                ray,
+                srv,
+                texts,
+                workers=2,
+                limits=Limits(max_concurrency=4),
+                batch_size=1024,
+            )
         for label, result in (
             ("one process: embed_many() (8 in flight)", single),
             ("embed_dataset(): 2 actors × 4 in flight", fleet),
@@ -219,7 +226,8 @@ def run(opts: Any) -> Scenario:
         scenario.setup["ratio_steady"] = steady_ratio
 
         quota_texts = sentences(n_quota, seed=11)
-        common = {"workers": 4, "batch_size": 64, "max_batch_size": 8, "max_concurrency": 4}
+        common: dict[str, Any] = {"workers": 4, "batch_size": 64}
+        common["limits"] = Limits(max_batch_size=8, max_concurrency=4)
         runs = [
             ("fleet told R (one shared bucket)", {"requests_per_second": rate}, None),
             ("fleet not told (learns from 429s, shared)", {}, None),

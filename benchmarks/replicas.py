@@ -220,7 +220,9 @@ def _throughput(
     singles = []
     for url, label, n in zip(urls, labels, sizes, strict=True):
         result = measure(
-            lambda url=url, label=label: EmbedkitMany(url, label=label, max_concurrency=in_flight),
+            lambda url=url, label=label: EmbedkitMany(
+                url, label=label, limits=embedkit.Limits(max_concurrency=in_flight)
+            ),
             corpus[:n],
             check=check,
         )
@@ -237,7 +239,11 @@ def _throughput(
     makers.append(
         (
             f"{k} URLs, 4 per replica",
-            lambda: EmbedkitMany(urls, label=f"{k} URLs, 4 per replica", max_concurrency=4),  # type: ignore[arg-type]
+            lambda: EmbedkitMany(
+                urls,  # type: ignore[arg-type]
+                label=f"{k} URLs, 4 per replica",
+                limits=embedkit.Limits(max_concurrency=4),
+            ),  # type: ignore[arg-type]
         )
     )
     for name, url in (("round-robin", rr), ("least_conn", lc)):
@@ -247,7 +253,9 @@ def _throughput(
             (
                 f"nginx {name}",
                 lambda url=url, name=name: EmbedkitMany(
-                    url, label=f"via nginx {name}", max_concurrency=in_flight
+                    url,
+                    label=f"via nginx {name}",
+                    limits=embedkit.Limits(max_concurrency=in_flight),
                 ),
             )
         )
@@ -317,7 +325,9 @@ def _killed(
         (
             "nginx",
             lambda: EmbedkitMany(
-                via, label="via nginx round-robin, a replica killed", max_concurrency=IN_FLIGHT
+                via,
+                label="via nginx round-robin, a replica killed",
+                limits=embedkit.Limits(max_concurrency=IN_FLIGHT),
             ),
         ),
         (

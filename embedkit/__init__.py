@@ -15,6 +15,10 @@ from ._bulk import FileProgress as FileProgress
 from ._bulk import FileResult as FileResult
 from ._bulk import aembed_file as aembed_file
 from ._bulk import embed_file as embed_file
+from ._cache import EmbeddingCache as EmbeddingCache
+from ._cache import RedisCache as RedisCache
+from ._cache import RedisQuota as RedisQuota
+from ._cache import SQLiteCache as SQLiteCache
 from ._client import AsyncEmbedder as AsyncEmbedder
 from ._config import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_BATCH_SIZE
 from ._config import DEFAULT_MAX_CONCURRENCY as DEFAULT_MAX_CONCURRENCY
@@ -30,6 +34,7 @@ from ._core import SchedulerStats as SchedulerStats
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import BatchTooLargeError as BatchTooLargeError
 from ._errors import ClientClosedError as ClientClosedError
+from ._errors import DeadlineExceededError as DeadlineExceededError
 from ._errors import EmbedkitError as EmbedkitError
 from ._errors import InputError as InputError
 from ._errors import ModelLoadingError as ModelLoadingError
@@ -41,6 +46,8 @@ from ._errors import StatusError as StatusError
 from ._errors import TokenLimitError as TokenLimitError
 from ._errors import TransportError as TransportError
 from ._options import EmbedderOptions as EmbedderOptions
+from ._quantize import quantize as quantize
+from ._quantize import unpackbits as unpackbits
 from ._similarity import cosine_similarity as cosine_similarity
 from ._similarity import top_k as top_k
 from ._sync import Embedder as Embedder
@@ -62,8 +69,10 @@ __all__ = [
     "CompleteBackend",
     "Connection",
     "CorpusError",
+    "DeadlineExceededError",
     "Embedder",
     "EmbedderOptions",
+    "EmbeddingCache",
     "EmbedkitError",
     "Endpoint",
     "EndpointStats",
@@ -74,8 +83,11 @@ __all__ = [
     "ModelLoadingError",
     "ModelNotFoundError",
     "RateLimitError",
+    "RedisCache",
+    "RedisQuota",
     "ResponseError",
     "RetryPolicy",
+    "SQLiteCache",
     "SchedulerStats",
     "ServerError",
     "StatusError",
@@ -85,7 +97,9 @@ __all__ = [
     "aembed_file",
     "cosine_similarity",
     "embed_file",
+    "quantize",
     "top_k",
+    "unpackbits",
 ]
 
 # Show the public path (embedkit.RateLimitError) in reprs and tracebacks, not the private

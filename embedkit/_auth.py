@@ -7,7 +7,18 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Secret", "resolve_token"]
+__all__ = ["TOKEN_ENV", "Secret", "resolve_token"]
+
+#: The environment variables each hosted API's token is read from, first found wins
+#: (the names the providers' own SDKs read). hf and tei read HF_TOKEN and the HF CLI's
+#: token file; ollama and local read none.
+TOKEN_ENV: dict[str, tuple[str, ...]] = {
+    "openai": ("OPENAI_API_KEY",),
+    "cohere": ("COHERE_API_KEY", "CO_API_KEY"),
+    "voyage": ("VOYAGE_API_KEY",),
+    "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    "ollama": (),
+}
 
 
 class Secret:
@@ -62,14 +73,18 @@ def resolve_token(api: str, token: str | None) -> Secret | None:
     """The token to send: the argument, then the environment, then the HF CLI token file.
 
     `hf` and `tei` read `HF_TOKEN` (then the legacy `HUGGING_FACE_HUB_TOKEN`) and the file
-    the huggingface CLI writes; `openai` reads `OPENAI_API_KEY`.
+    the huggingface CLI writes; the hosted APIs read the variables in `TOKEN_ENV`
+    (`OPENAI_API_KEY`, `COHERE_API_KEY`, `VOYAGE_API_KEY`, `GEMINI_API_KEY`...); ollama none.
     """
     if token is not None:
         token = token.strip()
         return Secret(token) if token else None
-    if api == "openai":
-        value = os.environ.get("OPENAI_API_KEY", "").strip()
-        return Secret(value) if value else None
+    if api in TOKEN_ENV:
+        for name in TOKEN_ENV[api]:
+            value = os.environ.get(name, "").strip()
+            if value:
+                return Secret(value)
+        return None
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         value = os.environ.get(name, "").strip()
         if value:

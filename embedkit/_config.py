@@ -20,13 +20,19 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "OPENAI_MAX_BATCH_SIZE",
     "OPENAI_MAX_TOKENS_PER_REQUEST",
+    "PROVIDER_MAX_BATCH_SIZE",
     "Api",
     "CertTypes",
     "Connection",
+    "Dtype",
+    "Kind",
     "Limits",
     "Matrix",
     "Pooling",
+    "Priority",
     "VerifyTypes",
+    "check_priority",
+    "check_seconds",
     "default_max_batch_size",
 ]
 
@@ -43,7 +49,18 @@ VerifyTypes = bool | str | os.PathLike[str] | ssl.SSLContext
 CertTypes = str | tuple[str, str] | tuple[str, str, str]
 
 #: The protocols an embedder speaks: a wire format, or a model in this process.
-Api = Literal["hf", "tei", "openai", "local"]
+Api = Literal["hf", "tei", "openai", "local", "cohere", "voyage", "gemini", "ollama"]
+#: What a text is for: a search query, or a document to be searched. Each protocol maps it
+#: to its own field (Cohere/Voyage `input_type`, Gemini `taskType`, `prompt_name`).
+Kind = Literal["query", "document"]
+#: The element type of the vectors an embedder returns: float32, one signed or unsigned
+#: byte a dimension, or one bit a dimension packed eight to a byte ("binary" as int8 offset
+#: by -128, "ubinary" as uint8), as Cohere and Voyage name them.
+Dtype = Literal["float32", "int8", "uint8", "binary", "ubinary"]
+
+#: Which lane a call's texts queue in: "interactive" texts are put in the next batch
+#: before any "bulk" text queued earlier (bulk texts fill the rest of each batch).
+Priority = Literal["interactive", "bulk"]
 
 DEFAULT_MAX_BATCH_SIZE = 32
 #: The default `max_batch_size` for `api="openai"`. OpenAI-compatible servers state no batch
@@ -62,14 +79,43 @@ DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0, pool=None)
 DEFAULT_MAX_RESPONSE_SIZE = 256 * 1024 * 1024
 
 
+#: Texts a request for the hosted APIs, from each provider's reference (see
+#: docs/providers.md): Cohere 96 a call, Voyage 128 (the list limit its SDK documents;
+#: newer models accept more), Gemini 100 requests a batchEmbedContents call. Ollama states
+#: no limit; 32 keeps one request's latency short on a local GPU or CPU.
+PROVIDER_MAX_BATCH_SIZE = {
+    "openai": OPENAI_MAX_BATCH_SIZE,
+    "cohere": 96,
+    "voyage": 128,
+    "gemini": 100,
+    "ollama": 32,
+}
+
+
 def default_max_batch_size(api: str) -> int:
     """The `max_batch_size` an embedder for `api` uses unless told one."""
-    return OPENAI_MAX_BATCH_SIZE if api == "openai" else DEFAULT_MAX_BATCH_SIZE
+    return PROVIDER_MAX_BATCH_SIZE.get(api, DEFAULT_MAX_BATCH_SIZE)
 
 
 def _check_rate(name: str, rate: float | None) -> None:
     if rate is not None and not (rate > 0 and math.isfinite(rate)):
         raise ValueError(f"{name} must be a positive number")
+
+
+def check_seconds(name: str, seconds: float | None) -> None:
+    """A time limit must be a positive, finite number of seconds (or None: no limit)."""
+    if seconds is None:
+        return
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(seconds).__name__}")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"{name} must be a positive number of seconds (or None), not {seconds!r}")
+
+
+def check_priority(priority: object) -> None:
+    """`priority=` must be "interactive" or "bulk"."""
+    if priority not in ("interactive", "bulk"):
+        raise ValueError(f"priority must be 'interactive' or 'bulk', not {priority!r}")
 
 
 def _check_timeout(timeout: httpx.Timeout | float | None) -> None:
@@ -99,7 +145,9 @@ class Limits:
 
     Attributes:
         max_batch_size: texts per request at most (lowered to the server's own limit);
-            None: `OPENAI_MAX_BATCH_SIZE` (64) for openai, else `DEFAULT_MAX_BATCH_SIZE` (32).
+            None: `PROVIDER_MAX_BATCH_SIZE` for openai (64), cohere (96), voyage (128),
+            gemini (100) and ollama (32), else `DEFAULT_MAX_BATCH_SIZE` (32). A hosted
+            API's documented limit also caps a larger value.
         max_batch_chars: characters per request at most, to stay under body limits.
         max_concurrency: requests in flight at most; adaptive below this after 429s. With
             several URLs, per replica (an `Endpoint` may set its own); the total is the sum.
@@ -117,6 +165,14 @@ class Limits:
         max_tokens_per_input: tokens one text may have (None: the server's `/info`
             `max_input_length` for TEI, else unknown until a 400 names it); longer texts
             go by `on_overflow`.
+        max_queue_wait: seconds a call's texts may wait in the client's queue before the
+            call fails with `DeadlineExceededError` (None: no limit). Only queueing counts:
+            a text already sent is not timed by it. It times `embed` and `embed_many` calls;
+            bulk streams (`embed_stream`, `embed_file`) queue as long as they need.
+        deadline: the default `deadline=` of `embed` and `embed_many`: seconds a call may
+            take in all (queueing, attempts, backoff) before `DeadlineExceededError`; a wait
+            the server asks for (429 `Retry-After`, a loading model) that would not fit
+            raises at once instead. None: no deadline.
     """
 
     max_batch_size: int | None = None
@@ -129,6 +185,8 @@ class Limits:
     tokens_per_minute: float | None = None
     max_tokens_per_request: int | None = None
     max_tokens_per_input: int | None = None
+    max_queue_wait: float | None = None
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_size is not None and self.max_batch_size < 1:
@@ -146,6 +204,8 @@ class Limits:
                 raise TypeError(f"{name} must be an int or None")
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1")
+        check_seconds("max_queue_wait", self.max_queue_wait)
+        check_seconds("deadline", self.deadline)
 
     def batch_size_for(self, api: str) -> int:
         """`max_batch_size`, or the default for `api` when it is None."""
@@ -205,11 +265,17 @@ class Connection:
             raise ValueError("max_response_size must be a positive number of bytes, or None")
 
 
-#: The keywords each value object took when they were flat `AsyncEmbedder` arguments.
-#: (Fields added after the flat keywords were deprecated were never flat keywords.)
-LIMITS_FIELDS = frozenset(f.name for f in dataclasses.fields(Limits)) - {
-    "tokens_per_minute",
-    "max_tokens_per_request",
-    "max_tokens_per_input",
-}
+#: The keywords each value object took when they were flat `AsyncEmbedder` arguments
+#: (fields added since, such as `max_queue_wait`, were never flat keywords).
+LIMITS_FIELDS = frozenset(
+    {
+        "max_batch_size",
+        "max_batch_chars",
+        "max_concurrency",
+        "adaptive_concurrency",
+        "requests_per_second",
+        "inputs_per_second",
+        "dedup",
+    }
+)
 CONNECTION_FIELDS = frozenset(f.name for f in dataclasses.fields(Connection))

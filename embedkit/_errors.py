@@ -6,6 +6,8 @@ The tree:
   * ClientClosedError - the embedder was closed (or never opened) when it was asked to work.
   * CorpusError - `embed_file`: the input or output cannot be used as asked (in `_corpus.py`).
   * TransportError - no usable answer arrived: connection refused or cut, timeouts.
+  * DeadlineExceededError - a call ran out of its time (`deadline=`, `Limits.max_queue_wait`);
+    also a built-in `TimeoutError`.
   * StatusError - the server answered with an error status. Carries `status_code`,
     `message` (the server's own words), `request_id`, `retry_after`.
     * AuthenticationError - 401, 403.
@@ -44,6 +46,7 @@ __all__ = [
     "AuthenticationError",
     "BatchTooLargeError",
     "ClientClosedError",
+    "DeadlineExceededError",
     "EmbedkitError",
     "InputError",
     "ModelLoadingError",
@@ -71,6 +74,12 @@ class ClientClosedError(EmbedkitError):
 
 class TransportError(EmbedkitError):
     """The request got no usable answer: connect failure, timeout, connection cut mid-body."""
+
+
+class DeadlineExceededError(EmbedkitError, TimeoutError):
+    """A call ran out of time: its `deadline=` passed, or its texts waited in the client's
+    queue longer than `Limits.max_queue_wait`. Also a `TimeoutError`, so
+    `except TimeoutError` catches it. Other callers sharing its batches are not affected."""
 
 
 class ResponseError(EmbedkitError):

@@ -48,8 +48,9 @@ from typing_extensions import Self
 
 from ._auth import resolve_token
 from ._backends import Backend
+from ._cache import EmbeddingCache
 from ._client import AsyncEmbedder
-from ._config import CONNECTION_FIELDS, LIMITS_FIELDS, Connection, Limits, Matrix
+from ._config import CONNECTION_FIELDS, LIMITS_FIELDS, Api, Connection, Kind, Limits, Matrix
 from ._core import DEFAULT_RETRY, Quota, RetryPolicy, SchedulerStats
 from ._errors import ClientClosedError
 from ._options import fold_legacy
@@ -214,21 +215,21 @@ class SharedEmbedder:
         with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody waits
             caller.call_soon_threadsafe(_resolve_all, calls)
 
-    def embed(self, text: str) -> Matrix:
+    def embed(self, text: str, kind: Kind | None = None) -> Matrix:
         """Blocking `AsyncEmbedder.embed`."""
-        return self.call(self.embedder.embed, text)
+        return self.call(functools.partial(self.embedder.embed, kind=kind), text)
 
-    def embed_many(self, texts: list[str]) -> Matrix:
+    def embed_many(self, texts: list[str], kind: Kind | None = None) -> Matrix:
         """Blocking `AsyncEmbedder.embed_many`."""
-        return self.call(self.embedder.embed_many, texts)
+        return self.call(functools.partial(self.embedder.embed_many, kind=kind), texts)
 
-    async def aembed(self, text: str) -> Matrix:
+    async def aembed(self, text: str, kind: Kind | None = None) -> Matrix:
         """`AsyncEmbedder.embed` from any event loop."""
-        return await self.acall(self.embedder.embed, text)
+        return await self.acall(functools.partial(self.embedder.embed, kind=kind), text)
 
-    async def aembed_many(self, texts: list[str]) -> Matrix:
+    async def aembed_many(self, texts: list[str], kind: Kind | None = None) -> Matrix:
         """`AsyncEmbedder.embed_many` from any event loop."""
-        return await self.acall(self.embedder.embed_many, texts)
+        return await self.acall(functools.partial(self.embedder.embed_many, kind=kind), texts)
 
     def adopt(self, owner: object) -> None:
         """Count `owner` as a user: the last one garbage-collected (or interpreter exit)
@@ -317,9 +318,9 @@ class EmbedkitModel(BaseModel):
     The base of the LangChain and LlamaIndex classes. `token` is a `SecretStr`, filled from
     the environment as `AsyncEmbedder` does (`HF_TOKEN` or the huggingface CLI's token file
     for hf/tei, `OPENAI_API_KEY` for openai) and never shown. The token and the objects that
-    only make sense in this process (`retry`, `connection`, `quota`, `backend`) are left out
-    of serialized forms (`model_dump`, LlamaIndex's
-    `to_json`). The flat keywords that `limits=` and `connection=` replaced still work, with
+    only make sense in this process (`retry`, `connection`, `quota`, `cache`, `backend`) are
+    left out of serialized forms (`model_dump`, LlamaIndex's `to_json`). The flat keywords
+    that `limits=` and `connection=` replaced still work, with
     a `DeprecationWarning`.
     """
 
@@ -333,7 +334,7 @@ class EmbedkitModel(BaseModel):
         default=None,
         description="Server URL (hf: full URL; tei: root), or a list: replicas of one model.",
     )
-    api: Literal["hf", "tei", "openai", "local"] = "hf"
+    api: Api = "hf"
     token: SecretStr | None = Field(
         default=None,
         validate_default=True,
@@ -358,7 +359,14 @@ class EmbedkitModel(BaseModel):
     retry: RetryPolicy | None = Field(default=DEFAULT_RETRY, exclude=True)
     quota: Quota | None = Field(default=None, exclude=True)
     cache_size: int = 0
+    cache: EmbeddingCache | None = Field(default=None, exclude=True)
     backend: Backend | None = Field(default=None, exclude=True)
+    kind: Literal["query", "document"] | None = Field(
+        default=None, description="What texts are for by default: 'query' or 'document'."
+    )
+    dtype: Literal["float32", "int8", "uint8", "binary", "ubinary"] = Field(
+        default="float32", description="Element type of the vectors (packed bits: dim/8)."
+    )
     on_overflow: Literal["error", "truncate", "chunk_mean"] = "error"
     count_tokens: Any = Field(
         default=None,
@@ -412,6 +420,11 @@ class EmbedkitModel(BaseModel):
         copy = super().__deepcopy__(memo)
         self._shared.adopt(copy)
         return copy
+
+    def kind_for(self, kind: Kind) -> Kind | None:
+        """The kind a framework's query or document call sends: `kind` once the model was
+        given a `kind=` (the API has the field and the user opted in), else None."""
+        return kind if self.kind is not None else None
 
     def embed_matrix(self, texts: Sequence[str]) -> Matrix:
         """The float32 matrix (len(texts), dim), row i for text i, with no list conversion."""

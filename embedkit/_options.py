@@ -18,19 +18,22 @@ from typing import Any, Literal, TypedDict
 import httpx
 
 from ._backends import Backend, URLs
+from ._cache import EmbeddingCache
 from ._config import (
     CONNECTION_FIELDS,
     LIMITS_FIELDS,
     Api,
     CertTypes,
     Connection,
+    Dtype,
+    Kind,
     Limits,
     Pooling,
     VerifyTypes,
 )
-from ._core import Overflow, Quota, RetryPolicy, TokenCounting
+from ._core import Overflow, Quota, RetryPolicy, TokenBook, TokenCounting, book_for
 
-__all__ = ["AnyOptions", "EmbedderOptions", "LegacyOptions", "fold_legacy"]
+__all__ = ["AnyOptions", "EmbedderOptions", "LegacyOptions", "fold_legacy", "token_options"]
 
 
 class EmbedderOptions(TypedDict, total=False):
@@ -52,9 +55,12 @@ class EmbedderOptions(TypedDict, total=False):
     retry: RetryPolicy | None
     quota: Quota | None
     cache_size: int
+    cache: EmbeddingCache | None
     backend: Backend | None
     on_overflow: Overflow
     count_tokens: TokenCounting
+    kind: Kind | None
+    dtype: Dtype
 
 
 class LegacyOptions(TypedDict, total=False):
@@ -110,27 +116,49 @@ def fold_legacy(
             f"unexpected keyword argument{'s' if len(unknown) > 1 else ''}: "
             + ", ".join(sorted(unknown))
         )
-    out: dict[str, tuple[Any, dict[str, Any]]] = {
-        "limits": (limits, {k: v for k, v in legacy.items() if k in LIMITS_FIELDS}),
-        "connection": (connection, {k: v for k, v in legacy.items() if k in CONNECTION_FIELDS}),
-    }
     built: dict[str, Any] = {}
-    for name, (given, flat) in out.items():
-        cls = Limits if name == "limits" else Connection
-        if flat:
-            if given is not None:
-                raise TypeError(
-                    f"{', '.join(sorted(flat))}= and {name}= were both given; "
-                    f"set {'them' if len(flat) > 1 else 'it'} on the {cls.__name__} only"
-                )
-            spelled = ", ".join(f"{k}=..." for k in sorted(flat))
-            warnings.warn(
-                f"{', '.join(sorted(flat))}= as flat keyword{'s are' if len(flat) > 1 else ' is'} "
-                f"deprecated; pass {name}=embedkit.{cls.__name__}({spelled})",
-                DeprecationWarning,
-                stacklevel=_caller_stacklevel(),
-            )
-            built[name] = cls(**flat)
-        else:
+    for name, cls, fields, given in (
+        ("limits", Limits, LIMITS_FIELDS, limits),
+        ("connection", Connection, CONNECTION_FIELDS, connection),
+    ):
+        flat = {k: v for k, v in legacy.items() if k in fields}
+        if not flat:
             built[name] = given if given is not None else cls()
+            continue
+        keywords = ", ".join(f"{k}=" for k in sorted(flat))
+        if given is not None:
+            raise TypeError(
+                f"{keywords} and {name}= were both given; "
+                f"set {'them' if len(flat) > 1 else 'it'} on the {cls.__name__} only"
+            )
+        spelled = ", ".join(f"{k}=..." for k in sorted(flat))
+        warnings.warn(
+            f"{keywords} as flat keyword{'s are' if len(flat) > 1 else ' is'} deprecated; "
+            f"pass {name}=embedkit.{cls.__name__}({spelled})",
+            DeprecationWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+        built[name] = cls(**flat)
     return built["limits"], built["connection"]
+
+
+def token_options(
+    api: str,
+    limits: Limits,
+    count_tokens: TokenCounting,
+    on_overflow: Overflow,
+    truncate: bool | None,
+) -> tuple[TokenBook | None, bool | None]:
+    """The `TokenBook` the token options ask for (None: `count_tokens=False`), and `truncate`
+    as sent: `on_overflow="truncate"` lets TEI and HF cut at their own limit, exactly."""
+    if on_overflow == "truncate" and truncate is None and api in ("tei", "hf"):
+        truncate = True
+    book = book_for(
+        count_tokens,
+        max_per_request=limits.tokens_per_request_for(api),
+        max_per_input=limits.max_tokens_per_input,
+        on_overflow=on_overflow,
+        server_truncates=bool(truncate) and api in ("tei", "hf"),
+        refuse_blank=api == "openai",
+    )
+    return book, truncate

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Literal
+from typing import Literal, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -13,12 +14,15 @@ from anyio.from_thread import BlockingPortal
 from typing_extensions import Unpack
 
 from ._client import AsyncEmbedder
-from ._config import Matrix
+from ._config import Dtype, Kind, Matrix, Priority
 from ._core import SchedulerStats
 from ._errors import ClientClosedError
 from ._options import AnyOptions
+from ._quantize import as_dtype
 
 __all__ = ["Embedder"]
+
+T = TypeVar("T")
 
 
 class Embedder:
@@ -85,15 +89,46 @@ class Embedder:
         """The underlying `AsyncEmbedder` (use it only from the embedder's own loop)."""
         return self._async
 
-    def embed(self, text: str) -> Matrix:
-        """Embed one text: a float32 vector of shape (dim,)."""
-        result: Matrix = self.running_portal().call(self._async.embed, text)
+    def embed(
+        self,
+        text: str,
+        *,
+        kind: Kind | None = None,
+        priority: Priority = "interactive",
+        deadline: float | None = None,
+    ) -> Matrix:
+        """Embed one text: a vector of shape (dim,) — see `AsyncEmbedder.embed`."""
+        call = functools.partial(
+            self._async.embed, text, kind=kind, priority=priority, deadline=deadline
+        )
+        result: Matrix = self._call(call)
         return result
 
-    def embed_many(self, texts: Sequence[str] | Iterable[str]) -> Matrix:
-        """Embed many texts: a float32 matrix of shape (len(texts), dim)."""
-        result: Matrix = self.running_portal().call(self._async.embed_many, texts)
+    def embed_many(
+        self,
+        texts: Sequence[str] | Iterable[str],
+        *,
+        kind: Kind | None = None,
+        priority: Priority = "interactive",
+        deadline: float | None = None,
+    ) -> Matrix:
+        """Embed many texts: a (len(texts), dim) matrix — see `AsyncEmbedder.embed_many`."""
+        call = functools.partial(
+            self._async.embed_many, texts, kind=kind, priority=priority, deadline=deadline
+        )
+        result: Matrix = self._call(call)
         return result
+
+    def _call(self, function: Callable[[], Awaitable[T]]) -> T:
+        """Run `function()` on the embedder's loop and wait for it; interrupted here (Ctrl-C),
+        the call is cancelled there too, so its queued texts are skipped at once instead of
+        being sent for nobody."""
+        future = self.running_portal().start_task_soon(function)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
 
     def stats(self) -> SchedulerStats:
         """Counters, limits and latency percentiles (a frozen snapshot).
@@ -113,6 +148,7 @@ class Embedder:
         max_blocks_in_flight: int | None = None,
         sort_by_length: bool = False,
         dedup: bool = True,
+        kind: Kind | None = None,
     ) -> Iterator[tuple[int, Matrix]]:
         """`for start, matrix in emb.embed_stream(texts):` — see `AsyncEmbedder.embed_stream`.
 
@@ -125,10 +161,12 @@ class Embedder:
         scheduler = self._async.running_scheduler()
         if block_size < 1:
             raise ValueError("block_size must be at least 1")
+        if kind is not None:
+            scheduler = portal.call(self._async.scheduler_for, kind)
         depth = max_blocks_in_flight or default_depth(
             block_size, self._async.max_concurrency, scheduler.max_batch_size
         )
-        return stream_blocking(
+        blocks = stream_blocking(
             portal,
             scheduler,
             texts,
@@ -137,6 +175,8 @@ class Embedder:
             sort_by_length=sort_by_length,
             dedup=dedup,
         )
+        dtype = self._async.dtype
+        return blocks if dtype == "float32" else _in_dtype(blocks, dtype)
 
     def encode(
         self,
@@ -152,7 +192,7 @@ class Embedder:
         truncate_dim: int | None = None,
     ) -> Matrix:
         """`SentenceTransformer.encode`, blocking — see `AsyncEmbedder.encode`."""
-        result: Matrix = self.running_portal().call(
+        result: Matrix = self._call(
             lambda: self._async.encode(
                 sentences,
                 batch_size=batch_size,
@@ -166,3 +206,14 @@ class Embedder:
             )
         )
         return result
+
+
+def _in_dtype(blocks: Iterator[tuple[int, Matrix]], dtype: Dtype) -> Iterator[tuple[int, Matrix]]:
+    """Blocks of carrier rows as arrays of `dtype`; closing this closes `blocks`."""
+    try:
+        for start, matrix in blocks:
+            yield start, as_dtype(matrix, dtype)
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()

@@ -44,22 +44,25 @@ class EmbedkitEmbeddings(EmbedkitModel, Embeddings):
         """Embed search documents: one list of floats per text, in order."""
         if not texts:
             return []
-        rows: list[list[float]] = self._shared.embed_many(list(texts)).tolist()
+        rows: list[list[float]] = self._shared.embed_many(
+            list(texts), self.kind_for("document")
+        ).tolist()
         return rows
 
     def embed_query(self, text: str) -> list[float]:
         """Embed a query text."""
-        row: list[float] = self._shared.embed(text).tolist()
+        row: list[float] = self._shared.embed(text, self.kind_for("query")).tolist()
         return row
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed search documents from async code; shares batches with concurrent calls."""
         if not texts:
             return []
-        rows: list[list[float]] = (await self._shared.aembed_many(list(texts))).tolist()
+        matrix = await self._shared.aembed_many(list(texts), self.kind_for("document"))
+        rows: list[list[float]] = matrix.tolist()
         return rows
 
     async def aembed_query(self, text: str) -> list[float]:
         """Embed a query text from async code; concurrent queries share batched requests."""
-        row: list[float] = (await self._shared.aembed(text)).tolist()
+        row: list[float] = (await self._shared.aembed(text, self.kind_for("query"))).tolist()
         return row

@@ -63,29 +63,32 @@ class EmbedkitEmbedding(EmbedkitModel, BaseEmbedding):
         return "EmbedkitEmbedding"
 
     def _get_query_embedding(self, query: str) -> Embedding:
-        row: Embedding = self._shared.embed(query).tolist()
+        row: Embedding = self._shared.embed(query, self.kind_for("query")).tolist()
         return row
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        row: Embedding = (await self._shared.aembed(query)).tolist()
+        row: Embedding = (await self._shared.aembed(query, self.kind_for("query"))).tolist()
         return row
 
     def _get_text_embedding(self, text: str) -> Embedding:
-        row: Embedding = self._shared.embed(text).tolist()
+        row: Embedding = self._shared.embed(text, self.kind_for("document")).tolist()
         return row
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
-        row: Embedding = (await self._shared.aembed(text)).tolist()
+        row: Embedding = (await self._shared.aembed(text, self.kind_for("document"))).tolist()
         return row
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         if not texts:
             return []
-        rows: list[Embedding] = self._shared.embed_many(list(texts)).tolist()
+        rows: list[Embedding] = self._shared.embed_many(
+            list(texts), self.kind_for("document")
+        ).tolist()
         return rows
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         if not texts:
             return []
-        rows: list[Embedding] = (await self._shared.aembed_many(list(texts))).tolist()
+        matrix = await self._shared.aembed_many(list(texts), self.kind_for("document"))
+        rows: list[Embedding] = matrix.tolist()
         return rows

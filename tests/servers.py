@@ -87,3 +87,18 @@ def running(
 def python_server(module_args: Sequence[str], **kwargs: object) -> list[str]:
     """argv running `python -m ...` with this interpreter."""
     return [sys.executable, *module_args]
+
+
+@contextlib.contextmanager
+def rate_limited_server(rate: float) -> Iterator[str]:
+    """The benchmarks' load server in its own process: admits `rate` requests/s, 429 beyond."""
+    argv = [sys.executable, "-m", "benchmarks._server", "--rate", str(rate), "--dim", "8"]
+    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
+    assert process.stdout is not None
+    with process.stdout:
+        try:
+            said = process.stdout.readline().decode().split()
+            assert said[:1] == ["PORT"], said
+            yield f"http://127.0.0.1:{said[1]}"
+        finally:
+            stop(process)

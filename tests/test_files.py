@@ -4,7 +4,6 @@ and option passes before anything is sent."""
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import io
 import json
@@ -28,6 +27,7 @@ from embedkit import (
     FileProgress,
     Limits,
 )
+from embedkit._config import CONNECTION_FIELDS, LIMITS_FIELDS
 from embedkit._options import AnyOptions, LegacyOptions
 
 from .fakes import FakeBackend, vectors_for
@@ -365,11 +365,7 @@ def test_embedder_and_embed_file_take_exactly_the_async_embedders_arguments() ->
     options = typing.get_type_hints(embedkit.EmbedderOptions)
     assert options == {name: hint for name, _, _, hint in named}
     legacy = set(typing.get_type_hints(LegacyOptions))
-    # (the token limits came after the flat keywords were deprecated: never flat)
-    never_flat = {"tokens_per_minute", "max_tokens_per_request", "max_tokens_per_input"}
-    assert legacy == {f.name for f in dataclasses.fields(embedkit.Limits)} - never_flat | {
-        f.name for f in dataclasses.fields(embedkit.Connection)
-    }
+    assert legacy == LIMITS_FIELDS | CONNECTION_FIELDS  # fields added later were never flat
     assert set(typing.get_type_hints(AnyOptions)) == set(options) | legacy
     kinds = [p.kind for p in inspect.signature(Embedder.__init__).parameters.values()]
     assert kinds[-1] is inspect.Parameter.VAR_KEYWORD

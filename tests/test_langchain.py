@@ -247,3 +247,12 @@ def test_a_vector_store_built_and_searched() -> None:
         store = InMemoryVectorStore.from_texts(texts, emb)
         found = store.similarity_search_by_vector(emb.embed_query("zzzz"), k=3)
     assert {d.page_content for d in found} == set(texts)
+
+
+def test_flat_keywords_still_work_and_warn() -> None:
+    """The framework classes take the deprecated flat keywords like AsyncEmbedder does."""
+    with pytest.warns(DeprecationWarning, match=r"max_concurrency= as flat keyword"):
+        emb = EmbedkitEmbeddings(model="org/model", max_concurrency=3)
+    with emb:
+        assert emb.limits == embedkit.Limits(max_concurrency=3)
+        assert "max_concurrency" not in emb.model_dump()  # folded into limits

@@ -1,7 +1,9 @@
-"""The three wire formats as a server sees them (URL, body, headers) and as the client decodes them.
+"""The wire formats as a server sees them (URL, body, headers) and as the client decodes them.
 
 Every test talks to an `httpx.MockTransport`, so no network is needed; `Server` below answers
-like an hf, tei or openai server would and records what it was sent.
+like an hf, tei, openai, cohere, voyage, gemini or ollama server would and records what it
+was sent (the hosted APIs' shapes are in tests/providers.py; their own tests in
+test_providers.py).
 """
 
 from __future__ import annotations
@@ -22,12 +24,7 @@ import embedkit
 from embedkit import AsyncEmbedder, Connection, Limits, ResponseError
 from embedkit._config import CONNECTION_FIELDS, LIMITS_FIELDS
 
-URLS = {
-    "hf": "http://embed.test/models/m",
-    "tei": "http://embed.test",
-    "openai": "http://embed.test/v1",
-}
-POST_PATHS = {"hf": "/models/m", "tei": "/embed", "openai": "/v1/embeddings"}
+from .providers import ALL_APIS, POST_PATHS, URLS, rows_body, texts_of
 
 
 def vector(text: str) -> list[float]:
@@ -73,8 +70,7 @@ class Server:
             return httpx.Response(404, json={"error": "not found"})
         self.requests.append(request)
         body = json.loads(request.content)
-        texts = body["input" if self.api == "openai" else "inputs"]
-        texts = [texts] if isinstance(texts, str) else texts
+        texts = texts_of(self.api, body)
         self.batches.append(texts)
         self.inputs_in_flight += len(texts)
         self.max_inputs_in_flight = max(self.max_inputs_in_flight, self.inputs_in_flight)
@@ -89,6 +85,8 @@ class Server:
 
     def default_answer(self, texts: list[str], body: dict[str, Any]) -> httpx.Response:
         rows = [vector(t) for t in texts]
+        if self.api not in ("hf", "tei", "openai"):
+            return httpx.Response(200, json=rows_body(self.api, body, rows))
         if self.api != "openai":
             return httpx.Response(200, json=rows)
         as_base64 = body.get("encoding_format") == "base64"
@@ -334,13 +332,14 @@ def test_bad_configuration_raises_at_construction(kwargs: dict[str, Any], needle
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("api", ["hf", "tei", "openai"])
+@pytest.mark.parametrize("api", [a for a in ALL_APIS if a != "gemini"])
 async def test_headers_with_a_token(api: str) -> None:
     server = Server(api)
     async with embedder(api, server, token="tok-123") as emb:
         await emb.embed("a")
     headers = server.requests[0].headers
     assert headers["authorization"] == "Bearer tok-123"
+    assert server.requests[0].url.path == POST_PATHS[api]
     assert headers["content-type"] == "application/json"
     assert "x-use-cache" not in headers
     assert "x-wait-for-model" not in headers
@@ -355,7 +354,7 @@ async def test_tei_info_request_carries_the_token() -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("api", ["hf", "tei", "openai"])
+@pytest.mark.parametrize("api", ALL_APIS)
 async def test_no_token_no_authorization_header(api: str) -> None:
     server = Server(api)
     async with embedder(api, server) as emb:
@@ -447,7 +446,7 @@ async def test_hf_one_dimensional_answer_for_one_string() -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("api", ["hf", "tei", "openai"])
+@pytest.mark.parametrize("api", ALL_APIS)
 async def test_rows_come_back_in_input_order(api: str) -> None:
     server = Server(api)
     texts = [chr(ord("a") + i) * (i + 1) for i in range(10)]

@@ -35,7 +35,7 @@ from embedkit import Limits
 
 from .fakes import vectors_for
 from .hashserver import HashServer
-from .servers import stop
+from .servers import rate_limited_server
 
 pytestmark = [
     pytest.mark.integration,
@@ -212,23 +212,8 @@ def test_a_bad_row_stops_the_job_and_names_the_row(cluster: Path) -> None:
 # ---------------------------------------------------------------------- shared quota
 
 
-@contextlib.contextmanager
-def quota_server(rate: float) -> Iterator[str]:
-    """The benchmarks' load server in its own process: admits `rate` requests/s, 429 beyond."""
-    argv = [sys.executable, "-m", "benchmarks._server", "--rate", str(rate), "--dim", "8"]
-    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
-    assert process.stdout is not None
-    with process.stdout:
-        try:
-            said = process.stdout.readline().decode().split()
-            assert said[:1] == ["PORT"], said
-            yield f"http://127.0.0.1:{said[1]}"
-        finally:
-            stop(process)
-
-
 def _quota_run(rate: float, *, given: bool, n: int) -> tuple[float, float, float, dict[str, Any]]:
-    with quota_server(rate) as root:
+    with rate_limited_server(rate) as root:
         watch = LastAnswer(root)
         watch.start()
         ds = ray.data.from_items(corpus(n), override_num_blocks=16)
@@ -317,3 +302,32 @@ def test_the_cli_embeds_a_folder_with_the_ray_engine(cluster: Path, tmp_path: Pa
     table = read_back(tmp_path / "out")
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 8)
     check_exact(table, 300, 8)
+
+
+# ------------------------------------------------------- a Redis quota, a shared cache
+
+
+def test_a_redis_quota_and_a_sqlite_cache_travel_to_the_actors(
+    cluster: Path, tmp_path: Path
+) -> None:
+    from devtools.redis import running_redis
+
+    n, dim = 2_000, 8
+    cache = embedkit.SQLiteCache(tmp_path / "cache.db")
+    with running_redis(tmp_path) as redis_server, HashServer.running(dim=dim) as server:
+        quota = embedkit.RedisQuota(redis_server.url, name="ray", requests_per_second=500.0)
+        sent = []
+        for run in range(2):
+            ds = ray.data.from_items(corpus(n), override_num_blocks=4)
+            out = embedkit.ray.embed_dataset(
+                ds, api="tei", url=server.url, workers=2, batch_size=250, quota=quota, cache=cache
+            )
+            out.write_parquet(str(tmp_path / f"out{run}"))
+            sent.append(server.requests)
+            check_exact(read_back(tmp_path / f"out{run}"), n, dim)
+        with pytest.raises(ValueError, match="set the rates on the quota"):
+            embedkit.ray.embed_dataset(
+                ds, api="tei", url=server.url, quota=quota, requests_per_second=5
+            )
+    assert sent[0] > 0
+    assert sent[1] == sent[0]  # the second run was answered from the cache

@@ -166,9 +166,9 @@ def _embedder(
         verify: ssl.SSLContext | bool = True
         if ca is not None:
             verify = ssl.create_default_context(cafile=str(ca))
-        kwargs["transport"] = httpx.AsyncHTTPTransport(verify=verify)
+        kwargs["connection"] = Connection(transport=httpx.AsyncHTTPTransport(verify=verify))
     elif ca is not None:
-        kwargs["verify"] = str(ca)
+        kwargs["connection"] = Connection(verify=str(ca))
     return embedkit.AsyncEmbedder(api="tei", url=url, retry=_fast_retry(), **kwargs)  # type: ignore[arg-type]
 
 

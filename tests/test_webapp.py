@@ -133,3 +133,40 @@ def test_the_app_module_is_documented() -> None:
     assert "uvicorn app:app" in module.__doc__
     assert isinstance(module.app.title, str)
     assert Path(module.__file__).parent == APP_DIR
+
+
+def test_four_workers_share_one_redis_cache_and_quota(tmp_path: Path) -> None:
+    """`uvicorn --workers 4` with EMBEDKIT_REDIS_URL: a text one worker embedded is not resent."""
+    from devtools.redis import running_redis
+
+    from .fakes import vector_for
+    from .hashserver import HashServer
+
+    port = free_port()
+    argv = python_server(["-m", "uvicorn", "app:app", "--app-dir", str(APP_DIR)])
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    argv += ["--workers", "4"]
+    base = f"http://127.0.0.1:{port}"
+    texts = [f"Question {i} from a visitor." for i in range(60)]
+    with running_redis(tmp_path) as redis_server, HashServer.running(dim=8) as server:
+        env = {
+            "EMBEDKIT_URL": server.url,
+            "EMBEDKIT_API": "tei",
+            "EMBEDKIT_REDIS_URL": redis_server.url,
+            "EMBEDKIT_REQUESTS_PER_SECOND": "200",
+        }
+        with running(argv, health_url=base + "/stats", log=tmp_path / "uvicorn.log", env=env):
+
+            async def round_of_requests() -> list[httpx.Response]:
+                async with httpx.AsyncClient(base_url=base, timeout=60.0) as client:
+                    calls = [client.post("/embed", json={"texts": [t]}) for t in texts]
+                    return await asyncio.gather(*calls)
+
+            first = asyncio.run(round_of_requests())
+            sent = server.texts
+            second = asyncio.run(round_of_requests())
+            assert server.texts == sent  # every text came from the shared cache
+    for answers in (first, second):
+        for text, answer in zip(texts, answers, strict=True):
+            assert answer.status_code == 200, answer.text
+            assert np.array_equal(answer.json()["embeddings"][0], vector_for(text, 8))

@@ -155,6 +155,22 @@ def similarity(corpus: Vectors, queries: Vectors) -> None:
     embedkit.top_k(queries, corpus, k=5, chunk_size=1024)
     embedkit.cosine_similarity(queries, corpus)
     embedkit.top_k(queries, corpus, 5, 1024)  # type: ignore[call-arg]
+    packed = embedkit.quantize(corpus, "ubinary")
+    embedkit.top_k(embedkit.quantize(queries, "ubinary"), packed, k=5, bits=True)
+    embedkit.cosine_similarity(packed, packed, bits=True)
+    assert_type(embedkit.unpackbits(packed, 384), npt.NDArray[np.uint8])
+    embedkit.quantize(corpus, "float16")  # type: ignore[arg-type]
+
+
+async def kinds_and_dtypes() -> None:
+    async with AsyncEmbedder(
+        "embed-english-v3.0", api="cohere", kind="document", dtype="int8"
+    ) as emb:
+        await emb.embed("q", kind="query")
+        await emb.embed_many(["d"], kind="document")
+        await emb.embed("q", kind="passage")  # type: ignore[arg-type]
+    AsyncEmbedder("m", api="mistral")  # type: ignore[arg-type]
+    AsyncEmbedder("m", api="gemini", dtype="float16")  # type: ignore[arg-type]
 
 
 class MyBackend:

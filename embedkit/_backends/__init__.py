@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .balancer import BalancedBackend
-from .base import Backend, BackendStats, CompleteBackend, Listening, complete
+from .base import Backend, BackendStats, CompleteBackend, Listening, complete, kind_sender
 from .factory import URLs, build_backend, endpoints_of
 from .http import DEFAULT_MAX_RESPONSE_SIZE, DEFAULT_TIMEOUT, HttpBackend
 from .protocols import PROTOCOLS, BackendInfo, OpenAIProtocol, Options
@@ -39,6 +39,7 @@ __all__ = [
     "complete",
     "endpoints_of",
     "is_packaged",
+    "kind_sender",
     "normalize_rows",
 ]
 
@@ -52,6 +53,7 @@ _LOCAL = {
     "cached_snapshot",
     "check_installed",
     "is_packaged",
+    "kind_sender",
     "normalize_rows",
 }
 

@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 import anyio
 from anyio.abc import TaskStatus
 
-from .._config import Matrix
+from .._config import Kind, Matrix
 from .._core import AdaptiveConcurrency, Clock, EndpointStats, ReplicaState, describe
 from .._errors import (
     EmbedkitError,
@@ -52,7 +52,7 @@ from .._errors import (
     TransportError,
 )
 from .._usage import Answer
-from .base import BackendStats, Listening
+from .base import BackendStats, Listening, kind_sender
 from .protocols import BackendInfo
 from .replica import Replica
 
@@ -138,7 +138,12 @@ class BalancedBackend:
                 replica.concurrency = AdaptiveConcurrency(cap, adaptive=adaptive)
         return sum(r.concurrency.maximum for r in self.replicas)
 
-    async def embed_batch(self, texts: list[str]) -> Matrix:
+    @property
+    def carries_kind(self) -> bool:
+        """Whether the replicas' protocol has a query/document field."""
+        return all(getattr(r.backend, "carries_kind", False) for r in self.replicas)
+
+    async def embed_batch(self, texts: list[str], *, kind: Kind | None = None) -> Matrix:
         """Send the batch to the best replica; on a failover-able error, to the next one."""
         n = len(texts)
         tried: set[int] = set()
@@ -148,7 +153,7 @@ class BalancedBackend:
             if replica is None:
                 raise last if last is not None else self._all_down()
             try:
-                matrix = await self._send(replica, texts)
+                matrix = await self._send(replica, texts, kind)
             except FAILOVER as exc:
                 last = exc
                 tried.add(id(replica))
@@ -259,7 +264,7 @@ class BalancedBackend:
         self._changed.set()
         self._changed = anyio.Event()
 
-    async def _send(self, replica: Replica, texts: list[str]) -> Matrix:
+    async def _send(self, replica: Replica, texts: list[str], kind: Kind | None = None) -> Matrix:
         n = len(texts)
         try:
             if replica.learned is not None and replica.learned.bucket is not None:
@@ -272,7 +277,10 @@ class BalancedBackend:
                 replica.first_sent = now
             started = time.perf_counter()
             try:
-                matrix = await replica.backend.embed_batch(texts)
+                if kind is None:
+                    matrix = await replica.backend.embed_batch(texts)
+                else:
+                    matrix = await kind_sender(replica.backend, kind)(texts)
             except EmbedkitError as exc:
                 if isinstance(exc, FAILOVER):
                     replica.on_failure(exc, ticket, self.base_backoff)

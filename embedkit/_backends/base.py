@@ -12,13 +12,13 @@ defaults.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 from anyio.abc import TaskStatus
 
-from .._config import Matrix
+from .._config import Kind, Matrix
 from .._core import EndpointStats
 from .._usage import Answer
 from .protocols import BackendInfo
@@ -32,6 +32,7 @@ __all__ = [
     "MinimalBackend",
     "complete",
     "fit_to_info",
+    "kind_sender",
 ]
 
 
@@ -175,6 +176,25 @@ class MinimalBackend:
 
     def __repr__(self) -> str:
         return f"<MinimalBackend {self.describe()}>"
+
+
+def kind_sender(backend: Backend, kind: Kind) -> Callable[[list[str]], Awaitable[Matrix]]:
+    """`backend.embed_batch` with `kind=` bound: the send function of one kind's scheduler.
+
+    Raises `ValueError` when the backend has no field for a kind (`carries_kind` is false:
+    openai, ollama, a custom backend).
+    """
+    if not getattr(backend, "carries_kind", False):
+        raise ValueError(
+            f"{backend.describe()} cannot carry kind=: its API has no query/document field"
+        )
+    embed: Any = backend.embed_batch
+
+    async def send(texts: list[str]) -> Matrix:
+        matrix: Matrix = await embed(texts, kind=kind)
+        return matrix
+
+    return send
 
 
 def complete(backend: Backend) -> CompleteBackend:

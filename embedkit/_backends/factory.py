@@ -1,7 +1,8 @@
 """The one place that turns an embedder's settings into a backend.
 
-`api` picks the family: `"local"` runs a model in this process; `"hf"`, `"tei"` and
-`"openai"` build a wire protocol and an `HttpBackend` per URL, and several URLs become one
+`api` picks the family: `"local"` runs a model in this process; `"hf"`, `"tei"`,
+`"openai"`, `"cohere"`, `"voyage"`, `"gemini"` and `"ollama"` build a wire protocol and an
+`HttpBackend` per URL, and several URLs become one
 `BalancedBackend` over them. A ready `backend=` object is used as it is (completed with the
 neutral defaults when it has only the essential methods).
 """
@@ -90,7 +91,8 @@ def build_backend(
 
         return LocalBackend(model, options=options, device=device), limits.max_concurrency
     if api not in PROTOCOLS:
-        raise ValueError(f"api must be one of 'hf', 'tei', 'openai', 'local', not {api!r}")
+        known = ", ".join(repr(name) for name in [*PROTOCOLS, "local"])
+        raise ValueError(f"api must be one of {known}, not {api!r}")
 
     def http_backend(endpoint_url: str | None, endpoint_token: str | None, cap: int) -> HttpBackend:
         if api == "openai":

@@ -25,6 +25,7 @@ from .._config import (
     DEFAULT_MAX_RESPONSE_SIZE,
     DEFAULT_TIMEOUT,
     CertTypes,
+    Kind,
     Matrix,
     VerifyTypes,
 )
@@ -36,7 +37,15 @@ from .._errors import (
     TransportError,
     error_from_response,
 )
-from .._transports import FastTransport, PreparedPost, ResponseTooLarge, build_client, send_limited
+from .._transports import (
+    FastTransport,
+    PreparedPost,
+    ResponseTooLarge,
+    build_client,
+    decode_limited,
+    encodings_of,
+    send_limited,
+)
 from .._usage import Answer, rate_limits_from
 from .._version import __version__ as _version
 from .base import BackendStats, fit_to_info
@@ -75,7 +84,8 @@ class HttpBackend:
 
     Args:
         protocol: the wire format (hf, tei, openai).
-        token: sent as `Authorization: Bearer ...` when set.
+        token: sent as the protocol says (`Authorization: Bearer ...`; Gemini's
+            `x-goog-api-key`) when set.
         client: an `httpx.AsyncClient` to use (the caller keeps ownership).
         transport: an httpx transport for the client embedkit builds (tests pass
             `httpx.MockTransport`); default: embedkit's lean HTTP/1.1 transport, or
@@ -84,7 +94,8 @@ class HttpBackend:
         max_connections: connection pool size for the client embedkit builds.
         verify, cert: TLS settings for the client embedkit builds, as httpx takes them.
         http2: send over httpx's stock transport with HTTP/2 (needs `h2`).
-        max_response_size: a larger response body (bytes as received) is a `ResponseError`.
+        max_response_size: a larger response body (bytes as received, and again once its
+            Content-Encoding is undone) is a `ResponseError`.
         wait_for_model: force `x-wait-for-model` on (True) or off (False); by default it is
             turned on after the first 503 "loading" (HF's advice).
         use_cache: False sends `x-use-cache: false` (HF's server-side result cache).
@@ -117,13 +128,13 @@ class HttpBackend:
             # the route. The message does not repeat the URL, which holds a secret.
             raise ValueError(
                 "credentials in the URL (user:password@) are not supported; pass token=, "
-                "or an http_client=httpx.AsyncClient(auth=...)"
+                "or connection=embedkit.Connection(http_client=httpx.AsyncClient(auth=...))"
             )
         if (client is not None or transport is not None) and (
             verify is not True or cert is not None or http2
         ):
             raise ValueError(
-                "verify=, cert= and http2= configure the client embedkit builds; "
+                "Connection's verify=, cert= and http2= configure the client embedkit builds; "
                 "set them on your own http_client or transport instead"
             )
         self._owns_client = client is None
@@ -156,7 +167,7 @@ class HttpBackend:
         if protocol.hf_headers and use_cache is False:
             self._base_headers["x-use-cache"] = "false"
         if token is not None:
-            self._base_headers["authorization"] = f"Bearer {token.reveal()}"
+            self._base_headers.update(protocol.auth_headers(token.reveal()))
         self._headers = self._build_headers()
         self._on_answer: Callable[[Answer], None] | None = None
         self._where = _safe_url(protocol.endpoint)
@@ -201,25 +212,37 @@ class HttpBackend:
         return headers
 
     @property
+    def carries_kind(self) -> bool:
+        """Whether the protocol has a query/document field (a call may name its kind)."""
+        return self.protocol.carries_kind
+
+    @property
     def resent_requests(self) -> int:
         """Requests embedkit's transport re-sent because the server had closed a reused
         connection before reading them (never counted as the retry policy's retries)."""
         return self._direct.resent_requests if self._direct is not None else 0
 
     async def _post(self, body: bytes) -> _Answer:
-        """Status, body (Content-Encoding undone) and headers of the answer to a POST."""
+        """Status, body (Content-Encoding undone) and headers of the answer to a POST.
+
+        `max_response_size` bounds the body as received and again once decoded, on every
+        route (`decode_limited`: a compression bomb stops at the limit).
+        """
         direct = self._direct
+        limit = self._max_response_size
         if direct is not None:
             prepared = self._prepared
             if prepared is not None:
                 raw = await direct.send_prepared(prepared, body, self._timeouts)
-                if raw.status < 400 and not raw.encoded:
+                if raw.status < 300 and not raw.encoded:
                     if self._on_answer is not None:
                         return raw.status, raw.content, _reported_headers(raw.headers)
                     return raw.status, raw.content, _NO_HEADERS
-                response = raw.to_httpx()  # httpx undoes Content-Encoding, parses headers
-                await response.aread()
-                return response.status_code, response.content, response.headers
+                headers = httpx.Headers(raw.headers)
+                content = raw.content
+                if raw.encoded:
+                    content = decode_limited(content, encodings_of(headers), limit)
+                return raw.status, content, headers
             request = httpx.Request(
                 "POST",
                 self._url,
@@ -228,17 +251,15 @@ class HttpBackend:
                 extensions=self._timeout,
             )
             response = await direct.handle_async_request(request)
-            await response.aread()
-        else:
-            limit = self._max_response_size
-            if limit is None:
-                response = await self._client.post(self._url, content=body, headers=self._headers)
-            else:
-                request = self._client.build_request(
-                    "POST", self._url, content=body, headers=self._headers
-                )
-                response = await send_limited(self._client, request, limit)
-        return response.status_code, response.content, response.headers
+            received = b"".join([chunk async for chunk in response.aiter_raw()])
+            content = decode_limited(received, encodings_of(response.headers), limit)
+            return response.status_code, content, response.headers
+        if limit is None:
+            response = await self._client.post(self._url, content=body, headers=self._headers)
+            return response.status_code, response.content, response.headers
+        request = self._client.build_request("POST", self._url, content=body, headers=self._headers)
+        response, content = await send_limited(self._client, request, limit)
+        return response.status_code, content, response.headers
 
     async def start(self) -> BackendInfo:
         """Ask the server for its limits (TEI `/info`); other protocols learn nothing."""
@@ -275,10 +296,13 @@ class HttpBackend:
                 error_from_response(response.status_code, response.content, response.headers)
             )
 
-    async def embed_batch(self, texts: list[str]) -> Matrix:
-        """POST one batch and decode it, or raise the matching embedkit error."""
+    async def embed_batch(self, texts: list[str], *, kind: Kind | None = None) -> Matrix:
+        """POST one batch and decode it, or raise the matching embedkit error.
+
+        `kind` overrides the protocol's default intent for this batch ("query"/"document").
+        """
         try:
-            status, content, headers = await self._post(self.protocol.body(texts))
+            status, content, headers = await self._post(self.protocol.body(texts, kind))
         except ResponseTooLarge as exc:
             raise ResponseError(f"{exc} from {_safe_url(self.protocol.endpoint)}") from exc
         except httpx.TimeoutException as exc:
@@ -290,8 +314,12 @@ class HttpBackend:
             raise TransportError(
                 f"{type(exc).__name__} talking to {_safe_url(self.protocol.endpoint)}: {detail}"
             ) from exc
+        if 300 <= status < 400:
+            raise self._redirected(status, headers)
         if status >= 400:
-            error = error_from_response(status, content, headers)
+            error = self.protocol.refine_error(
+                error_from_response(status, content, headers), content
+            )
             if self._on_answer is not None:
                 self._report(texts, status, headers, message=error.message)
             if (
@@ -305,12 +333,29 @@ class HttpBackend:
             raise self._redact(error)
         try:
             if self._on_answer is None:
-                return self.protocol.decode(content, len(texts))
+                return self.protocol.finish(self.protocol.decode(content, len(texts)))
             matrix, tokens = self.protocol.decode_counted(content, len(texts), headers)
+            matrix = self.protocol.finish(matrix)
         except EmbedkitError as exc:
             raise self._redact(exc) from exc.__cause__
         self._report(texts, status, headers, tokens)
         return matrix
+
+    def _redirected(self, status: int, headers: Mapping[str, str]) -> StatusError:
+        """A redirect is not followed (it could carry the token to another origin): a
+        `StatusError` naming the status and where it points (without credentials or query)."""
+        location = headers.get("location")
+        if location:
+            target = _safe_url(urllib.parse.urljoin(self.protocol.endpoint, location))
+            where = f"to {target}"
+        else:
+            where = "without a Location"
+        return StatusError(
+            status,
+            f"the server redirected {where}; embedkit does not follow redirects (the "
+            "request carries your token): set url= to the address the server names",
+            request_id=headers.get("x-request-id"),
+        )
 
     def _redact(self, exc: EmbedkitError) -> EmbedkitError:
         """Blank out the token where a server quoted it back (some gateways do)."""

@@ -26,8 +26,9 @@ import anyio.to_thread
 import numpy as np
 from anyio.abc import TaskStatus
 
-from .._config import Matrix
+from .._config import Kind, Matrix
 from .._errors import InputError
+from .._quantize import carried
 from .base import BackendStats
 from .protocols import BackendInfo, Options
 
@@ -367,6 +368,9 @@ class LocalBackend:
         """The loaded model (None before `start()`)."""
         return self._model
 
+    #: a kind is the model's prompt of that name ("query"/"document") when it defines one.
+    carries_kind = True
+
     def describe(self) -> str:
         """`local <model> on <device>`."""
         name = self._name if self._name is not None else DEFAULT_LOCAL_MODEL
@@ -407,24 +411,35 @@ class LocalBackend:
         """Nothing is counted below the scheduler."""
         return BackendStats()
 
-    async def embed_batch(self, texts: list[str]) -> Matrix:
-        """Encode one batch on a worker thread: (len(texts), dim) float32."""
+    async def embed_batch(self, texts: list[str], *, kind: Kind | None = None) -> Matrix:
+        """Encode one batch on a worker thread: (len(texts), dim) float32 (or the carrier
+        rows of the embedder's dtype, quantised here).
+
+        `kind` picks the model's prompt of that name ("query"/"document") for this batch.
+        """
         model, limiter = self._model, self._limiter
         if model is None or limiter is None:
             raise RuntimeError("LocalBackend.start() must be awaited before embed_batch()")
         options = self._options
+        # a kind is the model's prompt of that name when it has one; a symmetric model
+        # (no such prompt) embeds queries and documents alike, which is right for it
+        kind = kind or options.kind
+        prompt_name = options.prompt_name
+        if prompt_name is None and kind is not None and kind in model.prompts:
+            prompt_name = kind
         truncate = options.truncate is not False
         direction = options.truncation_direction or "right"
 
         def run() -> Matrix:
-            return model.encode(
+            matrix = model.encode(
                 texts,
                 normalize=options.normalize,
-                prompt_name=options.prompt_name,
+                prompt_name=prompt_name,
                 truncate=truncate,
                 truncation_direction=direction,
                 dimensions=options.dimensions,
             )
+            return carried(matrix, options.dtype) if options.dtype else matrix
 
         return await anyio.to_thread.run_sync(run, limiter=limiter)
 

@@ -223,7 +223,7 @@ def embed_file(
         row_group_size: rows per Parquet row group (and per resumable part); default about
             4 MiB of vectors (2048 rows at 384 dimensions).
         embedder: an open `Embedder` to use (else one is made from `options` and closed).
-        **options: any `AsyncEmbedder` argument (`api=`, `url=`, `model=`, `max_concurrency=`...).
+        **options: any `AsyncEmbedder` argument (`api=`, `url=`, `model=`, `limits=`...).
 
     Returns:
         A `FileResult`: `rows`, `bad`, `dim`, `seconds`, `output`, ...

@@ -38,6 +38,7 @@ import numpy as np
 from .._client import AsyncEmbedder
 from .._config import Matrix
 from .._errors import EmbedkitError
+from .._quantize import numpy_dtype
 from .corpus import Bad, Corpus, CorpusError, Scan
 from .progress import FileProgress, ProgressArg, reporter
 from .sinks import NpySink, ParquetSink, Sink
@@ -259,7 +260,14 @@ class Run:
     def open_sink(self, scan: Scan, dim: int, resume: ResumeState | None) -> Sink:
         job = self.job
         if job.kind == "npy":
-            return NpySink(job.output, scan.records, dim, mask=job.on_bad == "skip", resume=resume)
+            return NpySink(
+                job.output,
+                scan.records,
+                dim,
+                mask=job.on_bad == "skip",
+                resume=resume,
+                dtype=self.embedder.dtype,
+            )
         return ParquetSink(
             job.output,
             scan.records,
@@ -268,6 +276,7 @@ class Run:
             id_type=scan.id_type,
             row_group_size=job.row_group_size,
             resume=resume,
+            dtype=self.embedder.dtype,
         )
 
     # ---------------------------------------------------------------- the run
@@ -334,10 +343,11 @@ class Run:
         finally:
             sink.close()
         result = self._result(self.state, started, resumed_from=first)
-        shape = f"{self.state.rows:,} × {self.state.dim} float32"
+        element = numpy_dtype(self.embedder.dtype).__name__
+        shape = f"{self.state.rows:,} × {self.state.dim} {element}"
         if job.kind == "parquet":
             id_name = job.corpus.id_key or "id"
-            shape = f"{self.state.rows:,} rows: {id_name}, embedding float32[{self.state.dim}]"
+            shape = f"{self.state.rows:,} rows: {id_name}, embedding {element}[{self.state.dim}]"
         summary = f"wrote {job.output} ({shape})"
         if result.embedded:
             summary += (

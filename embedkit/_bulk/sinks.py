@@ -14,8 +14,9 @@ state only after `sync`, so a run killed at any moment resumes from a row the di
   renamed); `committed` is the rows of the parts written so far. On `finish` the parts are
   copied, group by group, into one file, which replaces `OUT.parquet` atomically. Columns:
   the id (`id_field`'s name, or `id` = the record number) and `embedding`, a
-  `fixed_size_list<float>[dim]`; a bad record (with `on_bad="skip"`) has a null embedding,
-  the Parquet way of saying "no value" (where the .npy has a zero row and a False in the mask).
+  `fixed_size_list<float>[dim]` (int8/uint8 for the quantised dtypes); a bad record (with
+  `on_bad="skip"`) has a null embedding, the Parquet way of saying "no value" (where the .npy
+  has a zero row and a False in the mask).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from .._config import Matrix
+from .._config import Dtype, Matrix
+from .._quantize import numpy_dtype
 from .corpus import CorpusError
 from .npy import NpyWriter, fsync_dir
 from .state import OutputPaths, ResumeState, state_path
@@ -100,8 +102,18 @@ def _count_bad(ok: Flags | None) -> int:
 class NpySink(Sink):
     """Rows in place in `OUT.npy.partial`, the mask in `OUT.mask.npy.partial` (skip only)."""
 
-    def __init__(self, out: Path, rows: int, dim: int, *, mask: bool, resume: ResumeState | None):
+    def __init__(
+        self,
+        out: Path,
+        rows: int,
+        dim: int,
+        *,
+        mask: bool,
+        resume: ResumeState | None,
+        dtype: Dtype = "float32",
+    ):
         self.paths = OutputPaths.for_output(out)
+        element = numpy_dtype(dtype)  # the embedder's dtype; rows arrive as exact float32
         self.output = out
         self.state_path = self.paths.state
         self.rows, self.dim = rows, dim
@@ -113,7 +125,7 @@ class NpySink(Sink):
         if resume is None:
             for stale in (paths.mask, paths.mask_partial):
                 stale.unlink(missing_ok=True)
-            self.data = NpyWriter(paths.data_partial, (rows, dim), np.float32, create=True)
+            self.data = NpyWriter(paths.data_partial, (rows, dim), element, create=True)
             if mask:
                 self.mask = NpyWriter(paths.mask_partial, (rows,), np.bool_, create=True)
             self.sync()
@@ -126,7 +138,7 @@ class NpySink(Sink):
                 f"{paths.state.name} says {resume.committed:,} rows are done, but "
                 f"{paths.data_partial.name} is missing; start over"
             )
-        self.data = NpyWriter(paths.data_partial, (rows, dim), np.float32, create=False)
+        self.data = NpyWriter(paths.data_partial, (rows, dim), element, create=False)
         if resume.on_bad == "skip":
             self.mask = NpyWriter(paths.mask_partial, (rows,), np.bool_, create=False)
         elif mask:
@@ -229,9 +241,11 @@ class ParquetSink(Sink):
         id_type: Any,
         row_group_size: int | None,
         resume: ResumeState | None,
+        dtype: Dtype = "float32",
     ) -> None:
         self.pa, self.pq = _arrow()
         pa = self.pa
+        self.element = numpy_dtype(dtype)  # rows arrive as float32 holding exact values
         self.paths = ParquetPaths(out)
         self.output = out
         self.state_path = self.paths.state
@@ -244,7 +258,7 @@ class ParquetSink(Sink):
         self.schema = pa.schema(
             [
                 pa.field(id_name, self.id_type),
-                pa.field("embedding", pa.list_(pa.float32(), dim)),
+                pa.field("embedding", pa.list_(pa.from_numpy_dtype(self.element), dim)),
             ]
         )
         self.buffer: list[tuple[Matrix, Flags | None, list[Any] | None]] = []
@@ -329,7 +343,7 @@ class ParquetSink(Sink):
         pa, pq = self.pa, self.pq
         start = self.written
         matrix, ok, ids = self._take(n)
-        values = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1))
+        values = pa.array(np.ascontiguousarray(matrix, dtype=self.element).reshape(-1))
         if ok is not None and not ok.all():
             validity = pa.array(ok).buffers()[1]
             embedding = pa.Array.from_buffers(

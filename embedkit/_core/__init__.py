@@ -7,7 +7,7 @@ Nothing here imports httpx, a protocol or a backend: the scheduler sends through
 from __future__ import annotations
 
 from .flow import AdaptiveConcurrency, Clock, Cooldown, LearnedRate, Sleep, TokenBucket
-from .jobs import Ticket
+from .jobs import Job, Ticket
 from .policy import BatchPolicy
 from .quota import LocalQuota, Quota, ServerBudget
 from .retry import DEFAULT_RETRY, RetryPolicy, describe
@@ -22,6 +22,7 @@ from .tokens import (
     Tokenizer,
     book_for,
     combine,
+    token_bucket,
 )
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "Cooldown",
     "CountTokens",
     "EndpointStats",
+    "Job",
     "LearnedRate",
     "LocalQuota",
     "Overflow",
@@ -51,4 +53,5 @@ __all__ = [
     "book_for",
     "combine",
     "describe",
+    "token_bucket",
 ]

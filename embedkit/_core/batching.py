@@ -30,6 +30,7 @@ class Batching:
     max_batch_chars: int | None
     dimension: int | None
     _queue: deque[Job]
+    _urgent: deque[Job]
     _queued: int
     _inflight: dict[str, Waiters]
     _dedup: bool
@@ -53,7 +54,6 @@ class Batching:
         budget = self.max_batch_chars if self.max_batch_chars is not None else -1
         texts: list[str] = []
         waiters: list[Waiters] = []
-        queue = self._queue
         inflight = self._inflight if self._dedup else None
         cache = self._cache
         chars = 0
@@ -70,55 +70,60 @@ class Batching:
             token_budget = book.budget if book.budget is not None else -1
             exact = book.exact
             ratio = book.ratio
-        while queue and len(texts) < limit:
-            job = queue[0]
-            if job.finished:
-                taken += job.n - job.next
-                queue.popleft()
-                continue
-            source = job.texts
-            i = start = job.next
-            end = job.n
-            while i < end and len(texts) < limit:
-                text = source[i]
-                if inflight is not None:
-                    joined = inflight.get(text)
-                    if joined is not None:
-                        joined.append((job, i))
-                        self._dedup_hits += 1
-                        i += 1
-                        continue
-                if cache is not None:
-                    hit = cache.get(text)
-                    if hit is not None:
-                        cache.move_to_end(text)
-                        self._cache_hits += 1
-                        job.deliver(i, hit)
-                        i += 1
-                        continue
-                if budget >= 0:
-                    chars += len(text)
-                    if chars > budget and texts:
-                        break
-                if counts is not None:
-                    assert book is not None
-                    t = book.count(text) if exact else ceil(len(text) * ratio)
-                    tokens += t
-                    if 0 <= token_budget < tokens and texts:
-                        break
-                    counts.append(t)
-                ws: Waiters = [(job, i)]
-                if inflight is not None:
-                    inflight[text] = ws
-                texts.append(text)
-                waiters.append(ws)
-                i += 1
-            job.next = i
-            taken += i - start
-            if i >= end:
-                queue.popleft()
-            else:
-                break
+        # the interactive lane first: a query waits for the next free slot, not for the
+        # bulk work queued before it; bulk texts fill the rest of the batch
+        for queue in (self._urgent, self._queue) if self._urgent else (self._queue,):
+            while queue and len(texts) < limit:
+                job = queue[0]
+                if job.finished:
+                    taken += job.n - job.next
+                    queue.popleft()
+                    continue
+                source = job.texts
+                i = start = job.next
+                end = job.n
+                while i < end and len(texts) < limit:
+                    text = source[i]
+                    if inflight is not None:
+                        joined = inflight.get(text)
+                        if joined is not None:
+                            joined.append((job, i))
+                            self._dedup_hits += 1
+                            i += 1
+                            continue
+                    if cache is not None:
+                        hit = cache.get(text)
+                        if hit is not None:
+                            cache.move_to_end(text)
+                            self._cache_hits += 1
+                            job.deliver(i, hit)
+                            i += 1
+                            continue
+                    if budget >= 0:
+                        chars += len(text)
+                        if chars > budget and texts:
+                            break
+                    if counts is not None:
+                        assert book is not None
+                        t = book.count(text) if exact else ceil(len(text) * ratio)
+                        tokens += t
+                        if 0 <= token_budget < tokens and texts:
+                            break
+                        counts.append(t)
+                    ws: Waiters = [(job, i)]
+                    if inflight is not None:
+                        inflight[text] = ws
+                    texts.append(text)
+                    waiters.append(ws)
+                    i += 1
+                job.next = i
+                taken += i - start
+                if i >= end:
+                    queue.popleft()
+                else:
+                    break
+            if len(texts) >= limit or (queue and not queue[0].finished):
+                break  # full, or the character or token budget closed it
         self._queued -= taken
         if not texts:
             return None

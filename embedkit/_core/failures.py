@@ -27,6 +27,7 @@ from .._errors import (
     InputError,
     ModelLoadingError,
     RateLimitError,
+    StatusError,
     TokenLimitError,
 )
 from .flow import AdaptiveConcurrency
@@ -54,12 +55,15 @@ class Failures:
     _failed_texts: int
     _abandoned: int
     tokens: TokenBook | None
+    _paused_by: StatusError | None
 
     if TYPE_CHECKING:
 
         async def _attempts(self, batch: Batch, slot: Slot, paced: bool = True) -> Matrix: ...
 
         def _deliver(self, batch: Batch, matrix: Matrix) -> None: ...
+
+        def _fail_outlasted(self, exc: StatusError, delay: float) -> None: ...
 
     async def _resolve(self, batch: Batch, slot: Slot) -> None:
         """Send a batch and hand out its rows, splitting it when the server asks.
@@ -170,7 +174,9 @@ class Failures:
         self._retries[cause] += 1
         if isinstance(exc, RateLimitError):
             self.quota.pause(delay)
+            self._paused_by = exc
             logger.warning("rate limited (%s); pausing all requests for %.2f s", cause, delay)
+            self._fail_outlasted(exc, delay)  # queued calls whose deadline comes first
         elif isinstance(exc, ModelLoadingError):
             # One request probes (held by the server with x-wait-for-model) while the rest
             # wait for a slot, instead of every batch polling a cold model. No client-wide

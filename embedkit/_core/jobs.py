@@ -13,6 +13,7 @@ and plain tuples: a named tuple costs ten times a tuple to build, once per text.
 from __future__ import annotations
 
 import copy
+import math
 from typing import TYPE_CHECKING
 
 import anyio
@@ -34,6 +35,7 @@ class Job:
 
     __slots__ = (
         "at",
+        "deadline",
         "done",
         "error",
         "finished",
@@ -60,6 +62,7 @@ class Job:
         self.error: BaseException | None = None
         self.finished = False  # answered, failed, or given up by its caller
         self.at = 0.0  # when it was queued (BatchPolicy clock)
+        self.deadline = math.inf  # when its caller gives up (anyio.current_time() clock)
 
     def deliver(self, row: int, vector: Matrix) -> None:
         """Row `row` of this job's matrix."""

@@ -276,6 +276,12 @@ class LocalQuota:
         """Pause everyone for at least `seconds`."""
         self.cooldown.extend(seconds)
 
+    def paused_for(self) -> float:
+        """Seconds left of the pause in force (0 when none). Optional in `Quota`: the
+        scheduler uses it, when a quota has it, to fail at once a call whose deadline
+        comes before the pause ends."""
+        return max(0.0, self.cooldown.until - self.cooldown.clock())
+
     @property
     def rate(self) -> float | None:
         """The configured request rate, or the learned one (None while unpaced)."""

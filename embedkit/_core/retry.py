@@ -9,6 +9,12 @@
 * When to stop: after `attempts` failed tries of transient faults, or `timeout` seconds for one
   batch; a loading model gets its own, longer budget (`loading_timeout`), since cold models
   can take minutes.
+* A wait that cannot fit is not waited: when the delay (what the server asked for, or the
+  backoff) is longer than what is left of the budget — the policy's own, or the deadline of
+  the callers still waiting (`budget=`) — the error is raised at once, with its
+  `retry_after`. Sleeping first would only raise the same error later.
+* One attempt may be bounded on its own (`attempt_timeout`): only the time on the wire
+  counts, never the time a text spent queued in the client.
 
 Waiting can be switched off for tests with `sleep=` (any async callable taking seconds), no
 monkeypatching needed.
@@ -25,6 +31,7 @@ from typing import TypeVar
 import anyio
 import tenacity
 
+from .._config import check_seconds
 from .._errors import ModelLoadingError, RateLimitError, ServerError, StatusError, TransportError
 from .flow import Sleep
 
@@ -47,6 +54,8 @@ class RetryPolicy:
         max_loading_wait: the cap on one wait for a loading model (its `estimated_time` is
             often stale; after the first 503 the client asks the server to hold the request).
         sleep: the async sleep used for waits; tests pass one that records instead of waiting.
+        attempt_timeout: seconds one attempt (one request, sent) may take before it counts as
+            a transient failure and is retried; None: only the HTTP timeouts bound it.
     """
 
     def __init__(
@@ -60,9 +69,12 @@ class RetryPolicy:
         loading_timeout: float = 900.0,
         max_loading_wait: float = 30.0,
         sleep: Sleep | None = None,
+        attempt_timeout: float | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
+        check_seconds("attempt_timeout", attempt_timeout)
+        self.attempt_timeout = attempt_timeout
         self.attempts = attempts
         self.timeout = timeout
         self.backoff = backoff
@@ -82,6 +94,7 @@ class RetryPolicy:
             self.max_retry_after,
             self.loading_timeout,
             self.max_loading_wait,
+            self.attempt_timeout,
             self.sleep,
         )
 
@@ -95,7 +108,9 @@ class RetryPolicy:
         return (
             f"RetryPolicy(attempts={self.attempts}, timeout={self.timeout}, "
             f"backoff={self.backoff}, max_backoff={self.max_backoff}, "
-            f"loading_timeout={self.loading_timeout})"
+            f"loading_timeout={self.loading_timeout}"
+            + (f", attempt_timeout={self.attempt_timeout}" if self.attempt_timeout else "")
+            + ")"
         )
 
     @staticmethod
@@ -123,11 +138,15 @@ class RetryPolicy:
         attempt: Callable[[], Awaitable[T]],
         *,
         on_retry: Callable[[BaseException, float], None] | None = None,
+        budget: Callable[[], float] | None = None,
+        on_give_up: Callable[[BaseException, float], None] | None = None,
     ) -> T:
         """Run `attempt` until it succeeds or the policy gives up (re-raising the last error).
 
         `on_retry(error, delay)` runs before each wait: the scheduler uses it to count
-        retries and to pause the whole client after a 429.
+        retries and to pause the whole client after a 429. `budget()` is the seconds left
+        to the callers (their deadlines); a delay longer than that, or than what is left of
+        this policy's timeout, raises the error at once, after `on_give_up(error, delay)`.
         """
         try:
             return await attempt()  # the common case, without tenacity's ~30 µs of set-up
@@ -168,6 +187,15 @@ class RetryPolicy:
         def wait(retry_state: tenacity.RetryCallState) -> float:
             exc = account(retry_state)
             delay = self.delay_for(exc, max(1, state.failures))
+            spent = max(retry_state.seconds_since_start or 0.0, retry_state.idle_for)
+            limit = self.loading_timeout if isinstance(exc, ModelLoadingError) else self.timeout
+            left = limit - spent
+            if budget is not None:
+                left = min(left, budget())
+            if delay > left:
+                if on_give_up is not None:
+                    on_give_up(exc, delay)
+                raise _GiveUp(exc)
             if on_retry is not None:
                 on_retry(exc, delay)
             if isinstance(exc, RateLimitError):
@@ -182,7 +210,10 @@ class RetryPolicy:
             reraise=True,
         )
         try:
-            return await retrying(replay)
+            try:
+                return await retrying(replay)
+            except _GiveUp as give_up:
+                raise give_up.error from give_up.error.__cause__
         except ModelLoadingError as exc:
             if state.loading_waited <= 0:
                 raise
@@ -193,6 +224,14 @@ class RetryPolicy:
             )
             error.args = (f"{exc.status_code}: {error.message}",)
             raise error from exc
+
+
+class _GiveUp(Exception):
+    """Internal: the next wait would not fit in the budget; raise `error` now."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
 
 
 class _CallState:

@@ -1,7 +1,11 @@
 """The scheduler: how a text travels from `embed()` to a numpy row.
 
 1. `submit(texts)` wraps the caller's texts in a *job* (the texts, an output matrix filled
-   later, an event) and appends it to one FIFO queue. It costs O(1) however many texts.
+   later, an event) and appends it to its lane's FIFO queue. It costs O(1) however many
+   texts. There are two lanes: "interactive" (`submit`'s default: a query from a web route)
+   and "bulk" (`enqueue`'s: `embed_stream`, `embed_file`); a batch takes interactive texts
+   first and fills up with bulk ones, so a query waits for the next free slot, not for the
+   bulk work queued before it, while bulk work still keeps every slot busy.
 2. One *dispatcher* task loops: wait for queued work, then take a concurrency slot (AIMD
    limit), ask the `BatchPolicy` whether a batch should leave now, wait out any
    client-wide cooldown (after a 429) and the rate limiter, and only then *form a batch*
@@ -36,43 +40,48 @@ Nothing here knows about HTTP: `send` is any `async (list[str]) -> (n, dim) floa
 Nothing here knows where the rate limits live either: a `Quota` hands out permits and
 hears about 429s (`LocalQuota` by default; `embedkit.ray` shares one across a fleet).
 
-Where each step lives: this module holds the `Scheduler` itself (the queue, the dispatcher
-and its hold, slots, sending); `jobs.py` what a caller holds and what a batch is (`Job`,
-`Batch`, `Slot`, `Ticket`); `batching.py` forming a batch and handing out its rows (step 3
-and the end of step 4: dedup, the LRU cache); `failures.py` splitting, bisection and errors
-(the end of step 4); `policy.py`, `flow.py` and `quota.py` the decisions of step 2;
-`tokens.py` token counts, budgets and over-long inputs (a batch also closes at a token
-budget, and takes token permits from the quota), and `metering.py` the probes of an
-unconfirmed budget and what answers report (`on_answer`).
+Deadlines (a call's `deadline`, `max_queue_wait`) end a call, never its batch-mates.
+
+Where each step lives: this module holds the `Scheduler` itself (the queue, the dispatcher,
+slots, sending); `holding.py` the dispatcher's hold and its alarm; `jobs.py` what a caller
+holds and what a batch is (`Job`, `Batch`, `Slot`, `Ticket`); `batching.py` forming a batch
+and handing out its rows (step 3 and the end of step 4: dedup, the LRU cache); `failures.py`
+splitting, bisection and errors (the end of step 4); `deadlines.py` deadlines and the retry
+budget; `policy.py`, `flow.py` and `quota.py` the decisions of step 2; `stats.py` the
+counters' snapshot (`stats()`); `tokens.py` token counts, budgets and over-long inputs (a
+batch also closes at a token budget, and takes token permits from the quota), and
+`metering.py` the probes of an unconfirmed budget and what answers report (`on_answer`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from .._config import Matrix
+from .._config import Matrix, Priority
 from .._errors import (
     ClientClosedError,
     EmbedkitError,
     RateLimitError,
     ResponseError,
+    StatusError,
     TokenLimitError,
 )
 from .batching import Batching
+from .deadlines import Deadlines
 from .failures import Failures
 from .flow import AdaptiveConcurrency, Cooldown, TokenBucket
+from .holding import Holding
 from .jobs import Abandoned, Batch, Job, Slot, Ticket, Waiters
 from .metering import Metering
 from .policy import BatchPolicy
 from .quota import LocalQuota, Quota
 from .retry import RetryPolicy
-from .stats import SchedulerStats
+from .stats import Reporting
 from .tokens import TokenBook
 
 __all__ = ["Scheduler", "Send", "Ticket"]
@@ -82,7 +91,7 @@ logger = logging.getLogger("embedkit")
 Send = Callable[[list[str]], Awaitable[Matrix]]
 
 
-class Scheduler(Batching, Failures, Metering):
+class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
     """Coalesces concurrent submissions into batches and runs them under flow control.
 
     Run `scheduler.run` in a task group (it is the dispatcher), then call `submit` from any
@@ -107,6 +116,7 @@ class Scheduler(Batching, Failures, Metering):
         quota: Quota | None = None,
         tokens: TokenBook | None = None,
         token_rate: TokenBucket | None = None,
+        max_queue_wait: float | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -135,7 +145,11 @@ class Scheduler(Batching, Failures, Metering):
         # anyio.Event() finds the running backend (via sniffio) on every call, ~2 µs here;
         # the scheduler lives on one loop, so it resolves the backend's class once.
         self._new_event: Callable[[], anyio.Event] = type(anyio.Event())
-        self._queue: deque[Job] = deque()
+        self._queue: deque[Job] = deque()  # the bulk lane
+        self._urgent: deque[Job] = deque()  # the interactive lane, taken first
+        self.max_queue_wait = max_queue_wait
+        self._paused_by: StatusError | None = None  # the 429 behind the pause in force
+        self._deadlines = False  # whether any call gave a deadline (else no sweep on 429)
         self._inflight: dict[str, Waiters] = {}
         self._running: set[Batch] = set()
         self._wakeup: anyio.Event | None = None
@@ -165,26 +179,35 @@ class Scheduler(Batching, Failures, Metering):
 
     # ----------------------------------------------------------------- callers' side
 
-    async def submit(self, texts: list[str]) -> Matrix:
+    async def submit(
+        self,
+        texts: list[str],
+        *,
+        priority: Priority = "interactive",
+        deadline: float | None = None,
+    ) -> Matrix:
         """Embed `texts` (already validated) through the shared batches; rows in input order.
 
         When these texts complete a full batch and a slot is free, this task sends it at once.
+        `deadline`: seconds this call may take in all (queueing, attempts, backoff).
         """
-        job = self._enqueue(texts)
+        job = self._enqueue(texts, priority == "interactive", deadline)
+        if deadline is not None or self.max_queue_wait is not None:
+            return await self._result_within(job, deadline)  # sends eagerly within them
         concurrency = self.concurrency
         if self._queued >= self.max_batch_size and concurrency.in_flight < concurrency.limit:
             await self._send_eagerly()
         return await job.result(self.dimension)
 
-    def enqueue(self, texts: list[str]) -> Ticket:
+    def enqueue(self, texts: list[str], *, priority: Priority = "bulk") -> Ticket:
         """Queue `texts` without waiting for them: a `Ticket` to await or discard.
 
         Streaming callers (`embed_stream`, `embed_file`) keep a few tickets queued this way,
-        in order, without a task per ticket.
+        in order, without a task per ticket; they queue in the bulk lane by default.
         """
-        return Ticket(self, self._enqueue(texts))
+        return Ticket(self, self._enqueue(texts, priority == "interactive", None))
 
-    def _enqueue(self, texts: list[str]) -> Job:
+    def _enqueue(self, texts: list[str], urgent: bool, deadline: float | None) -> Job:
         if self._closed:
             raise ClientClosedError("the embedder is closed")
         book = self.tokens
@@ -197,10 +220,14 @@ class Scheduler(Batching, Failures, Metering):
         n = job.n
         self._texts += n
         if n:
+            if deadline is not None:
+                self._deadlines = True
+                job.deadline = anyio.current_time() + deadline
+                self._refuse_if_paused(job, deadline)
             job.at = now = self.policy.clock()
             self.policy.arrived(now, n)
             self._queued += n
-            self._queue.append(job)
+            (self._urgent if urgent else self._queue).append(job)
             wakeup = self._wakeup
             if wakeup is not None and self._queued >= self._wake_at:
                 self._wakeup = None  # one wake-up is enough, however many callers arrive
@@ -222,7 +249,7 @@ class Scheduler(Batching, Failures, Metering):
 
     async def _dispatch(self, tg: TaskGroup) -> None:
         while True:
-            while not self._queue:
+            while not (self._queue or self._urgent):
                 self._wakeup = anyio.Event()
                 await self._wakeup.wait()
                 self._wakeup = None
@@ -247,64 +274,6 @@ class Scheduler(Batching, Failures, Metering):
                 continue
             self._running.add(batch)
             tg.start_soon(self._run_batch, batch)
-
-    async def _hold(self) -> None:
-        """Wait while the batching policy says a sub-full batch should not leave yet."""
-        policy = self.policy
-        queue = self._queue
-        try:
-            while queue:
-                now = policy.clock()
-                delay = policy.hold(
-                    self._queued, self.max_batch_size, self._sending, now - queue[0].at, now
-                )
-                if delay is None:
-                    return
-                # Set by an answer, the alarm, or an arrival that brings the queue to what
-                # the policy would send at once: arrivals short of that would be held again.
-                self._wake_at = policy.enough(self.max_batch_size, self._sending, now)
-                self._wakeup = wakeup = self._new_event()
-                self._alarm_at = None if delay == math.inf else now + delay
-                armed = self._alarm_armed
-                if armed is not None and self._alarm_at is not None:
-                    self._alarm_armed = None
-                    armed.set()
-                try:
-                    await wakeup.wait()
-                finally:
-                    self._wakeup = None
-                    self._wake_at = 1
-        finally:
-            self._alarm_at = None
-
-    async def _alarm(self) -> None:
-        """Wake the dispatcher when a hold's time is up (`_alarm_at`, on the policy's clock).
-
-        One task for the scheduler's life, never cancelled mid-sleep: a hold that ends early
-        only disarms it. (A task per hold, cancelled when the hold ended, left a cancelled
-        task, its exception and traceback, as cyclic garbage for every arrival.) The time
-        for one head of the queue only moves later, so sleeping towards the time set when
-        the sleep began and reading it again on waking is never late.
-        """
-        policy = self.policy
-        while True:
-            at = self._alarm_at
-            if at is None:
-                self._alarm_armed = armed = self._new_event()
-                await armed.wait()
-                continue
-            left = at - policy.clock()
-            if left > 0:
-                await policy.sleep(left)
-                continue
-            self._alarm_at = None
-            self._wake()
-
-    def _wake(self) -> None:
-        wakeup = self._wakeup
-        if wakeup is not None:
-            self._wakeup = None
-            wakeup.set()
 
     async def _send_eagerly(self) -> None:
         """Send a full batch from the caller's task, if a slot is free and nothing paces us."""
@@ -406,10 +375,9 @@ class Scheduler(Batching, Failures, Metering):
         nothing paces or pauses requests, and the policy would not hold the batch back.
         Otherwise None, and the slot goes back to the dispatcher.
         """
-        queue = self._queue
         concurrency = self.concurrency
         if (
-            not queue
+            not (self._queue or self._urgent)
             or self._closed
             or not slot.held
             or concurrency.in_flight > int(concurrency.limit)
@@ -419,7 +387,7 @@ class Scheduler(Batching, Failures, Metering):
             return None
         policy = self.policy
         now = policy.clock()
-        waited = now - queue[0].at
+        waited = now - self._head_at()
         if policy.hold(self._queued, self.max_batch_size, self._sending, waited, now) is not None:
             return None
         batch = self._form_batch()
@@ -435,6 +403,8 @@ class Scheduler(Batching, Failures, Metering):
         concurrency = self.concurrency
         quota = self.quota
         clock = self.policy.clock
+        retry = self.retry
+        limit = retry.attempt_timeout if retry is not None else None
 
         async def attempt() -> Matrix:
             nonlocal paced
@@ -463,7 +433,10 @@ class Scheduler(Batching, Failures, Metering):
             out = self._sending
             started = clock()
             try:
-                matrix = await self._send(texts)
+                if limit is None:
+                    matrix = await self._send(texts)
+                else:
+                    matrix = await self._send_within(texts, limit)
             except EmbedkitError as exc:
                 if isinstance(exc, RateLimitError):
                     concurrency.on_overload(ticket)
@@ -486,9 +459,14 @@ class Scheduler(Batching, Failures, Metering):
                 book.proven = batch.tokens
             return matrix
 
-        if self.retry is None:
+        if retry is None:
             return await attempt()
-        return await self.retry.call(attempt, on_retry=self._on_retry)
+        return await retry.call(
+            attempt,
+            on_retry=self._on_retry,
+            budget=lambda: self._budget(batch),
+            on_give_up=self._on_give_up,
+        )
 
     # ------------------------------------------------------------------- lifecycle
 
@@ -496,47 +474,13 @@ class Scheduler(Batching, Failures, Metering):
         """Refuse new work and fail every job still waiting with `ClientClosedError`."""
         self._closed = True
         error = ClientClosedError("the embedder was closed before this text was embedded")
-        for job in self._queue:
-            job.fail(error)
-        self._queue.clear()
+        for queue in (self._urgent, self._queue):
+            for job in queue:
+                job.fail(error)
+            queue.clear()
         self._queued = 0
         for batch in list(self._running):
             self._fail(batch, error)
         self._running.clear()
         for scope in self._drivers:
             scope.cancel()
-
-    def stats(self) -> SchedulerStats:
-        """A consistent snapshot of the counters."""
-        latencies = sorted(self._latencies)
-
-        def pct(q: float) -> float | None:
-            if not latencies:
-                return None
-            return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
-
-        queued = sum(job.n - job.next for job in self._queue if not job.finished)
-        return SchedulerStats(
-            requests=self._requests,
-            texts=self._texts,
-            texts_sent=self._texts_sent,
-            batches=self._batches,
-            mean_batch_size=self._texts_sent / self._batches if self._batches else 0.0,
-            retries=dict(self._retries),
-            splits=self._splits,
-            bisections=self._bisections,
-            dedup_hits=self._dedup_hits,
-            cache_hits=self._cache_hits,
-            failed_texts=self._failed_texts,
-            abandoned=self._abandoned,
-            in_flight=len(self._running),
-            queue_depth=queued,
-            concurrency_limit=self.concurrency.limit,
-            request_rate=self.quota.rate,
-            max_batch_size=self.max_batch_size,
-            cooldowns=self.quota.pauses,
-            latency_p50=pct(0.5),
-            latency_p90=pct(0.9),
-            latency_p99=pct(0.99),
-            **self._token_stats(),
-        )

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections import Counter, deque
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["EndpointStats", "ReplicaState", "SchedulerStats"]
+if TYPE_CHECKING:
+    from .flow import AdaptiveConcurrency
+    from .jobs import Batch, Job
+    from .quota import Quota
+
+__all__ = ["EndpointStats", "ReplicaState", "Reporting", "SchedulerStats"]
 
 
 class ReplicaState(str, enum.Enum):
@@ -87,6 +94,10 @@ class SchedulerStats:
         token_rate: the token pace in force, tokens/s (None while unpaced).
         truncated: inputs cut to `max_tokens_per_input` (`on_overflow="truncate"`).
         chunked: inputs split and averaged (`on_overflow="chunk_mean"`).
+        store_hits: texts answered from the persistent cache (`cache=`), never sent.
+        store_misses: texts looked up there and not found (or not looked up: store down).
+        store_errors: lookups and writes that failed or timed out; those calls went to the
+            server (see the "many processes" guide).
     """
 
     requests: int
@@ -120,3 +131,73 @@ class SchedulerStats:
     token_rate: float | None = None
     truncated: int = 0
     chunked: int = 0
+    store_hits: int = 0
+    store_misses: int = 0
+    store_errors: int = 0
+
+
+class Reporting:
+    """`stats()`: the scheduler's counters as a `SchedulerStats` (a mixin of `Scheduler`)."""
+
+    concurrency: AdaptiveConcurrency
+    quota: Quota
+    max_batch_size: int
+    _urgent: deque[Job]
+    _queue: deque[Job]
+    _running: set[Batch]
+    _latencies: deque[float]
+    _requests: int
+    _texts: int
+    _texts_sent: int
+    _batches: int
+    _retries: Counter[str]
+    _splits: int
+    _bisections: int
+    _dedup_hits: int
+    _cache_hits: int
+    _failed_texts: int
+    _abandoned: int
+
+    if TYPE_CHECKING:
+
+        def _token_stats(self) -> dict[str, Any]: ...  # Metering's (the token figures)
+
+    def stats(self) -> SchedulerStats:
+        """A consistent snapshot of the counters."""
+        latencies = sorted(self._latencies)
+
+        def pct(q: float) -> float | None:
+            if not latencies:
+                return None
+            return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+
+        queued = sum(
+            job.n - job.next
+            for queue in (self._urgent, self._queue)
+            for job in queue
+            if not job.finished
+        )
+        return SchedulerStats(
+            requests=self._requests,
+            texts=self._texts,
+            texts_sent=self._texts_sent,
+            batches=self._batches,
+            mean_batch_size=self._texts_sent / self._batches if self._batches else 0.0,
+            retries=dict(self._retries),
+            splits=self._splits,
+            bisections=self._bisections,
+            dedup_hits=self._dedup_hits,
+            cache_hits=self._cache_hits,
+            failed_texts=self._failed_texts,
+            abandoned=self._abandoned,
+            in_flight=len(self._running),
+            queue_depth=queued,
+            concurrency_limit=self.concurrency.limit,
+            request_rate=self.quota.rate,
+            max_batch_size=self.max_batch_size,
+            cooldowns=self.quota.pauses,
+            latency_p50=pct(0.5),
+            latency_p90=pct(0.9),
+            latency_p99=pct(0.99),
+            **self._token_stats(),
+        )

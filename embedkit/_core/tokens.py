@@ -34,6 +34,7 @@ import numpy as np
 
 from .._config import Matrix
 from .._errors import TokenLimitError
+from .flow import TokenBucket
 
 __all__ = [
     "ESTIMATE_MARGIN",
@@ -46,6 +47,7 @@ __all__ = [
     "Tokenizer",
     "book_for",
     "combine",
+    "token_bucket",
 ]
 
 #: A callable giving one text's tokens.
@@ -403,7 +405,22 @@ def book_for(
     server_truncates: bool,
     refuse_blank: bool,
 ) -> TokenBook | None:
-    """The `TokenBook` an embedder's options ask for (None: `count_tokens=False`)."""
+    """The `TokenBook` an embedder's options ask for (None: `count_tokens=False`).
+
+    Checks `on_overflow` and `count_tokens` first; a tokenizer.json is read here, once, so
+    a bad path fails before anything is sent.
+    """
+    if on_overflow not in OVERFLOWS:
+        raise ValueError("on_overflow must be 'error', 'truncate' or 'chunk_mean'")
+    if (isinstance(count_tokens, bool) and count_tokens) or not (
+        count_tokens is None
+        or count_tokens is False
+        or callable(count_tokens)
+        or isinstance(count_tokens, (str, os.PathLike))
+    ):
+        raise TypeError(
+            "count_tokens must be None, a callable (text) -> int, a tokenizer.json path, or False"
+        )
     if count_tokens is False:
         return None
     counter: CountTokens | None
@@ -423,3 +440,12 @@ def book_for(
         server_truncates=server_truncates,
         refuse_blank=refuse_blank,
     )
+
+
+def token_bucket(tokens_per_minute: float, book: TokenBook | None) -> TokenBucket:
+    """The bucket of a configured tokens-per-minute limit: a second's worth in a burst, or
+    one full request when that is more (a request larger than the burst would wait for
+    tokens that can never accumulate)."""
+    per_second = tokens_per_minute / 60.0
+    request = book.budget if book is not None and book.budget is not None else 0
+    return TokenBucket(per_second, burst=max(per_second, min(float(request), tokens_per_minute)))

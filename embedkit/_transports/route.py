@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from .._config import CertTypes, VerifyTypes
+from .decoding import decode_limited, encodings_of
 from .parser import ResponseTooLarge
 from .transport import FastTransport
 
@@ -126,16 +127,21 @@ def build_client(
 
 async def send_limited(
     client: httpx.AsyncClient, request: httpx.Request, limit: int
-) -> httpx.Response:
-    """Send through ``client`` and read the body, refusing one over ``limit`` bytes as
-    received (`ResponseTooLarge`): the size limit for routes other than `FastTransport`."""
+) -> tuple[httpx.Response, bytes]:
+    """Send through ``client``; the response (closed) and its body, Content-Encoding undone.
+
+    The body may be at most ``limit`` bytes as received and again once decoded, else
+    `ResponseTooLarge`: the size limit for routes other than `FastTransport`. httpx would
+    decode all of it at once, unbounded; here it is read raw and decoded a piece at a time
+    (`decode_limited`).
+    """
     response = await client.send(request, stream=True)
     try:
-        response.stream = _Limited(response.stream, limit)
-        await response.aread()
+        parts = [chunk async for chunk in _Limited(response.stream, limit)]
     finally:
         await response.aclose()
-    return response
+    body = b"".join(parts)
+    return response, decode_limited(body, encodings_of(response.headers), limit)
 
 
 class _Limited(httpx.AsyncByteStream):

@@ -40,6 +40,7 @@ the functions that use it.
 
 from __future__ import annotations
 
+from .command import run_command as run_command  # the CLI's engine; not in __all__
 from .dataset import embed_dataset, embed_files
 from .quota import FleetQuota, QuotaActor
 from .worker import BadRowError

@@ -7,8 +7,9 @@ when `--engine ray` is asked for; `_cli.py` keeps the messages and exit statuses
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from .._config import Limits
 from .dataset import embed_files
 
 if TYPE_CHECKING:
@@ -39,11 +40,18 @@ def run_command(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} is for --engine process; --engine ray writes a new folder")
     if args.workers < 1:
         raise ValueError("--workers must be at least 1")
-    names = {"batch_size": "max_batch_size", "concurrency": "max_concurrency"}
-    names.update(rps="requests_per_second", cache_size="cache_size", model="model", url="url")
+    # --rps is the fleet's rate (embed_dataset's own argument); the rest go to each embedder
+    names = {"rps": "requests_per_second", "cache_size": "cache_size", "model": "model"}
+    names.update(url="url")
     names.update({name: name for name in ("normalize", "prompt_name", "dimensions", "truncate")})
-    options = {names[k]: getattr(args, k) for k in names if getattr(args, k) is not None}
+    options: dict[str, Any] = {
+        names[k]: getattr(args, k) for k in names if getattr(args, k) is not None
+    }
     options["cache_size"] = options.get("cache_size") or 0
+    limits = {"batch_size": "max_batch_size", "concurrency": "max_concurrency"}
+    given = {limits[k]: getattr(args, k) for k in limits if getattr(args, k) is not None}
+    if given:
+        options["limits"] = Limits(**given)
     try:
         ray.init(address=args.address, logging_level=logging.ERROR, log_to_driver=args.verbose)
         ray.data.DataContext.get_current().enable_progress_bars = not args.quiet

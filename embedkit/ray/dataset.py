@@ -123,20 +123,31 @@ def embed_dataset(
         if limits is not None
         else options.get("adaptive_concurrency", True)
     )
-    quota = (
-        ray.remote(QuotaActor)
-        .options(
-            name=f"embedkit-quota-{uuid.uuid4().hex[:12]}",
-            num_cpus=0,
-            max_restarts=-1,
-            max_concurrency=1,
+    if options.get("quota") is not None and (requests_per_second or inputs_per_second):
+        raise ValueError(
+            "quota= and requests_per_second=/inputs_per_second= were both given; set the "
+            "rates on the quota (e.g. embedkit.RedisQuota(url, requests_per_second=...))"
         )
-        .remote(
-            requests_per_second=requests_per_second,
-            inputs_per_second=inputs_per_second,
-            learn_rate=learn,
-            # Limits(tokens_per_minute=...) is the fleet's, like requests_per_second here
-            tokens_per_minute=getattr(limits, "tokens_per_minute", None),
+    # a quota of your own (a RedisQuota shared with other jobs) replaces the fleet's actor;
+    # it is pickled to each actor, which connects to Redis itself
+    quota = (
+        None
+        if options.get("quota") is not None
+        else (
+            ray.remote(QuotaActor)
+            .options(
+                name=f"embedkit-quota-{uuid.uuid4().hex[:12]}",
+                num_cpus=0,
+                max_restarts=-1,
+                max_concurrency=1,
+            )
+            .remote(
+                requests_per_second=requests_per_second,
+                inputs_per_second=inputs_per_second,
+                learn_rate=learn,
+                # Limits(tokens_per_minute=...) is the fleet's, like requests_per_second here
+                tokens_per_minute=getattr(limits, "tokens_per_minute", None),
+            )
         )
     )
     num_cpus = _actor_cpus(api, num_cpus, num_gpus)

@@ -18,6 +18,7 @@ import pyarrow as pa
 from .._auth import Secret
 from .._client import AsyncEmbedder
 from .._errors import EmbedkitError, InputError
+from .._quantize import numpy_dtype
 from .quota import FleetQuota
 
 __all__ = ["BadRowError", "OnBad"]
@@ -100,12 +101,13 @@ class _EmbedBatches:
     async def _hold(self, opened: asyncio.Future[AsyncEmbedder]) -> None:
         token = self._token.reveal() if self._token is not None else None
         try:
-            quota = (
-                FleetQuota(self._quota_actor, inputs=self._inputs_quota, tokens=self._tokens_quota)
-                if self._quota_actor is not None
-                else None
-            )
-            embedder = AsyncEmbedder(token=token, quota=quota, **self._options)
+            options = dict(self._options)
+            quota = options.pop("quota", None)  # a quota of your own (RedisQuota), or
+            if self._quota_actor is not None:  # the fleet's
+                quota = FleetQuota(
+                    self._quota_actor, inputs=self._inputs_quota, tokens=self._tokens_quota
+                )
+            embedder = AsyncEmbedder(token=token, quota=quota, **options)
             async with embedder:
                 opened.set_result(embedder)
                 await asyncio.Event().wait()  # until the actor ends
@@ -148,7 +150,7 @@ class _EmbedBatches:
         dim = embedder.dimension
         if dim is None:  # nothing embedded yet by this actor: learn the size
             dim = int((await embedder.embed("dimension probe")).shape[0])
-        values = np.zeros((len(texts), dim), dtype=np.float32)
+        values = np.zeros((len(texts), dim), dtype=numpy_dtype(embedder.dtype))
         if matrix is not None:
             values[good] = matrix
         for k, vector in rows.items():

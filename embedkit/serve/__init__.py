@@ -1,4 +1,5 @@
-"""`embedkit serve`: a local model behind the HF Inference API, TEI and OpenAI protocols.
+"""`embedkit serve`: a local model behind the HF Inference API, TEI, OpenAI, Ollama (`/api/embed`)
+and Cohere (`/v2/embed`) protocols.
 
     python -m embedkit.serve --port 8080          # or: embedkit serve --port 8080
 

@@ -1,4 +1,5 @@
-"""The ASGI app: routes for the three protocols over one `Engine`.
+"""The ASGI app: routes for the five protocols (HF, TEI, OpenAI, Ollama, Cohere) over one
+`Engine`.
 
 Every embedding request takes the same path, whatever protocol it speaks:
 
@@ -33,7 +34,9 @@ from .._errors import ClientClosedError, EmbedkitError, InputError
 from .._version import __version__
 from ._common import ApiError, Dialect, EmbedRequest, json_response
 from ._engine import Engine, Loader
+from .cohere import CohereDialect
 from .hf import HFDialect
+from .ollama import OllamaDialect
 from .openai import OpenAIDialect
 from .tei import TEIDialect
 
@@ -47,6 +50,8 @@ DEFAULT_MAX_BODY_BYTES = 2_000_000
 _HF = HFDialect()
 _TEI = TEIDialect()
 _OPENAI = OpenAIDialect()
+_OLLAMA = OllamaDialect()
+_COHERE = CohereDialect()
 
 
 class _Server:
@@ -132,6 +137,8 @@ class _Server:
         model = engine.model
         if model is None:
             raise self.loading_error()
+        if parsed.kind is not None and parsed.prompt_name is None and parsed.kind in model.prompts:
+            parsed.prompt_name = parsed.kind
         self.check_model_limits(model, parsed)
         if engine.inputs_in_flight + n > engine.max_concurrent_requests:
             raise ApiError("overloaded", "Model is overloaded")
@@ -187,6 +194,12 @@ class _Server:
 
     async def openai(self, request: Request) -> Response:
         return await self.handle(request, _OPENAI)
+
+    async def ollama(self, request: Request) -> Response:
+        return await self.handle(request, _OLLAMA)
+
+    async def cohere(self, request: Request) -> Response:
+        return await self.handle(request, _COHERE)
 
     async def health(self, request: Request) -> Response:
         engine = self.engine
@@ -312,6 +325,8 @@ def create_app(
         Route("/health", server.health, methods=["GET"]),
         Route("/v1/embeddings", server.openai, methods=["POST"]),
         Route("/embeddings", server.openai, methods=["POST"]),
+        Route("/api/embed", server.ollama, methods=["POST"]),
+        Route("/v2/embed", server.cohere, methods=["POST"]),
         Route("/v1/models", server.models, methods=["GET"]),
         Route("/models", server.models, methods=["GET"]),
     ]

@@ -1,8 +1,9 @@
 """What every protocol route shares: the parsed request, the error kinds, option parsing.
 
-A route (`hf.py`, `tei.py`, `openai.py`) turns its JSON body into an `EmbedRequest`, and an
-`ApiError` into the error body and status its protocol uses; everything in between (auth,
-body limits, readiness, batching) is the same for all three (`_app.py`).
+A route (`hf.py`, `tei.py`, `openai.py`, `ollama.py`, `cohere.py`) turns its JSON body into
+an `EmbedRequest`, and an `ApiError` into the error body and status its protocol uses;
+everything in between (auth, body limits, readiness, batching) is the same for all of them
+(`_app.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from starlette.responses import Response
 
 from .._config import Matrix
 
-__all__ = ["ApiError", "Dialect", "EmbedRequest", "ErrorKind", "json_response", "parse_options"]
+__all__ = [
+    "PLAIN_STATUS",
+    "ApiError",
+    "Dialect",
+    "EmbedRequest",
+    "ErrorKind",
+    "json_response",
+    "parse_options",
+]
 
 ErrorKind = Literal[
     "validation",  # a field is wrong, a text too long, a batch too big
@@ -29,6 +38,20 @@ ErrorKind = Literal[
     "overloaded",  # too many texts in flight
     "backend",  # the model failed
 ]
+
+
+#: The status of each error kind for the dialects that answer `{"error": ...}`-style
+#: bodies with plain HTTP semantics (HF, Cohere; Ollama differs for "overloaded").
+PLAIN_STATUS: dict[str, int] = {
+    "validation": 400,
+    "empty": 400,
+    "bad_json": 400,
+    "too_large": 413,
+    "unauthorized": 401,
+    "loading": 503,
+    "overloaded": 429,
+    "backend": 500,
+}
 
 
 class ApiError(Exception):
@@ -69,6 +92,12 @@ class EmbedRequest:
     dimensions: int | None = None
     encoding_format: str = "float"
     wait_for_model: bool = False
+    #: "query"/"document": the model's prompt of that name when it has one (cohere).
+    kind: str | None = None
+    #: the element types to answer with (cohere's `embedding_types`).
+    embedding_types: list[str] = dataclasses.field(default_factory=lambda: ["float"])
+    #: when the request arrived (`time.perf_counter()`), for ollama's `total_duration`.
+    started: float | None = None
 
 
 def json_response(

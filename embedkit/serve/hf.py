@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from .._config import Matrix
 from ._common import (
+    PLAIN_STATUS,
     ApiError,
     Dialect,
     EmbedRequest,
@@ -27,16 +28,7 @@ from ._common import (
 
 __all__ = ["HFDialect"]
 
-_STATUS = {
-    "validation": 400,
-    "empty": 400,
-    "bad_json": 400,
-    "too_large": 413,
-    "unauthorized": 401,
-    "loading": 503,
-    "overloaded": 429,
-    "backend": 500,
-}
+_STATUS = PLAIN_STATUS
 
 
 class HFDialect(Dialect):

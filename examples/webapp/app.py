@@ -5,6 +5,13 @@
     EMBEDKIT_URL=http://127.0.0.1:8080 EMBEDKIT_API=tei \\
         uvicorn app:app --app-dir examples/webapp --port 8000
 
+With several worker processes, share one quota and one cache through Redis (`pip install
+"embedkit[redis]"`; see the "many processes" guide):
+
+    EMBEDKIT_URL=http://127.0.0.1:8080 EMBEDKIT_API=tei \\
+    EMBEDKIT_REDIS_URL=redis://127.0.0.1:6379/0 EMBEDKIT_REQUESTS_PER_SECOND=50 \\
+        uvicorn app:app --app-dir examples/webapp --port 8000 --workers 4
+
 * The lifespan opens one `AsyncEmbedder` for the whole process and embeds a small corpus at
   start-up; a dependency hands the embedder to the routes. Every request's `await emb.embed…`
   joins the same queue, so texts from many concurrent web requests leave in shared batches.
@@ -15,7 +22,10 @@
 
 Configuration from the environment: `EMBEDKIT_URL`, `EMBEDKIT_API` (hf, tei, openai, local;
 default tei), `EMBEDKIT_MODEL`, and the token variables embedkit always reads (`HF_TOKEN`,
-`OPENAI_API_KEY`).
+`OPENAI_API_KEY`). For many workers: `EMBEDKIT_REDIS_URL` (one `RedisQuota` and one
+`RedisCache` for every worker), `EMBEDKIT_REQUESTS_PER_SECOND` (the quota's rate, for all the
+workers together; unset: learned from 429s), `EMBEDKIT_CACHE` (a `SQLiteCache` file, when the
+workers share one machine and no Redis).
 """
 
 from __future__ import annotations
@@ -63,6 +73,23 @@ class State(TypedDict):
     counts: Counts
 
 
+def shared_options() -> dict[str, Any]:
+    """The quota and cache every worker process shares, from the environment."""
+    redis_url = os.environ.get("EMBEDKIT_REDIS_URL")
+    rate = os.environ.get("EMBEDKIT_REQUESTS_PER_SECOND")
+    options: dict[str, Any] = {}
+    if redis_url:
+        options["quota"] = embedkit.RedisQuota(
+            redis_url, name="webapp", requests_per_second=float(rate) if rate else None
+        )
+        options["cache"] = embedkit.RedisCache(redis_url)
+    elif rate:
+        options["limits"] = embedkit.Limits(requests_per_second=float(rate))
+    if os.environ.get("EMBEDKIT_CACHE"):
+        options["cache"] = embedkit.SQLiteCache(os.environ["EMBEDKIT_CACHE"])
+    return options
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[State]:
     """One embedder for the process: opened at start-up, closed at shutdown."""
@@ -70,6 +97,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         os.environ.get("EMBEDKIT_MODEL"),
         url=os.environ.get("EMBEDKIT_URL"),
         api=os.environ.get("EMBEDKIT_API", "tei"),  # type: ignore[arg-type]
+        **shared_options(),
     ) as emb:
         corpus = await emb.embed_many(CORPUS)
         yield {"embedder": emb, "corpus": corpus, "counts": Counts()}

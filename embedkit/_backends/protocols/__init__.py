@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 from ._base import BackendInfo, Options, WireProtocol
+from .cohere import CohereProtocol
+from .gemini import GeminiProtocol
 from .hf import HFProtocol
+from .ollama import OllamaProtocol
 from .openai import OpenAIProtocol
 from .tei import TEIProtocol
+from .voyage import VoyageProtocol
 
 __all__ = [
     "PROTOCOLS",
     "BackendInfo",
+    "CohereProtocol",
+    "GeminiProtocol",
     "HFProtocol",
+    "OllamaProtocol",
     "OpenAIProtocol",
     "Options",
     "TEIProtocol",
+    "VoyageProtocol",
     "WireProtocol",
 ]
 
@@ -21,4 +29,8 @@ PROTOCOLS: dict[str, type[WireProtocol]] = {
     "hf": HFProtocol,
     "tei": TEIProtocol,
     "openai": OpenAIProtocol,
+    "cohere": CohereProtocol,
+    "voyage": VoyageProtocol,
+    "gemini": GeminiProtocol,
+    "ollama": OllamaProtocol,
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 from urllib.parse import quote
 
-from ..._config import Matrix
+from ..._config import Kind, Matrix
 from ..decode import from_json_rows, only_numbers
 from ._base import WireProtocol, hf_style_body, load_json
 
@@ -23,7 +23,15 @@ class HFProtocol(WireProtocol):
 
     name: ClassVar[str] = "hf"
     supported: ClassVar[frozenset[str]] = frozenset(
-        {"normalize", "prompt_name", "truncate", "truncation_direction", "dimensions", "pooling"}
+        {
+            "normalize",
+            "prompt_name",
+            "truncate",
+            "truncation_direction",
+            "dimensions",
+            "kind",
+            "pooling",
+        }
     )
     hf_headers: ClassVar[bool] = True
 
@@ -34,8 +42,8 @@ class HFProtocol(WireProtocol):
             raise ValueError("api='hf' needs a model id (e.g. 'thenlper/gte-large') or a url")
         return HF_ROUTER.format(model=quote(model, safe="/"))
 
-    def body(self, texts: list[str]) -> bytes:
-        return hf_style_body(texts, self.options)
+    def body(self, texts: list[str], kind: Kind | None = None) -> bytes:
+        return hf_style_body(texts, self.options, kind)
 
     def decode(self, content: bytes, n: int) -> Matrix:
         return from_json_rows(

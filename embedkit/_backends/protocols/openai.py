@@ -8,9 +8,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import orjson
 
-from ..._config import Matrix
+from ..._config import Kind, Matrix
 from ..._errors import ResponseError
-from ..._usage import reported_tokens
+from ..._usage import reported_tokens as header_tokens
 from ..decode import checked, from_base64_rows, place_by_index
 from ._base import Options, WireProtocol, load_json
 
@@ -27,6 +27,7 @@ class OpenAIProtocol(WireProtocol):
     """
 
     name: ClassVar[str] = "openai"
+    tokens_path: ClassVar[tuple[str, ...]] = ("usage", "prompt_tokens")
     supported: ClassVar[frozenset[str]] = frozenset({"dimensions"})
 
     def __init__(
@@ -51,7 +52,7 @@ class OpenAIProtocol(WireProtocol):
         base = (url or OPENAI_BASE).rstrip("/")
         return base if base.endswith("/embeddings") else base + "/embeddings"
 
-    def body(self, texts: list[str]) -> bytes:
+    def body(self, texts: list[str], kind: Kind | None = None) -> bytes:
         return orjson.dumps({**self._head, "input": texts})
 
     def decode(self, content: bytes, n: int) -> Matrix:
@@ -60,14 +61,13 @@ class OpenAIProtocol(WireProtocol):
     def decode_counted(
         self, content: bytes, n: int, headers: Mapping[str, str]
     ) -> tuple[Matrix, int | None]:
-        """The matrix, and `usage.prompt_tokens` (else `x-compute-tokens`) when present."""
+        """The matrix, and `usage.prompt_tokens` (else `x-compute-tokens`) when present:
+        the body is parsed once for both."""
         parsed = load_json(content)
-        matrix = self._decode_parsed(parsed, n)
-        usage = parsed.get("usage") if isinstance(parsed, dict) else None
-        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-        if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
-            return matrix, tokens
-        return matrix, reported_tokens(headers)
+        tokens = self.tokens_in(parsed)
+        return self._decode_parsed(parsed, n), tokens if tokens is not None else header_tokens(
+            headers
+        )
 
     def _decode_parsed(self, parsed: Any, n: int) -> Matrix:
         data = parsed.get("data") if isinstance(parsed, dict) else None

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import httpx
 import orjson
 
-from ..._config import Matrix
+from ..._config import Kind, Matrix
 from ..decode import from_json_rows, only_numbers
 from ._base import BackendInfo, WireProtocol, hf_style_body, load_json
 
@@ -22,7 +22,7 @@ class TEIProtocol(WireProtocol):
 
     name: ClassVar[str] = "tei"
     supported: ClassVar[frozenset[str]] = frozenset(
-        {"normalize", "prompt_name", "truncate", "truncation_direction", "dimensions"}
+        {"normalize", "prompt_name", "truncate", "truncation_direction", "dimensions", "kind"}
     )
     hf_headers: ClassVar[bool] = True
 
@@ -32,8 +32,8 @@ class TEIProtocol(WireProtocol):
         self.root = url.rstrip("/")
         return self.root + "/embed"
 
-    def body(self, texts: list[str]) -> bytes:
-        return hf_style_body(texts, self.options)
+    def body(self, texts: list[str], kind: Kind | None = None) -> bytes:
+        return hf_style_body(texts, self.options, kind)
 
     def decode(self, content: bytes, n: int) -> Matrix:
         return from_json_rows(load_json(content), n, numbers_only=only_numbers(content))
