@@ -66,10 +66,11 @@ class Batching:
         ratio = 0.0
         ceil = math.ceil
         if book is not None:
-            counts = []
             token_budget = book.budget if book.budget is not None else -1
             exact = book.exact
             ratio = book.ratio
+            if exact or token_budget >= 0:
+                counts = []  # each text counted as it joins: the budget may close the batch
         # the interactive lane first: a query waits for the next free slot, not for the
         # bulk work queued before it; bulk texts fill the rest of the batch
         for queue in (self._urgent, self._queue) if self._urgent else (self._queue,):
@@ -131,6 +132,8 @@ class Batching:
         self._texts_sent += len(texts)
         batch = Batch(texts, waiters, counts)
         if book is not None:
+            if counts is None:  # an estimate and no budget: one count for the whole batch
+                batch.tokens = ceil(sum(map(len, texts)) * ratio)
             book.sent += batch.tokens
             batch.generation = book.generation
         return batch

@@ -33,6 +33,10 @@ class Metering:
 
     tokens: TokenBook | None
     quota: Quota
+    #: probes out now: batches bigger (in tokens) than any accepted yet. Until one is
+    #: answered (or a 400 names the server's cap), more batches of that size might all be
+    #: refused together, so only batches within what is proven go meanwhile (the scheduler
+    #: reads it directly on its hot path: 0 whenever token awareness is off)
     _probes: int
     _tokens_by_endpoint: Counter[str]
     _wakeup: anyio.Event | None
@@ -41,14 +45,6 @@ class Metering:
     if TYPE_CHECKING:
 
         def _wake(self) -> None: ...
-
-    def _probing(self) -> bool:
-        """True while a *probe* is out: a batch bigger (in tokens) than any accepted yet.
-
-        Until it is answered (or a 400 names the server's cap), more batches of that size
-        might all be refused together, so only batches within what is proven go meanwhile.
-        """
-        return self._probes > 0
 
     def _mark_probe(self, batch: Batch) -> None:
         """Count `batch` as a probe until its first answer, if it is one."""

@@ -260,10 +260,11 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
                 await self.quota.pace()
                 batch = self._form_batch()
                 if batch is not None:
-                    await self._await_probe(batch)
-                    self._mark_probe(batch)
-                    await self.quota.take_inputs(len(batch.texts))
                     book = self.tokens
+                    if book is not None:  # token awareness off: none of this runs
+                        await self._await_probe(batch)
+                        self._mark_probe(batch)
+                    await self.quota.take_inputs(len(batch.texts))
                     if batch.tokens and not (book and book.stale(batch.texts, batch.generation)):
                         await self.quota.take_tokens(batch.tokens)
             except BaseException:
@@ -281,7 +282,7 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
         if (
             tg is None
             or not self.quota.idle()
-            or self._probing()
+            or self._probes
             or not self.concurrency.try_acquire()
         ):
             return
@@ -289,7 +290,8 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
         if batch is None:
             self.concurrency.release()
             return
-        self._mark_probe(batch)
+        if self.tokens is not None:
+            self._mark_probe(batch)
         self._running.add(batch)
         slot = Slot(self.concurrency)
         scope = anyio.CancelScope()  # close() cancels it: the request runs in a caller's task
@@ -308,7 +310,8 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
             return
         finally:
             self._drivers.discard(scope)
-            self._end_probe(batch)
+            if batch.probing:
+                self._end_probe(batch)
         self._running.discard(batch)
         if scope.cancelled_caught:  # closed, and close() failed the batch
             slot.release()
@@ -362,7 +365,8 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
                 self._deliver(batch, matrix)
         finally:
             self._running.discard(batch)
-            self._end_probe(batch)
+            if batch.probing:
+                self._end_probe(batch)
             if current is not None:  # formed, never sent (only if delivering raised)
                 self._running.discard(current)
                 self._fail(current, EmbedkitError("a batch was dropped before it was sent"))
@@ -382,7 +386,7 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
             or not slot.held
             or concurrency.in_flight > int(concurrency.limit)
             or not self.quota.idle()
-            or self._probing()
+            or self._probes
         ):
             return None
         policy = self.policy
@@ -392,7 +396,8 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
             return None
         batch = self._form_batch()
         if batch is not None:
-            self._mark_probe(batch)
+            if self.tokens is not None:
+                self._mark_probe(batch)
             self._running.add(batch)
         return batch
 
@@ -446,7 +451,8 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
                 raise
             finally:
                 self._sending -= 1
-                self._end_probe(batch)  # answered (or refused): the next batches may go
+                if batch.probing:  # answered (or refused): the next batches may go
+                    self._end_probe(batch)
                 self._wake()
             if matrix.shape[0] != len(texts):
                 raise ResponseError(f"sent {len(texts)} texts, got {matrix.shape[0]} rows")
