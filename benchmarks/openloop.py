@@ -21,6 +21,7 @@ Peers, at every load:
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from collections import deque
@@ -167,6 +168,39 @@ class EmbedkitEmbed:
         return await self.emb.embed(text)
 
 
+class GcMeter:
+    """The garbage collector's passes while a client runs, and what drove them.
+
+    `objects` is the GC-tracked objects allocated net of those freed between passes (the
+    count that triggers a young pass: `gc.get_count()[0]` summed at each pass's start), so
+    a caller's short-lived objects that die before a pass do not count, and those still
+    waiting do: the ones that get promoted and make the full passes long.
+    """
+
+    def __init__(self) -> None:
+        self.passes = [0, 0, 0]
+        self.full_ms: list[float] = []
+        self.objects = 0
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            self.objects += gc.get_count()[0]
+            self.passes[info["generation"]] += 1
+        elif info["generation"] == 2:
+            self.full_ms.append((time.perf_counter() - self._started) * 1e3)
+
+    def __enter__(self) -> GcMeter:
+        self._first = gc.get_count()[0]
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+        self.objects += gc.get_count()[0] - self._first
+
+
 def arrivals(rate: float, seconds: float, seed: int) -> list[float]:
     """Poisson arrival times (s from the start), the same for a given seed."""
     rng = random.Random(seed)
@@ -269,6 +303,13 @@ async def _drive(
     }
 
 
+def _gc_cell(r: dict[str, Any]) -> str:
+    """Young / middle / full passes per 10 s, and the longest full pass."""
+    young, middle, full = (round(n) for n in r["gc_passes_per_10s"])
+    longest = max(r["gc_full_ms"], default=0.0)
+    return f"{young}/{middle}/{full}" + (f" (full ≤ {longest:.0f} ms)" if full else "")
+
+
 def _pct(samples: list[tuple[float, bool]], q: float) -> tuple[float, bool]:
     """Nearest-rank percentile in ms, and whether it is a lower bound (an unfinished call)."""
     if not samples:
@@ -287,8 +328,13 @@ async def _run_one(
             await client.call(warm)
         NEIGHBOURS.start()
         cpu = time.process_time()
-        result = await _drive(client.call, texts, times, seconds)
-        result["cpu_us_per_text"] = (time.process_time() - cpu) / max(1, result["released"]) * 1e6
+        with GcMeter() as meter:
+            result = await _drive(client.call, texts, times, seconds)
+        released = max(1, result["released"])
+        result["cpu_us_per_text"] = (time.process_time() - cpu) / released * 1e6
+        result["gc_objects_per_text"] = meter.objects / released
+        result["gc_passes_per_10s"] = [10.0 * n / seconds for n in meter.passes]
+        result["gc_full_ms"] = meter.full_ms
         result["neighbour_cores"] = NEIGHBOURS.stop()
         result["client"] = client.name
     return result
@@ -312,6 +358,8 @@ def run(opts: Any) -> Scenario:
             "p90 ms",
             "p99 ms",
             "mean batch",
+            "objects/text",
+            "GC passes/10 s",
         ],
     )
     with server(**COST_MODEL) as srv:
@@ -374,6 +422,8 @@ def run(opts: Any) -> Scenario:
                         "p90 ms": cell(90),
                         "p99 ms": cell(99),
                         "mean batch": r["mean_batch"],
+                        "objects/text": f"{r['gc_objects_per_text']:.1f}",
+                        "GC passes/10 s": _gc_cell(r),
                         "raw": r,
                     }
                 )
@@ -383,6 +433,12 @@ def run(opts: Any) -> Scenario:
         f"service time {one_text_ms:g} ms for one text, {batch32_ms:g} ms for 32. Latency runs "
         "from each call's scheduled arrival to its row in hand; '≥' marks a percentile that "
         "falls on a call still unfinished when the run was cut (its age then)."
+    )
+    scenario.notes.append(
+        "objects/text: GC-tracked objects allocated per arrival, net of those freed before "
+        "the next collector pass (the count that triggers passes; the client's process, "
+        "harness included). GC passes/10 s: young/middle/full collector passes, and the "
+        "longest full pass."
     )
     scenario.notes.append(
         f"A client whose backlog passed {BACKLOG_CAP:,} texts was stopped there: it cannot keep "

@@ -489,3 +489,105 @@ async def test_closing_fails_pending_callers_with_client_closed() -> None:
     assert len(outcomes) == 5
     with pytest.raises(ClientClosedError):
         await scheduler.submit(["late"])
+
+
+class _GatedOn:
+    """A `send` whose batches holding a text starting with `prefix` wait for `gate`."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.gate = anyio.Event()
+        self.batches: list[list[str]] = []
+
+    async def __call__(self, texts: list[str]) -> Matrix:
+        self.batches.append(list(texts))
+        if any(t.startswith(self.prefix) for t in texts):
+            await self.gate.wait()
+        else:
+            await anyio.lowlevel.checkpoint()
+        return vectors_for(texts)
+
+
+async def _queue_behind_a_held_slot(
+    scheduler: Scheduler, send: _GatedOn, tg: anyio.abc.TaskGroup, texts: list[str], call: object
+) -> None:
+    """Occupy the only slot with a gated batch, then queue one single-text call per text."""
+    tg.start_soon(call, send.prefix)  # type: ignore[arg-type]
+    await wait_until(lambda: len(send.batches) == 1)
+    for text in texts:
+        tg.start_soon(call, text)  # type: ignore[arg-type]
+    await wait_until(lambda: scheduler.stats().queue_depth == len(texts))
+
+
+@pytest.mark.asyncio
+async def test_single_text_callers_queued_together_share_one_wake_up_per_batch() -> None:
+    send = _GatedOn("hold")
+    scheduler = Scheduler(send, max_batch_size=8, concurrency=AdaptiveConcurrency(1))
+    results: dict[str, Matrix] = {}
+
+    async def call(text: str) -> None:
+        results[text] = await scheduler.submit([text])
+
+    texts = [f"t{i}" for i in range(16)]
+    async with started(scheduler), anyio.create_task_group() as tg:
+        await _queue_behind_a_held_slot(scheduler, send, tg, texts, call)
+        wake_ups = {id(job.done) for job in scheduler._urgent}
+        assert len(wake_ups) == 2  # 16 waiting callers, two cohorts of a batch each
+        send.gate.set()
+    assert [len(b) for b in send.batches] == [1, 8, 8]
+    for text in texts:
+        np.testing.assert_array_equal(results[text], vectors_for([text]))
+
+
+@pytest.mark.asyncio
+async def test_a_cohort_member_wakes_with_its_batch_not_the_cohorts_last() -> None:
+    # a 10-character budget closes batches of two 4-character texts: the cohort of four
+    # callers spans two batches, and the second batch is held
+    send = _GatedOn("hold")
+    scheduler = Scheduler(
+        send, max_batch_size=8, max_batch_chars=10, concurrency=AdaptiveConcurrency(1)
+    )
+    woke: list[str] = []
+
+    async def call(text: str) -> None:
+        await scheduler.submit([text])
+        woke.append(text)
+
+    async with started(scheduler), anyio.create_task_group() as tg:
+        await _queue_behind_a_held_slot(scheduler, send, tg, ["aaaa", "bbbb", "cccc"], call)
+        assert len({id(job.done) for job in scheduler._urgent}) == 1
+        send.prefix = "cc"  # the batch of "cccc" waits for a second gate
+        first_gate, send.gate = send.gate, anyio.Event()
+        first_gate.set()
+        await wait_until(lambda: "bbbb" in woke)
+        assert sorted(woke) == ["aaaa", "bbbb", "hold"]  # before their cohort's last member
+        assert send.batches[-1] == ["cccc"]
+        send.gate.set()
+    assert sorted(woke) == ["aaaa", "bbbb", "cccc", "hold"]
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_cohort_member_never_blocks_the_others() -> None:
+    send = _GatedOn("hold")
+    scheduler = Scheduler(send, max_batch_size=8, concurrency=AdaptiveConcurrency(1))
+    results: dict[str, Matrix] = {}
+    scopes: dict[str, anyio.CancelScope] = {}
+
+    async def call(text: str) -> None:
+        with anyio.CancelScope() as scope:
+            scopes[text] = scope
+            results[text] = await scheduler.submit([text])
+
+    texts = [f"t{i}" for i in range(6)]
+    async with started(scheduler), anyio.create_task_group() as tg:
+        await _queue_behind_a_held_slot(scheduler, send, tg, texts, call)
+        for text in ("t0", "t3"):  # the cohort's first member, and one in the middle
+            scopes[text].cancel()
+        await wait_until(lambda: scheduler.stats().queue_depth == 4)
+        send.gate.set()
+    assert set(results) == {"hold", "t1", "t2", "t4", "t5"}
+    for text in ("t1", "t2", "t4", "t5"):
+        np.testing.assert_array_equal(results[text], vectors_for([text]))
+    assert "t0" not in send.batches[1]
+    assert "t3" not in send.batches[1]
+    assert scheduler.concurrency.in_flight == 0

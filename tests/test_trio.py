@@ -164,3 +164,42 @@ async def test_replicas_and_failover_under_trio() -> None:
     assert down.state == "ejected"
     assert down.failovers >= 1
     assert up.texts == len(texts)
+
+
+async def test_callers_sharing_a_wake_up_and_one_cancelled_under_trio() -> None:
+    gate = anyio.Event()
+    sent: list[list[str]] = []
+
+    async def send(texts: list[str]) -> Matrix:
+        sent.append(texts)
+        await gate.wait()
+        return vectors_for(texts)
+
+    scheduler = Scheduler(send, max_batch_size=8, concurrency=AdaptiveConcurrency(1))
+    results: dict[int, Matrix] = {}
+    scopes: dict[int, anyio.CancelScope] = {}
+
+    async def one(i: int) -> None:
+        with anyio.CancelScope() as scope:
+            scopes[i] = scope
+            results[i] = await scheduler.submit([f"trio {i}"])
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        async with anyio.create_task_group() as callers:
+            callers.start_soon(one, 0)  # holds the only slot
+            with anyio.fail_after(5):
+                while not sent:
+                    await anyio.lowlevel.checkpoint()
+                for i in range(1, 17):  # 16 queue behind it, in two cohorts
+                    callers.start_soon(one, i)
+                while scheduler.stats().queue_depth < 16:
+                    await anyio.lowlevel.checkpoint()
+            assert len({id(job.done) for job in scheduler._urgent}) == 2
+            scopes[5].cancel()
+            gate.set()
+        scheduler.close()
+        tg.cancel_scope.cancel()
+    assert set(results) == set(range(17)) - {5}
+    for i in results:
+        np.testing.assert_array_equal(results[i][0], vector_for(f"trio {i}"))

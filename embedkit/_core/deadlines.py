@@ -29,7 +29,7 @@ import anyio
 from .._config import Matrix
 from .._errors import DeadlineExceededError, RateLimitError, StatusError, TransportError
 from .flow import AdaptiveConcurrency
-from .jobs import Batch, Job, copy_error
+from .jobs import Batch, Cohort, Job, copy_error
 from .quota import Quota
 
 __all__ = ["Deadlines"]
@@ -69,8 +69,10 @@ class Deadlines:
                 ):
                     await self._send_eagerly()  # as `submit` does, within the deadline
                 if queue_wait is not None and job.n:
+                    done = job.done
+                    assert not isinstance(done, Cohort)  # a call with a deadline has its own
                     with anyio.move_on_after(queue_wait):
-                        await job.done.wait()
+                        await done.wait()
                     if not job.finished and job.next < job.n:
                         job.fail(
                             DeadlineExceededError(

@@ -1,10 +1,13 @@
 """What a caller holds and what a batch is: the scheduler's small, hot data structures.
 
-A caller's texts become a `Job` (its texts, the matrix their rows land in, an event to wake
-it). A `Batch` is texts on their way to the server, each with its *waiters*: the (job, row)
-pairs that get the text's vector when it comes back; dedup adds a waiter to a text already
-in flight instead of sending it twice. A `Slot` is a batch's hold on one concurrency slot,
-and a `Ticket` is what `Scheduler.enqueue` hands a streaming caller.
+A caller's texts become a `Job` (its texts, the matrix their rows land in, what wakes it).
+Single-text callers queued one after another share one wake-up, a `Cohort` (one event for
+up to a batch of them), so a waiting caller costs no event of its own: an `anyio.Event` is
+five tracked objects on asyncio, and thousands of them waiting drove full garbage-collector
+passes. A `Batch` is texts on their way to the server, each with its *waiters*: the (job,
+row) pairs that get the text's vector when it comes back; dedup adds a waiter to a text
+already in flight instead of sending it twice. A `Slot` is a batch's hold on one
+concurrency slot, and a `Ticket` is what `Scheduler.enqueue` hands a streaming caller.
 
 These sit on the hot path (one waiter per text, one job per call), so they keep `__slots__`
 and plain tuples: a named tuple costs ten times a tuple to build, once per text.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -27,7 +31,48 @@ from .tokens import combine
 if TYPE_CHECKING:
     from .scheduler import Scheduler
 
-__all__ = ["Abandoned", "Batch", "Job", "Slot", "Ticket", "Waiters", "copy_error", "one_block"]
+__all__ = [
+    "Abandoned",
+    "Batch",
+    "Cohort",
+    "Job",
+    "Slot",
+    "Ticket",
+    "Waiters",
+    "copy_error",
+    "one_block",
+]
+
+
+class Cohort:
+    """One wake-up shared by single-text callers queued one after another (a batch at most).
+
+    It stands in for each member's own event. A member that finishes (its row, its error)
+    sets the shared event; the members wake, and those whose row is still to come (the
+    cohort spanned two batches) wait again on a fresh event. The scheduler starts a new
+    cohort once a batch has taken the first member, so members usually land together.
+    """
+
+    __slots__ = ("_new_event", "event", "size")
+
+    def __init__(self, new_event: Callable[[], anyio.Event]) -> None:
+        self._new_event = new_event
+        self.event = new_event()
+        self.size = 0  # members so far
+
+    def set(self) -> None:
+        """A member finished: wake the cohort (the others check whether they did too)."""
+        self.event.set()
+
+    async def wait_for(self, job: Job) -> None:
+        """Wait until `job` (a member) has finished."""
+        while True:
+            event = self.event
+            if event.is_set() and not job.finished:  # another member's row woke it
+                self.event = event = self._new_event()
+            await event.wait()  # a checkpoint even when set, as a caller's own event was
+            if job.finished:
+                return
 
 
 class Job:
@@ -48,7 +93,7 @@ class Job:
         "weights",
     )
 
-    def __init__(self, texts: list[str], done: anyio.Event) -> None:
+    def __init__(self, texts: list[str], done: anyio.Event | Cohort) -> None:
         self.texts = texts
         # chunked inputs (on_overflow="chunk_mean"): caller row i is the weighted mean of
         # rows spans[i] of `out`; None: one row per text
@@ -107,8 +152,12 @@ class Job:
         """
         if self.n == 0:
             return np.empty((0, dimension or 0), dtype=np.float32)
+        done = self.done
         try:
-            await self.done.wait()
+            if isinstance(done, Cohort):
+                await done.wait_for(self)
+            else:
+                await done.wait()
         except BaseException:
             self.finished = True  # cancelled: skip what is queued, drop what arrives
             raise

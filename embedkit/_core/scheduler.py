@@ -1,7 +1,8 @@
 """The scheduler: how a text travels from `embed()` to a numpy row.
 
 1. `submit(texts)` wraps the caller's texts in a *job* (the texts, an output matrix filled
-   later, an event) and appends it to its lane's FIFO queue. It costs O(1) however many
+   later, an event; single-text callers queued together share one, a `Cohort`) and appends
+   it to its lane's FIFO queue. It costs O(1) however many
    texts. There are two lanes: "interactive" (`submit`'s default: a query from a web route)
    and "bulk" (`enqueue`'s: `embed_stream`, `embed_file`); a batch takes interactive texts
    first and fills up with bulk ones, so a query waits for the next free slot, not for the
@@ -76,7 +77,7 @@ from .deadlines import Deadlines
 from .failures import Failures
 from .flow import AdaptiveConcurrency, Cooldown, TokenBucket
 from .holding import Holding
-from .jobs import Abandoned, Batch, Job, Slot, Ticket, Waiters
+from .jobs import Abandoned, Batch, Cohort, Job, Slot, Ticket, Waiters
 from .metering import Metering
 from .policy import BatchPolicy
 from .quota import LocalQuota, Quota
@@ -147,6 +148,9 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
         self._new_event: Callable[[], anyio.Event] = type(anyio.Event())
         self._queue: deque[Job] = deque()  # the bulk lane
         self._urgent: deque[Job] = deque()  # the interactive lane, taken first
+        # each lane's open cohort: single-text callers queued together share one wake-up
+        self._cohorts: list[Cohort | None] = [None, None]
+        self._openers: list[Job | None] = [None, None]  # each open cohort's first member
         self.max_queue_wait = max_queue_wait
         self._paused_by: StatusError | None = None  # the 429 behind the pause in force
         self._deadlines = False  # whether any call gave a deadline (else no sweep on 429)
@@ -191,9 +195,10 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
         When these texts complete a full batch and a slot is free, this task sends it at once.
         `deadline`: seconds this call may take in all (queueing, attempts, backoff).
         """
-        job = self._enqueue(texts, priority == "interactive", deadline)
         if deadline is not None or self.max_queue_wait is not None:
+            job = self._enqueue(texts, priority == "interactive", deadline)
             return await self._result_within(job, deadline)  # sends eagerly within them
+        job = self._enqueue(texts, priority == "interactive", None, len(texts) == 1)
         concurrency = self.concurrency
         if self._queued >= self.max_batch_size and concurrency.in_flight < concurrency.limit:
             await self._send_eagerly()
@@ -207,14 +212,38 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
         """
         return Ticket(self, self._enqueue(texts, priority == "interactive", None))
 
-    def _enqueue(self, texts: list[str], urgent: bool, deadline: float | None) -> Job:
+    def _enqueue(
+        self, texts: list[str], urgent: bool, deadline: float | None, share: bool = False
+    ) -> Job:
+        """A job for `texts`, queued in its lane; `share`: a single text that may join the
+        lane's open `Cohort` (one wake-up for callers queued together) instead of an event."""
         if self._closed:
             raise ClientClosedError("the embedder is closed")
         book = self.tokens
         spans = weights = None
         if book is not None and texts:
             texts, spans, weights = book.prepare(texts)
-        job = Job(texts, self._new_event())
+            share = share and len(texts) == 1
+        lane = 1 if urgent else 0
+        if share:
+            cohort = self._cohorts[lane]
+            first = self._openers[lane]  # kept here, not on the cohort: no reference cycle
+            if (
+                cohort is None
+                or first is None
+                or first.next  # a batch has taken its first member: start a new one
+                or first.finished
+                or cohort.size >= self.max_batch_size
+            ):
+                self._cohorts[lane] = cohort = Cohort(self._new_event)
+                first = None
+            job = Job(texts, cohort)
+            if first is None:
+                self._openers[lane] = job
+            cohort.size += 1
+        else:
+            self._cohorts[lane] = self._openers[lane] = None  # keep a cohort together
+            job = Job(texts, self._new_event())
         if spans is not None:
             job.spans, job.weights = spans, weights
         n = job.n
