@@ -387,6 +387,16 @@ class AsyncEmbedder(StreamMethods):
             )
         raise ClientClosedError(f"this {type(self).__name__} is closed")
 
+    async def warmup(self) -> None:
+        """Open connections to the server up to the concurrency limit now.
+
+        Without it they open as the first requests need them, so the first burst waits for
+        TCP (and TLS) handshakes. Call it once after opening, e.g. in a web app's start-up.
+        Only embedkit's own transport opens connections ahead of time (the default); with
+        `Connection(transport="httpx")` or your own client this does nothing.
+        """
+        await self._backend.warm(int(self.running_scheduler().concurrency.limit))
+
     # -------------------------------------------------------------------- embedding
 
     @property

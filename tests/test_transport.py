@@ -1205,3 +1205,20 @@ def test_trio_backend() -> None:
                 assert (await client.get(server.url)).json() == [1, 2]
 
     anyio.run(main, backend="trio")
+
+
+@pytest.mark.asyncio
+async def test_warm_opens_idle_connections_that_a_burst_then_reuses() -> None:
+    async with serve(respond_with(OK)) as server:
+        transport = FastTransport(max_connections=4)
+        async with client_for(transport) as client:
+            assert await transport.warm(server.url, 3) == 3
+            assert transport.num_idle_connections == 3
+            assert await transport.warm(server.url, 3) == 0  # already open
+            assert await transport.warm(server.url, 10) == 1  # never past max_connections
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):
+                    tg.start_soon(client.post, server.url)
+            assert transport.num_connections == 4
+        assert server.connections == 4  # the burst opened none of its own
+        assert len(server.requests) == 4

@@ -180,6 +180,13 @@ class BalancedBackend:
         kind = self.replicas[0].backend.describe().split(" ", 1)[0]
         return f"{kind} ×{len(self.replicas)} [{names}]"
 
+    async def warm(self, connections: int) -> None:
+        """Warm every replica with its share of `connections` (at least one each)."""
+        share = max(1, -(-connections // len(self.replicas)))
+        async with anyio.create_task_group() as tg:
+            for replica in self.replicas:
+                tg.start_soon(replica.complete.warm, share)
+
     async def probe(self) -> None:
         """Probe every replica; succeed when one answers (raise the first error if none)."""
         errors: list[Exception] = []

@@ -97,6 +97,10 @@ class CompleteBackend(Backend, Protocol):
         """Background work for the embedder's life (probing replicas); returns when none."""
         ...
 
+    async def warm(self, connections: int) -> None:
+        """Open up to `connections` connections now, before the first burst needs them."""
+        ...
+
     async def probe(self) -> None:
         """Check that the server answers; raise the embedkit error its answer maps to."""
         ...
@@ -160,6 +164,9 @@ class MinimalBackend:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Nothing to run."""
         task_status.started()
+
+    async def warm(self, connections: int) -> None:
+        """Nothing to open ahead of time."""
 
     async def probe(self) -> None:
         """Embed one short text: an answer means the backend works."""

@@ -278,6 +278,14 @@ class HttpBackend:
         """Requests the transport re-sent on a connection the server had closed."""
         return BackendStats(resent_requests=self.resent_requests)
 
+    async def warm(self, connections: int) -> None:
+        """Open `connections` keep-alive connections to the server now (embedkit's own
+        transport; with httpx's transport or a client of the caller's, nothing happens:
+        httpx has no public way to open a connection without a request)."""
+        if self._direct is not None:
+            connect = self._timeout["timeout"].get("connect")
+            await self._direct.warm(self._url, connections, connect_timeout=connect)
+
     async def probe(self) -> None:
         """Check that the server answers: TEI `GET /health`, others a one-text request.
 

@@ -402,6 +402,9 @@ class LocalBackend:
         """Nothing runs in the background."""
         task_status.started()
 
+    async def warm(self, connections: int) -> None:
+        """No connections: the model is in this process."""
+
     async def probe(self) -> None:
         """A loaded model always answers."""
         if self._model is None:

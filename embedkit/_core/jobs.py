@@ -35,6 +35,7 @@ __all__ = [
     "Abandoned",
     "Batch",
     "Cohort",
+    "Cohorts",
     "Job",
     "Slot",
     "Ticket",
@@ -73,6 +74,36 @@ class Cohort:
             await event.wait()  # a checkpoint even when set, as a caller's own event was
             if job.finished:
                 return
+
+
+class Cohorts:
+    """Each lane's open cohort, and its first member (kept here: no reference cycle)."""
+
+    __slots__ = ("_new_event", "_open")
+
+    def __init__(self, new_event: Callable[[], anyio.Event]) -> None:
+        self._new_event = new_event
+        self._open: list[tuple[Cohort, Job] | None] = [None, None]
+
+    def join(self, texts: list[str], urgent: bool, limit: int) -> Job:
+        """A job for one text that shares its lane's open cohort (or opens a new one)."""
+        lane = int(urgent)
+        current = self._open[lane]
+        if current is not None:
+            cohort, first = current
+            # a new cohort once a batch took the first member, or when it is a batch's size
+            if not (first.next or first.finished or cohort.size >= limit):
+                cohort.size += 1
+                return Job(texts, cohort)
+        cohort = Cohort(self._new_event)
+        cohort.size = 1
+        job = Job(texts, cohort)
+        self._open[lane] = (cohort, job)
+        return job
+
+    def close(self, urgent: bool) -> None:
+        """No more members for the lane's open cohort."""
+        self._open[int(urgent)] = None
 
 
 class Job:

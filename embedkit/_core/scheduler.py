@@ -77,7 +77,7 @@ from .deadlines import Deadlines
 from .failures import Failures
 from .flow import AdaptiveConcurrency, Cooldown, TokenBucket
 from .holding import Holding
-from .jobs import Abandoned, Batch, Cohort, Job, Slot, Ticket, Waiters
+from .jobs import Abandoned, Batch, Cohorts, Job, Slot, Ticket, Waiters
 from .metering import Metering
 from .policy import BatchPolicy
 from .quota import LocalQuota, Quota
@@ -148,9 +148,8 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
         self._new_event: Callable[[], anyio.Event] = type(anyio.Event())
         self._queue: deque[Job] = deque()  # the bulk lane
         self._urgent: deque[Job] = deque()  # the interactive lane, taken first
-        # each lane's open cohort: single-text callers queued together share one wake-up
-        self._cohorts: list[Cohort | None] = [None, None]
-        self._openers: list[Job | None] = [None, None]  # each open cohort's first member
+        # single-text callers queued together share one wake-up
+        self._cohorts = Cohorts(self._new_event)
         self.max_queue_wait = max_queue_wait
         self._paused_by: StatusError | None = None  # the 429 behind the pause in force
         self._deadlines = False  # whether any call gave a deadline (else no sweep on 429)
@@ -224,25 +223,10 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
         if book is not None and texts:
             texts, spans, weights = book.prepare(texts)
             share = share and len(texts) == 1
-        lane = 1 if urgent else 0
         if share:
-            cohort = self._cohorts[lane]
-            first = self._openers[lane]  # kept here, not on the cohort: no reference cycle
-            if (
-                cohort is None
-                or first is None
-                or first.next  # a batch has taken its first member: start a new one
-                or first.finished
-                or cohort.size >= self.max_batch_size
-            ):
-                self._cohorts[lane] = cohort = Cohort(self._new_event)
-                first = None
-            job = Job(texts, cohort)
-            if first is None:
-                self._openers[lane] = job
-            cohort.size += 1
+            job = self._cohorts.join(texts, urgent, self.max_batch_size)
         else:
-            self._cohorts[lane] = self._openers[lane] = None  # keep a cohort together
+            self._cohorts.close(urgent)  # keep each cohort's members together in the queue
             job = Job(texts, self._new_event())
         if spans is not None:
             job.spans, job.weights = spans, weights

@@ -163,6 +163,42 @@ class FastTransport(httpx.AsyncBaseTransport):
             extensions={"http_version": response.version, "reason_phrase": response.reason},
         )
 
+    async def warm(
+        self, url: str | httpx.URL, n: int, *, connect_timeout: float | None = None
+    ) -> int:
+        """Open connections to `url`'s origin until `n` are open, and leave them idle.
+
+        A burst that starts on a cold pool waits for a connection per request on top of the
+        server's answer; this moves that wait to a moment the caller chooses. Never more
+        than `max_connections` in all. Returns how many were opened; a failed connect
+        raises `httpx.ConnectError` / `httpx.ConnectTimeout` (those opened stay in the pool).
+        """
+        if self._closed:
+            raise RuntimeError("Cannot warm up: the FastTransport has been closed.")
+        url = httpx.URL(url)
+        origin = _origin_of(url, None)
+        have = sum(1 for conn in self._conns if conn.origin == origin)
+        todo = max(0, min(n - have, self._max_connections - len(self._conns)))
+        timeouts: _Timeouts = {"connect": connect_timeout}
+
+        async def open_one() -> None:
+            conn = _Conn(origin)
+            self._conns.add(conn)  # holds its slot while connecting, as a request's would
+            try:
+                await self._connect(conn, None, timeouts, origin.host)
+            except BaseException:
+                self._conns.discard(conn)
+                if self._waiters:
+                    self._wake_one()
+                raise
+            conn.reused = False
+            self._release(conn)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(todo):
+                tg.start_soon(open_one)
+        return todo
+
     async def send_prepared(
         self, prepared: PreparedPost, body: bytes, timeouts: _Timeouts | None
     ) -> RawResponse:
