@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 import numpy as np
 
 from .._config import Matrix
@@ -65,15 +66,13 @@ class Cohort:
         """A member finished: wake the cohort (the others check whether they did too)."""
         self.event.set()
 
-    async def wait_for(self, job: Job) -> None:
-        """Wait until `job` (a member) has finished."""
-        while True:
-            event = self.event
-            if event.is_set() and not job.finished:  # another member's row woke it
-                self.event = event = self._new_event()
-            await event.wait()  # a checkpoint even when set, as a caller's own event was
-            if job.finished:
-                return
+    def event_for(self) -> anyio.Event:
+        """The event a member still waiting waits on next: the shared one, or a
+        fresh one when another member's row has already set it."""
+        event = self.event
+        if event.is_set():
+            self.event = event = self._new_event()
+        return event
 
 
 class Cohorts:
@@ -186,7 +185,11 @@ class Job:
         done = self.done
         try:
             if isinstance(done, Cohort):
-                await done.wait_for(self)
+                # inlined (no coroutine of its own: one tracked object less per waiter)
+                if self.finished:
+                    await anyio.lowlevel.checkpoint()  # as a set event's wait() would be
+                while not self.finished:
+                    await done.event_for().wait()
             else:
                 await done.wait()
         except BaseException:
