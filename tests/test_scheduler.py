@@ -108,6 +108,47 @@ async def test_a_lone_call_on_an_idle_pipe_is_sent_at_once() -> None:
     assert out.dtype == np.float32
 
 
+class TaskRecorder(Recorder):
+    """A `Recorder` that also notes which task sent each batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.senders: list[int] = []
+
+    async def __call__(self, texts: list[str]) -> Matrix:
+        self.senders.append(anyio.get_current_task().id)
+        return await super().__call__(texts)
+
+
+@pytest.mark.asyncio
+async def test_a_call_that_completes_a_full_batch_sends_it_from_its_own_task() -> None:
+    send = TaskRecorder()
+    async with started(Scheduler(send, max_batch_size=4)) as scheduler:
+        me = anyio.get_current_task().id
+        out = await scheduler.submit([f"t{i}" for i in range(4)])
+        small = await scheduler.submit(["t9"])  # under a batch: the dispatcher sends it
+    assert send.batches == [["t0", "t1", "t2", "t3"], ["t9"]]
+    assert send.senders[0] == me
+    assert send.senders[1] != me
+    np.testing.assert_array_equal(out, vectors_for([f"t{i}" for i in range(4)]))
+    np.testing.assert_array_equal(small, vectors_for(["t9"]))
+
+
+@pytest.mark.asyncio
+async def test_a_ticket_with_a_full_batch_queued_sends_it_from_the_awaiting_task() -> None:
+    send = TaskRecorder()
+    async with started(Scheduler(send, max_batch_size=4)) as scheduler:
+        me = anyio.get_current_task().id
+        # queued without a checkpoint in between: the dispatcher has not run yet
+        first = scheduler.enqueue([f"a{i}" for i in range(4)])
+        second = scheduler.enqueue([f"b{i}" for i in range(4)])
+        rows = [await first.result(), await second.result()]
+    assert send.batches == [[f"a{i}" for i in range(4)], [f"b{i}" for i in range(4)]]
+    assert send.senders[0] == me  # the first batch left from the awaiting task
+    for ticket_rows, prefix in zip(rows, "ab", strict=True):
+        np.testing.assert_array_equal(ticket_rows, vectors_for([f"{prefix}{i}" for i in range(4)]))
+
+
 @pytest.mark.asyncio
 async def test_texts_accumulate_while_every_slot_is_busy() -> None:
     gate = anyio.Event()

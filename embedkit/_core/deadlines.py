@@ -54,7 +54,7 @@ class Deadlines:
 
     if TYPE_CHECKING:
 
-        async def _send_eagerly(self) -> None: ...
+        async def send_eagerly(self) -> None: ...
 
     async def _result_within(self, job: Job, deadline: float | None) -> Matrix:
         """`job.result()`, failing the job when it outstays `max_queue_wait` in the queue or
@@ -67,7 +67,7 @@ class Deadlines:
                     self._queued >= self.max_batch_size
                     and concurrency.in_flight < concurrency.limit
                 ):
-                    await self._send_eagerly()  # as `submit` does, within the deadline
+                    await self.send_eagerly()  # as `submit` does, within the deadline
                 if queue_wait is not None and job.n:
                     done = job.done
                     assert not isinstance(done, Cohort)  # a call with a deadline has its own

@@ -282,8 +282,20 @@ class Ticket:
         return self._job.rows
 
     async def result(self) -> Matrix:
-        """Wait for the matrix. Cancelling the wait discards the ticket."""
-        return await self._job.result(self._scheduler.dimension)
+        """Wait for the matrix. Cancelling the wait discards the ticket.
+
+        Like `Scheduler.submit`, when a full batch is queued and a slot is free, this task
+        sends it itself (no hop through the dispatcher's task) before waiting.
+        """
+        scheduler = self._scheduler
+        concurrency = scheduler.concurrency
+        if (
+            not self._job.finished
+            and scheduler.full_batch_queued()
+            and concurrency.in_flight < concurrency.limit
+        ):
+            await scheduler.send_eagerly()
+        return await self._job.result(scheduler.dimension)
 
     def discard(self) -> None:
         """Give up on these texts (idempotent)."""

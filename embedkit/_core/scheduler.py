@@ -207,7 +207,7 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
 
     async def _send_then_wait(self, job: Job) -> Matrix:
         """Send a full batch from this task (if a slot is still free), then wait for `job`."""
-        await self._send_eagerly()
+        await self.send_eagerly()
         return await job.result(self.dimension)
 
     def enqueue(self, texts: list[str], *, priority: Priority = "bulk") -> Ticket:
@@ -296,8 +296,15 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
             self._running.add(batch)
             tg.start_soon(self._run_batch, batch)
 
-    async def _send_eagerly(self) -> None:
-        """Send a full batch from the caller's task, if a slot is free and nothing paces us."""
+    def full_batch_queued(self) -> bool:
+        """Whether a full batch waits in the queue (worth sending from a caller's task)."""
+        return self._queued >= self.max_batch_size
+
+    async def send_eagerly(self) -> None:
+        """Send a full batch from the caller's task, if a slot is free and nothing paces us.
+
+        It saves the hop through the dispatcher's task (a loop pass) on a burst's first
+        batches; the batch's other callers get their rows as from any batch."""
         tg = self._tg
         if (
             tg is None
