@@ -27,7 +27,6 @@ from ._backends import (
     Options,
     URLs,
     build_backend,
-    endpoints_of,
     kind_sender,
 )
 from ._cache import EmbeddingCache
@@ -53,6 +52,7 @@ from ._core import (
     TokenCounting,
 )
 from ._errors import ClientClosedError
+from ._identity import identity_of
 from ._kinds import KindSchedulers, check_kind, scheduler_factory, shared_flow
 from ._options import LegacyOptions, fold_legacy, token_options
 from ._quantize import as_dtype, check_dtype
@@ -61,11 +61,6 @@ from ._telemetry import Telemetry, telemetry_available
 from ._texts import check_text, check_texts
 
 __all__ = ["AsyncEmbedder"]
-
-
-def _set_only(**fields: Any) -> dict[str, Any]:
-    """The fields that are not None (so an identity without them stays what it was)."""
-    return {name: value for name, value in fields.items() if value is not None}
 
 
 class _State(enum.Enum):
@@ -232,37 +227,17 @@ class AsyncEmbedder(StreamMethods):
 
     def identity(self) -> dict[str, Any]:
         """What decides the vectors this embedder gives: `embed_file`'s resume fingerprint and
-        the persistent cache's key (every field here is part of it; see the "many processes"
-        guide).
-
-        The URL may carry credentials, so only a hash of it is kept.
-        """
-        import hashlib
-
-        url = self._url
-        if url is not None and not isinstance(url, str):
-            url = " ".join(e.url for e in endpoints_of(url))
-        options = self._options
-        return {
-            "api": self.api,
-            "model": self.model,
-            "url_sha256": hashlib.sha256(url.encode()).hexdigest()[:16] if url else None,
-            "normalize": options.normalize,
-            "prompt_name": options.prompt_name,
-            "dimensions": options.dimensions,
-            "truncate": options.truncate,
-            # only when set, so the fingerprints of earlier runs still match
-            **({"kind": options.kind} if options.kind is not None else {}),
-            **({"dtype": self.dtype} if self.dtype != "float32" else {}),
-            **_set_only(
-                truncation_direction=options.truncation_direction,
-                pooling=options.pooling,
-                encoding_format=self.connection.encoding_format
-                if self.api == "openai" and self.connection.encoding_format != "base64"
-                else None,
-                backend=self._custom_backend,
-            ),
-        }
+        the persistent cache's key (see `_identity.py` and the "many processes" guide)."""
+        openai_float = self.api == "openai" and self.connection.encoding_format != "base64"
+        return identity_of(
+            api=self.api,
+            model=self.model,
+            url=self._url,
+            options=self._options,
+            dtype=self.dtype,
+            encoding_format=self.connection.encoding_format if openai_float else None,
+            backend=self._custom_backend,
+        )
 
     def describe(self) -> str:
         """What this embedder talks to, for people (never the token): "tei at http://…"."""

@@ -242,6 +242,9 @@ class Connection:
         wait_for_model: force HF's `x-wait-for-model` header on or off; default: on after
             the first 503 "loading".
         use_cache: False asks HF not to answer from its result cache.
+        warm: after the first answer, open connections up to the concurrency limit in the
+            background (embedkit's own transport only), so a later burst does not wait for
+            TCP/TLS handshakes; False: each opens when a request needs it.
     """
 
     timeout: httpx.Timeout | float | None = dataclasses.field(
@@ -256,6 +259,7 @@ class Connection:
     encoding_format: Literal["base64", "float"] = "base64"
     wait_for_model: bool | None = None
     use_cache: bool | None = None
+    warm: bool = True
 
     def __post_init__(self) -> None:
         _check_timeout(self.timeout)
@@ -278,4 +282,4 @@ LIMITS_FIELDS = frozenset(
         "dedup",
     }
 )
-CONNECTION_FIELDS = frozenset(f.name for f in dataclasses.fields(Connection))
+CONNECTION_FIELDS = frozenset(f.name for f in dataclasses.fields(Connection)) - {"warm"}

@@ -23,7 +23,7 @@ from embedkit._backends.protocols import HFProtocol, Options
 from embedkit._transports import FastTransport, PreparedPost
 from embedkit._transports.request import _serialize
 
-from .test_transport import Conn, Handler, Server, serve
+from .test_transport import Conn, Handler, Server, respond_with, serve
 
 TOKEN = "hf_fast_path_secret"
 
@@ -264,3 +264,45 @@ def test_a_read_timeout_longer_than_the_write_timeout_is_honoured() -> None:
     outcome, elapsed = _timed_post([(12.0, HEAD + b"[1,2]")], read=10.0)
     assert outcome == "ReadTimeout"
     assert elapsed == pytest.approx(10.0)
+
+
+@pytest.mark.asyncio
+async def test_after_the_first_answer_the_pool_opens_up_to_the_concurrency_limit() -> None:
+    body = b"[[0.5,0.25]]"
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    async with serve(respond_with(answer)) as server:
+        async with embedkit.AsyncEmbedder(
+            url=server.url, limits=embedkit.Limits(max_concurrency=4, max_batch_size=1)
+        ) as emb:
+            assert server.connections == 0  # nothing opened before the first request
+            row = await emb.embed("first")
+            assert row.tolist() == [0.5, 0.25]
+            with anyio.fail_after(5):  # the warm-up runs in the background: wait for it
+                while server.connections < 4:
+                    await anyio.sleep(0.001)
+            direct = emb._backend._direct  # type: ignore[attr-defined]
+            assert direct.num_idle_connections == 4
+            # a burst of four finds four open connections and opens none of its own
+            async with anyio.create_task_group() as tg:
+                for i in range(4):
+                    tg.start_soon(emb.embed, f"burst {i}")
+        assert server.connections == 4
+
+
+@pytest.mark.asyncio
+async def test_warm_false_leaves_the_pool_to_open_on_demand() -> None:
+    backend = HttpBackend(
+        HFProtocol(model=None, url="http://127.0.0.1:9/embed", options=Options()), warm=False
+    )
+    assert backend.fit_concurrency(32, 8) == 8
+    with anyio.fail_after(1):
+        await backend.run()  # returns at once: nothing waits for a first answer
+    warm = HttpBackend(
+        HFProtocol(model=None, url="http://127.0.0.1:9/embed", options=Options()), warm=True
+    )
+    warm.fit_concurrency(32, 8)
+    async with anyio.create_task_group() as tg:
+        await tg.start(warm.run)  # waits for a first answer that never comes here
+        tg.cancel_scope.cancel()
+    await backend.aclose()
+    await warm.aclose()

@@ -117,6 +117,7 @@ def build_backend(
             cert=connection.cert,
             http2=connection.http2,
             max_response_size=connection.max_response_size,
+            warm=connection.warm,
         )
 
     endpoints = endpoints_of(url)

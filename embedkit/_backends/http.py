@@ -13,6 +13,7 @@ returns. The callback runs synchronously before `embed_batch` returns or raises.
 
 from __future__ import annotations
 
+import contextlib
 import urllib.parse
 from collections.abc import Callable, Mapping
 
@@ -118,8 +119,12 @@ class HttpBackend:
         cert: CertTypes | None = None,
         http2: bool = False,
         max_response_size: int | None = DEFAULT_MAX_RESPONSE_SIZE,
+        warm: bool = False,
     ) -> None:
         self.protocol = protocol
+        self._warm = warm
+        self._warm_to = 0  # connections to open after the first answer (fit_concurrency)
+        self._answered: anyio.Event | None = None  # set by the first answer, while run() waits
         self._token = token
         self._url = httpx.URL(protocol.endpoint)
         if self._url.userinfo:
@@ -267,12 +272,25 @@ class HttpBackend:
         return self._info
 
     def fit_concurrency(self, max_batch_size: int, max_concurrency: int) -> int:
-        """At most `max_concurrency`, and within the inputs in flight TEI's `/info` allows."""
-        return fit_to_info(self._info, max_batch_size, max_concurrency)
+        """At most `max_concurrency`, and within the inputs in flight TEI's `/info` allows.
+        With `warm`, that many connections open after the first answer (`run`)."""
+        fitted = fit_to_info(self._info, max_batch_size, max_concurrency)
+        self._warm_to = fitted if self._warm else 0
+        return fitted
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Nothing runs in the background of one HTTP backend."""
+        """With `warm` (and embedkit's own transport): once the first answer has shown the
+        server is there, open connections up to the concurrency limit, so the next burst's
+        requests all leave at once instead of each waiting for a handshake. A connect that
+        fails changes nothing: requests open their own connections as before."""
+        if not self._warm_to or self._direct is None:
+            task_status.started()
+            return
+        self._answered = answered = anyio.Event()
         task_status.started()
+        await answered.wait()
+        with contextlib.suppress(httpx.HTTPError, OSError):
+            await self.warm(self._warm_to)
 
     def backend_stats(self) -> BackendStats:
         """Requests the transport re-sent on a connection the server had closed."""
@@ -339,6 +357,10 @@ class HttpBackend:
                 self.wait_for_model = True
                 self._headers = self._build_headers()
             raise self._redact(error)
+        answered = self._answered
+        if answered is not None:  # the first answer: run() opens the other connections
+            self._answered = None
+            answered.set()
         try:
             if self._on_answer is None:
                 return self.protocol.finish(self.protocol.decode(content, len(texts)))
