@@ -166,7 +166,7 @@ def reported_tokens(headers: Mapping[str, str]) -> int | None:
     return int(value) if value is not None else None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class Answer:
     """One answer (or refusal) as a backend reports it to the scheduler, beside the matrix.
 
@@ -180,6 +180,9 @@ class Answer:
         endpoint: the server (URL without credentials or query), for per-endpoint counts.
         estimated: the scheduler's own count of the request's tokens (filled in by the
             scheduler before the quota hears of it; 0 from a backend).
+
+    Not frozen: the scheduler sets `estimated` in place (one record per answer, on the hot
+    path; `dataclasses.replace` cost ~10 µs an answer).
     """
 
     texts: int

@@ -197,7 +197,9 @@ class HttpBackend:
                 texts=len(texts),
                 chars=sum(map(len, texts)),
                 tokens=tokens,
-                limits=rate_limits_from(headers, message),
+                # no header and no message: nothing to parse (a dict of the x- headers
+                # on the fast path is empty when the server sent none)
+                limits=rate_limits_from(headers, message) if headers or message else None,
                 status=status,
                 endpoint=self._where,
             )

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -76,7 +75,7 @@ class Metering:
         if book is None:
             return
         # what was taken for it (at the ratio before this answer teaches a new one)
-        answer = dataclasses.replace(answer, estimated=book.estimate(answer.chars))
+        answer.estimated = book.estimate(answer.chars)
         if answer.status < 400 and answer.tokens is not None:
             book.observe(answer.chars, answer.tokens)
             if answer.endpoint:
