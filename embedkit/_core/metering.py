@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._usage import Answer
+from .flow import AdaptiveConcurrency
 from .jobs import Batch
 from .quota import Quota
 from .tokens import TokenBook
@@ -33,6 +34,7 @@ class Metering:
 
     tokens: TokenBook | None
     quota: Quota
+    concurrency: AdaptiveConcurrency
     #: probes out now: batches bigger (in tokens) than any accepted yet. Until one is
     #: answered (or a 400 names the server's cap), more batches of that size might all be
     #: refused together, so only batches within what is proven go meanwhile (the scheduler
@@ -81,7 +83,11 @@ class Metering:
             book.observe(answer.chars, answer.tokens)
             if answer.endpoint:
                 self._tokens_by_endpoint[answer.endpoint] += answer.tokens
-        self.quota.on_answer(answer)
+        quota = self.quota
+        quota.on_answer(answer)
+        concurrency = self.concurrency
+        if concurrency.starting and answer.status < 400 and not quota.idle():
+            concurrency.end_slow_start()  # a rate is known now (stated): it paces
 
     def _token_stats(self) -> dict[str, Any]:
         book = self.tokens
