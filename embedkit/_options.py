@@ -31,7 +31,15 @@ from ._config import (
     Pooling,
     VerifyTypes,
 )
-from ._core import Overflow, Quota, RetryPolicy, TokenBook, TokenCounting, book_for
+from ._core import (
+    AskTokens,
+    Overflow,
+    Quota,
+    RetryPolicy,
+    TokenBook,
+    TokenCounting,
+    book_for,
+)
 
 __all__ = ["AnyOptions", "EmbedderOptions", "LegacyOptions", "fold_legacy", "token_options"]
 
@@ -142,6 +150,16 @@ def fold_legacy(
     return built["limits"], built["connection"]
 
 
+def server_counter(backend: Backend) -> AskTokens:
+    """The backend's `/tokenize` (`count_tokens="server"`): one TEI server only."""
+    ask: AskTokens | None = getattr(backend, "tokenize", None)
+    if ask is None:
+        raise ValueError(
+            "count_tokens='server' needs one TEI url (it asks that server's /tokenize)"
+        )
+    return ask
+
+
 def token_options(
     api: str,
     limits: Limits,
@@ -151,6 +169,8 @@ def token_options(
 ) -> tuple[TokenBook | None, bool | None]:
     """The `TokenBook` the token options ask for (None: `count_tokens=False`), and `truncate`
     as sent: `on_overflow="truncate"` lets TEI and HF cut at their own limit, exactly."""
+    if count_tokens == "server" and api != "tei":
+        raise ValueError("count_tokens='server' asks TEI's /tokenize: it needs api='tei'")
     if on_overflow == "truncate" and truncate is None and api in ("tei", "hf"):
         truncate = True
     book = book_for(

@@ -191,6 +191,9 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
         When these texts complete a full batch and a slot is free, this task sends it at once.
         `deadline`: seconds this call may take in all (queueing, attempts, backoff).
         """
+        book = self.tokens
+        if book is not None and book.ask is not None:  # count_tokens="server"
+            await self._count_exact(texts)
         job = self._enqueue(texts, priority == "interactive", deadline)
         if deadline is not None or self.max_queue_wait is not None:
             return await self._result_within(job, deadline)  # sends eagerly within them
