@@ -134,6 +134,15 @@ async def test_a_server_without_tokenize_falls_back_to_the_estimate(
     assert MANY_WORDS in server.embedded
 
 
+@pytest.mark.asyncio
+async def test_a_stream_asks_too() -> None:
+    server = TEI()
+    async with tei(server, count_tokens="server") as emb:
+        blocks = [block async for _, block in emb.embed_stream(["short", ONE_WORD])]
+    assert sum(len(b) for b in blocks) == 2
+    assert server.tokenized[0]["inputs"] == [ONE_WORD]
+
+
 def test_server_counts_need_api_tei() -> None:
     with pytest.raises(ValueError, match="api='tei'"):
         AsyncEmbedder("m", api="openai", url="http://x.test/v1", token="sk", count_tokens="server")

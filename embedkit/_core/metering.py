@@ -6,7 +6,7 @@
 * `on_answer` is the callback the HTTP backend reports every answer to (see
   `embedkit._usage`): it teaches the `TokenBook` the tokens a character costs, counts them
   per endpoint, and hands the answer to the quota (header pacing, usage corrections).
-* `_count_exact` asks the server (TEI `/tokenize`, `count_tokens="server"`) for the exact
+* `count_exact` asks the server (TEI `/tokenize`, `count_tokens="server"`) for the exact
   counts of the texts whose estimate comes near the input cap, before they are queued.
 * `_token_stats` adds the token figures to `SchedulerStats`.
 
@@ -80,7 +80,7 @@ class Metering:
             finally:
                 self._wakeup = None
 
-    async def _count_exact(self, texts: list[str]) -> None:
+    async def count_exact(self, texts: list[str]) -> None:
         """Ask the server for the exact counts of `texts` near the input cap (if any).
 
         A failing count never fails the call: the estimate decides, as without it, and the

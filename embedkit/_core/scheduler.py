@@ -193,7 +193,7 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
         """
         book = self.tokens
         if book is not None and book.ask is not None:  # count_tokens="server"
-            await self._count_exact(texts)
+            await self.count_exact(texts)
         job = self._enqueue(texts, priority == "interactive", deadline)
         if deadline is not None or self.max_queue_wait is not None:
             return await self._result_within(job, deadline)  # sends eagerly within them
