@@ -150,14 +150,16 @@ def fold_legacy(
     return built["limits"], built["connection"]
 
 
-def server_counter(backend: Backend) -> AskTokens:
-    """The backend's `/tokenize` (`count_tokens="server"`): one TEI server only."""
-    ask: AskTokens | None = getattr(backend, "tokenize", None)
-    if ask is None:
-        raise ValueError(
-            "count_tokens='server' needs one TEI url (it asks that server's /tokenize)"
-        )
-    return ask
+def open_book(book: TokenBook, max_input_tokens: int | None, backend: Backend) -> None:
+    """What an opened server tells the token book: its input cap (TEI's `max_input_length`)
+    unless one was given, and, for `count_tokens="server"`, its `/tokenize` (one TEI URL)."""
+    if book.max_per_input is None:
+        book.max_per_input = max_input_tokens
+    if book.wants_server:
+        ask: AskTokens | None = getattr(backend, "tokenize", None)
+        if ask is None:
+            raise ValueError("count_tokens='server' needs one TEI url (it asks its /tokenize)")
+        book.ask = ask
 
 
 def token_options(
