@@ -232,34 +232,23 @@ def embed_files(
     running Ray (`ray.init`): `embedkit embed --engine ray` connects to `--address`, or
     starts a local one.
     """
-    rows, _tokens = write_files(
-        source,
-        output_dir,
-        format=format,
-        column=column,
-        output_column=output_column,
-        overwrite=overwrite,
-        **kwargs,
-    )
+    options = {"format": format, "column": column, "output_column": output_column}
+    rows, _tokens = write_files(source, output_dir, overwrite=overwrite, **options, **kwargs)
     return rows
 
 
-def write_files(
-    source: str,
-    output_dir: str,
-    *,
-    format: str | None = None,
-    column: str | None = None,
-    output_column: str = "embedding",
-    overwrite: bool = False,
-    **kwargs: Any,
-) -> tuple[int, int]:
-    """`embed_files`, returning (rows written, tokens used) (the command states both)."""
+def write_files(source: str, output_dir: str, **options: Any) -> tuple[int, int]:
+    """`embed_files(source, output_dir, **options)`, returning the rows written and the
+    tokens used (the command states both)."""
     import pyarrow.dataset
     import ray.data
 
     from .._bulk import guess_format
 
+    format: str | None = options.pop("format", None)
+    column: str | None = options.pop("column", None)
+    output_column: str = options.pop("output_column", "embedding")
+    overwrite: bool = options.pop("overwrite", False)
     out_path = _path(output_dir)
     local = "://" not in output_dir
     if local and not overwrite and out_path.is_dir() and any(out_path.iterdir()):
@@ -275,18 +264,18 @@ def write_files(
         if column != "text":
             raise ValueError("a .txt corpus has one column, 'text'")
     elif fmt in _READERS:
-        options: dict[str, Any] = {}
+        reading: dict[str, Any] = {}
         if fmt == "jsonl":
-            options["lines"] = True
+            reading["lines"] = True
         if fmt == "tsv":
             import pyarrow.csv
 
-            options["parse_options"] = pyarrow.csv.ParseOptions(delimiter="\t")
-        ds = getattr(ray.data, _READERS[fmt])(files, **options)
+            reading["parse_options"] = pyarrow.csv.ParseOptions(delimiter="\t")
+        ds = getattr(ray.data, _READERS[fmt])(files, **reading)
         column = column or "text"
     else:
         raise ValueError(f"unknown format {fmt!r}")
-    out = embed_dataset(ds, column, output_column, **kwargs)
+    out = embed_dataset(ds, column, output_column, **options)
     mode = ray.data.SaveMode.OVERWRITE if overwrite else ray.data.SaveMode.APPEND
     out.write_parquet(output_dir, mode=mode)
     rows = int(pyarrow.dataset.dataset(output_dir, format="parquet").count_rows())
