@@ -355,7 +355,7 @@ def _embed_ray(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     try:
-        rows = run_command(args)
+        rows, tokens = run_command(args)
     except (ValueError, TypeError, CorpusError) as exc:
         console.error(str(exc))
         return EXIT_USAGE
@@ -365,5 +365,8 @@ def _embed_ray(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     if not args.quiet:
-        console.error(f"wrote {args.output} ({rows:,} rows) in {time.monotonic() - started:.1f} s")
+        used = f", {tokens:,} tokens" if tokens else ""
+        console.error(
+            f"wrote {args.output} ({rows:,} rows{used}) in {time.monotonic() - started:.1f} s"
+        )
     return EXIT_OK

@@ -54,7 +54,7 @@ from ._core import (
 from ._errors import ClientClosedError
 from ._identity import identity_of
 from ._kinds import KindSchedulers, check_kind, scheduler_factory, shared_flow
-from ._options import LegacyOptions, fold_legacy, token_options
+from ._options import LegacyOptions, fold_legacy, open_book, token_options
 from ._quantize import as_dtype, check_dtype
 from ._streams import StreamMethods
 from ._telemetry import Telemetry, telemetry_available
@@ -121,7 +121,7 @@ class AsyncEmbedder(StreamMethods):
             by the server where the protocol can, else here) or "chunk_mean" (the token-weighted,
             re-normalised mean of its chunks). See the "tokens and quotas" guide.
         count_tokens: None (an estimate learned from the server's counts), a callable
-            `(text) -> int`, a `tokenizer.json` (`embedkit[tokens]`), or False (tokens off).
+            `(text) -> int`, a `tokenizer.json`, "server" (TEI's `/tokenize`), or False (off).
 
     The flat keywords that `limits=` and `connection=` replaced (`max_batch_size=`,
     `max_concurrency=`, `timeout=`, `transport=`, …) still work for one release, with a
@@ -275,8 +275,8 @@ class AsyncEmbedder(StreamMethods):
             max_conc = self._backend.fit_concurrency(max_batch, self.max_concurrency)
             limits = self.limits
             book = self._tokens
-            if book is not None and book.max_per_input is None:
-                book.max_per_input = info.max_input_tokens  # TEI's max_input_length
+            if book is not None:  # TEI's max_input_length; count_tokens="server": /tokenize
+                open_book(book, info.max_input_tokens, self._backend)
             retry = self._retry
             concurrency, quota = shared_flow(
                 limits,

@@ -371,7 +371,8 @@ class EmbedkitModel(BaseModel):
     count_tokens: Any = Field(
         default=None,
         exclude=True,
-        description="None (estimate), a callable, a tokenizer.json path, or False (off).",
+        description="None (estimate), a callable, a tokenizer.json path, 'server' (TEI's "
+        "/tokenize), or False (off).",
     )
 
     _shared: SharedEmbedder = PrivateAttr()

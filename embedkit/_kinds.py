@@ -77,6 +77,10 @@ def shared_flow(
     token rates (reading the servers' rate-limit headers when tokens are counted)."""
     rps, ips, tpm = limits.requests_per_second, limits.inputs_per_second, limits.tokens_per_minute
     concurrency = AdaptiveConcurrency(max_concurrency, adaptive=limits.adaptive_concurrency)
+    if limits.max_tokens_per_request and tokens is not None and not (quota or rps or tpm):
+        # a token cap given for a server whose quota nobody gave: start one request at a
+        # time until it states one, refuses (429), or takes a full wave (`slow_start`)
+        concurrency.slow_start()
     return concurrency, quota or LocalQuota(
         cooldown=Cooldown(sleep=retry.sleep) if retry is not None else Cooldown(),
         request_rate=TokenBucket(rps) if rps else None,

@@ -31,7 +31,15 @@ from ._config import (
     Pooling,
     VerifyTypes,
 )
-from ._core import Overflow, Quota, RetryPolicy, TokenBook, TokenCounting, book_for
+from ._core import (
+    AskTokens,
+    Overflow,
+    Quota,
+    RetryPolicy,
+    TokenBook,
+    TokenCounting,
+    book_for,
+)
 
 __all__ = ["AnyOptions", "EmbedderOptions", "LegacyOptions", "fold_legacy", "token_options"]
 
@@ -142,6 +150,18 @@ def fold_legacy(
     return built["limits"], built["connection"]
 
 
+def open_book(book: TokenBook, max_input_tokens: int | None, backend: Backend) -> None:
+    """What an opened server tells the token book: its input cap (TEI's `max_input_length`)
+    unless one was given, and, for `count_tokens="server"`, its `/tokenize` (one TEI URL)."""
+    if book.max_per_input is None:
+        book.max_per_input = max_input_tokens
+    if book.wants_server:
+        ask: AskTokens | None = getattr(backend, "tokenize", None)
+        if ask is None:
+            raise ValueError("count_tokens='server' needs one TEI url (it asks its /tokenize)")
+        book.ask = ask
+
+
 def token_options(
     api: str,
     limits: Limits,
@@ -151,6 +171,8 @@ def token_options(
 ) -> tuple[TokenBook | None, bool | None]:
     """The `TokenBook` the token options ask for (None: `count_tokens=False`), and `truncate`
     as sent: `on_overflow="truncate"` lets TEI and HF cut at their own limit, exactly."""
+    if count_tokens == "server" and api != "tei":
+        raise ValueError("count_tokens='server' asks TEI's /tokenize: it needs api='tei'")
     if on_overflow == "truncate" and truncate is None and api in ("tei", "hf"):
         truncate = True
     book = book_for(

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,6 +36,7 @@ from embedkit import Limits
 
 from .fakes import vectors_for
 from .hashserver import HashServer
+from .loopserver import send
 from .servers import rate_limited_server
 
 pytestmark = [
@@ -209,6 +211,43 @@ def test_a_bad_row_stops_the_job_and_names_the_row(cluster: Path) -> None:
     assert "empty" in caught.value.reason
 
 
+class CountingHashServer(HashServer):
+    """A hash server that says how many tokens it counted (TEI's `x-compute-tokens`): one
+    a word, plus two an input (not characters / 4); `counted` is their sum."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.counted = 0
+
+    async def respond(
+        self, request_line: bytes, headers: dict[str, str], body: bytes, writer: Any
+    ) -> bool:
+        status, payload = await self._answer(request_line, body)
+        extra = b""
+        if status == 200 and request_line.startswith(b"POST /embed"):
+            tokens = sum(len(t.split()) + 2 for t in orjson.loads(body)["inputs"])
+            self.counted += tokens
+            extra = b"x-compute-tokens: %d\r\n" % tokens
+        await send(writer, status, payload, extra)
+        return True
+
+
+def test_the_result_states_the_tokens_used_summed_over_the_workers(cluster: Path) -> None:
+    n = 3_000
+    with CountingHashServer.running(dim=8) as server:
+        ds = ray.data.from_items(corpus(n), override_num_blocks=6)
+        out = embedkit.ray.embed_dataset(ds, api="tei", url=server.url, workers=2, batch_size=250)
+        assert embedkit.ray.tokens_used(out) == 0  # nothing has run yet (a lazy dataset)
+        assert len(out.take_all()) == n
+        used = embedkit.ray.tokens_used(out)
+        counted = server.counted
+    words = sum(len(r["text"].split()) + 2 for r in corpus(n))
+    assert counted >= words  # every text once (a dimension probe may add one)
+    assert used == counted  # the server's counts, from both workers, summed
+    with pytest.raises(TypeError, match="embed_dataset"):
+        embedkit.ray.tokens_used(ds)
+
+
 # ---------------------------------------------------------------------- shared quota
 
 
@@ -299,6 +338,7 @@ def test_the_cli_embeds_a_folder_with_the_ray_engine(cluster: Path, tmp_path: Pa
             cwd=ROOT,
         )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "(300 rows, " in result.stderr  # and the tokens the run used (estimated here)
     table = read_back(tmp_path / "out")
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 8)
     check_exact(table, 300, 8)

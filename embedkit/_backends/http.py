@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 
 import anyio
 import httpx
+import orjson
 from anyio.abc import TaskStatus
 
 from .._auth import Secret
@@ -323,6 +324,38 @@ class HttpBackend:
             raise self._redact(
                 error_from_response(response.status_code, response.content, response.headers)
             )
+
+    async def tokenize(self, texts: list[str]) -> list[int]:
+        """Each text's tokens as TEI counts them (`POST /tokenize`, special tokens in, the
+        embedder's `prompt_name` applied as `/embed` would). TEI only."""
+        root = getattr(self.protocol, "root", None)
+        if self.protocol.name != "tei" or root is None:
+            raise ValueError("counting tokens on the server needs api='tei' (its /tokenize)")
+        body: dict[str, object] = {"inputs": texts, "add_special_tokens": True}
+        prompt_name = getattr(self.protocol.options, "prompt_name", None)
+        if prompt_name:
+            body["prompt_name"] = prompt_name
+        try:
+            response = await self._client.post(
+                root + "/tokenize", content=orjson.dumps(body), headers=self._headers
+            )
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{type(exc).__name__} from {_safe_url(root)}/tokenize") from exc
+        if response.status_code >= 400:
+            raise self._redact(
+                error_from_response(response.status_code, response.content, response.headers)
+            )
+        try:
+            tokens = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            tokens = None
+        if not (
+            isinstance(tokens, list)
+            and len(tokens) == len(texts)
+            and all(isinstance(t, list) for t in tokens)
+        ):
+            raise ResponseError(f"{_safe_url(root)}/tokenize: not one token list per input")
+        return [len(t) for t in tokens]
 
     async def embed_batch(self, texts: list[str], *, kind: Kind | None = None) -> Matrix:
         """POST one batch and decode it, or raise the matching embedkit error.

@@ -189,6 +189,7 @@ async def stream(
                 return
             tag, texts = block
             sent, gather = plan(texts, sort_by_length=sort_by_length, dedup=dedup)
+            await scheduler.count_exact(sent)  # count_tokens="server": near the cap (else no-op)
             queued.append((tag, texts, scheduler.enqueue(sent), gather))
 
     try:

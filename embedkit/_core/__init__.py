@@ -15,6 +15,7 @@ from .scheduler import Scheduler
 from .stats import EndpointStats, ReplicaState, SchedulerStats
 from .tokens import (
     OVERFLOWS,
+    AskTokens,
     CountTokens,
     Overflow,
     TokenBook,
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_RETRY",
     "OVERFLOWS",
     "AdaptiveConcurrency",
+    "AskTokens",
     "BatchPolicy",
     "Clock",
     "Cooldown",

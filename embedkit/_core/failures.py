@@ -85,6 +85,10 @@ class Failures:
         if isinstance(error, TokenLimitError) and book is not None:
             # the server named its cap (and its count): budgets for every batch after this
             book.on_limit(error, batch.tokens if error.scope == "request" or n == 1 else None)
+            if error.status_code and error.scope == "request" and self.quota.idle():
+                # a server that caps tokens and has stated no quota: the batches after this
+                # one leave one at a time for a while (`AdaptiveConcurrency.slow_start`)
+                self.concurrency.slow_start()
             if error.scope == "request" and n > 1:
                 self._splits += 1
                 logger.warning(
@@ -93,6 +97,8 @@ class Failures:
                     error.message,
                     book.budget,
                 )
+                if self.concurrency.starting:
+                    slot.release()  # its parts wait for a slot under the slow start's limit
                 for part in self._token_parts(batch, book):
                     await self._resolve(part, slot)
                 return

@@ -28,6 +28,9 @@ class AdaptiveConcurrency:
     were already in flight when the limit was cut counts once, not once each: every attempt
     carries a ticket, and only tickets issued after the last cut can cut again (one cut per
     round trip, as in TCP congestion control).
+
+    `slow_start()` holds it at one request in flight for a while instead, for a server
+    whose quota nobody has stated yet (see there).
     """
 
     def __init__(self, maximum: int, *, minimum: int = 1, adaptive: bool = True) -> None:
@@ -41,6 +44,9 @@ class AdaptiveConcurrency:
         self.decreases = 0
         self.probing = False
         self._before_probe = float(maximum)
+        self.starting = False  # in a slow start: one request at a time (`slow_start`)
+        self._slow_started = False
+        self._clean = 0  # a slow start's clean answers in a row
         self._issued = 0
         self._mark = 0
         self._changed = anyio.Event()
@@ -77,12 +83,44 @@ class AdaptiveConcurrency:
         self._changed.set()
         self._changed = anyio.Event()
 
+    def slow_start(self) -> None:
+        """One request in flight until `maximum` have come back clean in a row (once).
+
+        For a server that limits by tokens and has stated no quota: its first wave of
+        `maximum` big batches can overrun a quota bucket smaller than one wave, and then
+        most of the wave is refused at once (each a 429). Sent one at a time, the first
+        refusal comes alone, and it names the quota (OpenAI's text) or starts the pace
+        learned from 429s. It ends at a 429 (`on_overload`), at `end_slow_start()` (a
+        quota became known: its pace takes over), or after `maximum` clean answers in a
+        row (the server took a full wave's worth one by one). Only the first call counts;
+        not when the limit is fixed (`adaptive=False`).
+        """
+        if self.adaptive and self.maximum > 1 and not self._slow_started:
+            self._slow_started = self.starting = True
+            self._clean = 0
+            self.limit = 1.0
+
+    def end_slow_start(self) -> None:
+        """End a slow start now (a quota is known): the full limit."""
+        if self.starting:
+            self.starting = False
+            if self.probing:  # a model still loads: the full limit once it answers
+                self._before_probe = float(self.maximum)
+            else:
+                self.limit = float(self.maximum)
+            self._notify()
+
     def on_success(self) -> None:
         """One request succeeded: grow the limit additively, up to the maximum."""
         if self.probing:
             self.probing = False
             self.limit = max(self.limit, self._before_probe)
             self._notify()
+            return
+        if self.starting:
+            self._clean += 1
+            if self._clean >= self.maximum:
+                self.end_slow_start()
             return
         if self.limit < self.maximum:
             self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
@@ -92,6 +130,7 @@ class AdaptiveConcurrency:
         """The server said it is overloaded (429, TEI Overloaded): halve the limit once."""
         if not self.adaptive or ticket <= self._mark:
             return
+        self.starting = False  # a slow start ends at its first 429 (at one in flight)
         self.limit = max(float(self.minimum), self.limit / 2.0)
         self._mark = self._issued
         self.decreases += 1

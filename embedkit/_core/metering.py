@@ -6,6 +6,8 @@
 * `on_answer` is the callback the HTTP backend reports every answer to (see
   `embedkit._usage`): it teaches the `TokenBook` the tokens a character costs, counts them
   per endpoint, and hands the answer to the quota (header pacing, usage corrections).
+* `count_exact` asks the server (TEI `/tokenize`, `count_tokens="server"`) for the exact
+  counts of the texts whose estimate comes near the input cap, before they are queued.
 * `_token_stats` adds the token figures to `SchedulerStats`.
 
 `Metering` is a mixin of `Scheduler` (the state is the scheduler's).
@@ -13,18 +15,26 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._errors import EmbedkitError
 from .._usage import Answer
+from .flow import AdaptiveConcurrency
 from .jobs import Batch
 from .quota import Quota
 from .tokens import TokenBook
 
-__all__ = ["Metering"]
+__all__ = ["TOKENIZE_BATCH", "Metering"]
+
+logger = logging.getLogger("embedkit")
+
+#: Texts a `/tokenize` request carries at most (TEI's default `max_client_batch_size` is 32).
+TOKENIZE_BATCH = 32
 
 
 class Metering:
@@ -32,6 +42,7 @@ class Metering:
 
     tokens: TokenBook | None
     quota: Quota
+    concurrency: AdaptiveConcurrency
     #: probes out now: batches bigger (in tokens) than any accepted yet. Until one is
     #: answered (or a 400 names the server's cap), more batches of that size might all be
     #: refused together, so only batches within what is proven go meanwhile (the scheduler
@@ -68,6 +79,27 @@ class Metering:
             finally:
                 self._wakeup = None
 
+    async def count_exact(self, texts: list[str]) -> None:
+        """Ask the server for the exact counts of `texts` near the input cap (if any).
+
+        A failing count never fails the call: the estimate decides, as without it, and the
+        server is not asked again.
+        """
+        book = self.tokens
+        ask = book.ask if book is not None else None
+        if book is None or ask is None:
+            return
+        todo = book.unsure(texts)
+        for start in range(0, len(todo), TOKENIZE_BATCH):
+            part = todo[start : start + TOKENIZE_BATCH]
+            try:
+                counts = await ask(part)
+            except EmbedkitError as exc:
+                logger.warning("the server's token count failed (%s); estimating instead", exc)
+                book.ask = None
+                return
+            book.know(part, counts)
+
     def on_answer(self, answer: Answer) -> None:
         """What a backend reports of an answer (see `embedkit._usage`): learn the tokens a
         character costs, count them (per endpoint), and tell the quota."""
@@ -80,7 +112,11 @@ class Metering:
             book.observe(answer.chars, answer.tokens)
             if answer.endpoint:
                 self._tokens_by_endpoint[answer.endpoint] += answer.tokens
-        self.quota.on_answer(answer)
+        quota = self.quota
+        quota.on_answer(answer)
+        concurrency = self.concurrency
+        if concurrency.starting and answer.status < 400 and not quota.idle():
+            concurrency.end_slow_start()  # a rate is known now (stated): it paces
 
     def _token_stats(self) -> dict[str, Any]:
         book = self.tokens

@@ -74,6 +74,7 @@ from .._errors import (
 )
 from .batching import Batching
 from .deadlines import Deadlines
+from .eager import EagerSend
 from .failures import Failures
 from .flow import AdaptiveConcurrency, Cooldown, TokenBucket
 from .holding import Holding
@@ -92,7 +93,7 @@ logger = logging.getLogger("embedkit")
 Send = Callable[[list[str]], Awaitable[Matrix]]
 
 
-class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
+class Scheduler(Batching, Deadlines, EagerSend, Failures, Holding, Metering, Reporting):
     """Coalesces concurrent submissions into batches and runs them under flow control.
 
     Run `scheduler.run` in a task group (it is the dispatcher), then call `submit` from any
@@ -196,6 +197,21 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
         at once. `deadline`: seconds this call may take in all (queueing, attempts, backoff).
         Not a coroutine itself: a waiting caller costs one frame less (issue 23).
         """
+        book = self.tokens
+        if book is not None and book.ask is not None:  # count_tokens="server": count first
+            return self._count_then_queue(texts, priority, deadline)
+        return self._queue_texts(texts, priority, deadline)
+
+    async def _count_then_queue(
+        self, texts: list[str], priority: Priority, deadline: float | None
+    ) -> Matrix:
+        await self.count_exact(texts)
+        return await self._queue_texts(texts, priority, deadline)
+
+    def _queue_texts(
+        self, texts: list[str], priority: Priority, deadline: float | None
+    ) -> Awaitable[Matrix]:
+        """`submit` once the texts are counted: queue them, and what to await."""
         if deadline is not None or self.max_queue_wait is not None:
             job = self._enqueue(texts, priority == "interactive", deadline)
             return self._result_within(job, deadline)  # sends eagerly within them
@@ -295,80 +311,6 @@ class Scheduler(Batching, Deadlines, Failures, Holding, Metering, Reporting):
                 continue
             self._running.add(batch)
             tg.start_soon(self._run_batch, batch)
-
-    def full_batch_queued(self) -> bool:
-        """Whether a full batch waits in the queue (worth sending from a caller's task)."""
-        return self._queued >= self.max_batch_size
-
-    async def send_eagerly(self) -> None:
-        """Send a full batch from the caller's task, if a slot is free and nothing paces us.
-
-        It saves the hop through the dispatcher's task (a loop pass) on a burst's first
-        batches; the batch's other callers get their rows as from any batch."""
-        tg = self._tg
-        if (
-            tg is None
-            or not self.quota.idle()
-            or self._probes
-            or not self.concurrency.try_acquire()
-        ):
-            return
-        batch = self._form_batch()
-        if batch is None:
-            self.concurrency.release()
-            return
-        if self.tokens is not None:
-            self._mark_probe(batch)
-        self._running.add(batch)
-        slot = Slot(self.concurrency)
-        scope = anyio.CancelScope()  # close() cancels it: the request runs in a caller's task
-        self._drivers.add(scope)
-        try:
-            with scope:
-                matrix = await self._attempts(batch, slot)
-        except anyio.get_cancelled_exc_class():
-            # This caller is going; the batch's other callers are not: the dispatcher's
-            # task group sends it again (the interrupted request is lost, not the texts).
-            slot.release()
-            self._hand_over(tg, batch, slot, None)
-            raise
-        except Exception as exc:  # retries ran out, a split, a bad input: resolve it there
-            self._hand_over(tg, batch, slot, exc)
-            return
-        finally:
-            self._drivers.discard(scope)
-            if batch.probing:
-                self._end_probe(batch)
-        self._running.discard(batch)
-        if scope.cancelled_caught:  # closed, and close() failed the batch
-            slot.release()
-            return
-        follow = self._follow_on(slot)
-        if follow is not None:  # the slot goes on with it, in a task started before the rows
-            try:
-                tg.start_soon(self._run_batch, follow)
-                slot.held = False  # the new task holds it now
-            except RuntimeError:  # the task group has stopped: the scheduler is closing
-                self._running.discard(follow)
-                self._fail(follow, ClientClosedError("the embedder was closed"))
-        slot.release()
-        self._deliver(batch, matrix)
-
-    def _hand_over(self, tg: TaskGroup, batch: Batch, slot: Slot, error: Exception | None) -> None:
-        """Finish a caller-driven batch in the dispatcher's task group (or fail it: closing).
-
-        With no `error` the send was interrupted and the batch is sent again (its slot was
-        given back); with one, the batch is recovered (split, bisected or failed) there.
-        """
-        try:
-            if error is None:
-                tg.start_soon(self._run_batch, batch, False)
-            else:
-                tg.start_soon(self._settle, batch, slot, error)
-        except RuntimeError:  # the task group has stopped: the scheduler is closing
-            self._running.discard(batch)
-            slot.release()
-            self._fail(batch, ClientClosedError("the embedder was closed"))
 
     # --------------------------------------------------------------------- batches
 

@@ -9,6 +9,9 @@ and the quota paces by tokens, so it needs a count for every text *before* it is
 Where the count comes from, best first:
 * an exact counter: `count_tokens=` a callable, or a `tokenizer.json` read with the
   `tokenizers` package (`Tokenizer`; the packaged MiniLM ships one). No download, ever.
+* TEI's own count (`count_tokens="server"`: `POST /tokenize`), asked only for the texts whose
+  estimate comes near `max_per_input` (the one decision an estimate can get wrong: refuse,
+  cut or chunk), in batches, before they are queued; every other text is estimated.
 * an estimate, characters times a ratio *learned* from what the server reports
   (`usage.prompt_tokens`, TEI's `x-compute-tokens`, a 400's "Requested N tokens"),
   starting from 0.25 (OpenAI's rule of thumb of four characters a token). While it is an
@@ -19,7 +22,8 @@ position and size), cut (`"truncate"`: by the server when the protocol can, else
 split into chunks that ride the same batches and come back as their token-weighted,
 re-normalised mean (`"chunk_mean"`, the OpenAI cookbook's recipe; `combine`).
 
-`TokenBook` is the scheduler's; it never does I/O.
+`TokenBook` is the scheduler's; it never does I/O (the scheduler awaits `ask`, the server's
+counter, and hands the counts to `know`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -39,6 +43,8 @@ from .flow import TokenBucket
 __all__ = [
     "ESTIMATE_MARGIN",
     "OVERFLOWS",
+    "SERVER",
+    "AskTokens",
     "CountTokens",
     "Overflow",
     "Prepared",
@@ -52,8 +58,15 @@ __all__ = [
 
 #: A callable giving one text's tokens.
 CountTokens = Callable[[str], int]
+#: The server's counter (TEI `/tokenize`): many texts' tokens in one request.
+AskTokens = Callable[[list[str]], Awaitable[list[int]]]
+#: `count_tokens=` that asks the server (TEI's `/tokenize`) near the input cap.
+SERVER = "server"
+#: Texts whose exact counts a book keeps (the server's answers), the oldest dropped first.
+KNOWN_MAX = 4096
 #: `count_tokens=`: None (estimate, learned from the server), a callable, a tokenizer.json
-#: (file, folder, or the packaged MiniLM's name), or False (token awareness off).
+#: (file, folder, or the packaged MiniLM's name), "server" (TEI's `/tokenize` where it
+#: matters), or False (token awareness off).
 TokenCounting = CountTokens | str | os.PathLike[str] | Literal[False] | None
 #: `on_overflow=`: what happens to an input over `max_tokens_per_input`.
 Overflow = Literal["error", "truncate", "chunk_mean"]
@@ -184,6 +197,10 @@ class TokenBook:
         self.reported = 0
         self.truncated = 0
         self.chunked = 0
+        # the server's counter (`count_tokens="server"`, set when opened); its counts by text
+        self.wants_server = False
+        self.ask: AskTokens | None = None
+        self.known: dict[str, int] = {}
 
     # ------------------------------------------------------------------- counting
 
@@ -192,7 +209,29 @@ class TokenBook:
         counter = self.counter
         if counter is not None:
             return int(counter(text))
+        if self.known:
+            known = self.known.get(text)
+            if known is not None:
+                return known
         return math.ceil(len(text) * self.ratio)
+
+    def unsure(self, texts: list[str]) -> list[str]:
+        """The texts (once each) whose estimate comes near `max_per_input` and that the
+        server has not counted yet: the ones worth asking it about (`ask`)."""
+        cap = self.max_per_input
+        if self.ask is None or cap is None or self.exact:
+            return []
+        near = cap * ESTIMATE_MARGIN / self.ratio  # characters over which it may not fit
+        known = self.known
+        return list(dict.fromkeys(t for t in texts if len(t) > near and t not in known))
+
+    def know(self, texts: list[str], counts: list[int]) -> None:
+        """The server counted `texts`: keep their counts (the oldest past `KNOWN_MAX` go)."""
+        known = self.known
+        for text, count in zip(texts, counts, strict=True):
+            known[text] = count
+        while len(known) > KNOWN_MAX:
+            del known[next(iter(known))]
 
     def estimate(self, chars: int) -> int:
         """Tokens for `chars` characters at the learned ratio."""
@@ -273,7 +312,14 @@ class TokenBook:
             threshold = cap * ESTIMATE_MARGIN
         quick = threshold / self.ratio  # characters that surely fit (estimates only)
         over: list[int] = []
+        known = self.known
         for k, text in enumerate(texts):
+            if known:  # the server counted it (count_tokens="server"): exact
+                exact = known.get(text)
+                if exact is not None:
+                    if exact > cap:
+                        over.append(k)
+                    continue
             if not self.exact and len(text) <= quick:
                 continue
             if self.count(text) > threshold:
@@ -284,7 +330,7 @@ class TokenBook:
         if mode == "error":
             k = over[0]
             size = self.count(texts[k])
-            how = "" if self.exact else "about "
+            how = "" if self.exact or texts[k] in known else "about "
             raise TokenLimitError(
                 0,
                 f"texts[{start + k}] has {how}{size} tokens, over max_tokens_per_input={cap}: "
@@ -419,12 +465,13 @@ def book_for(
         or isinstance(count_tokens, (str, os.PathLike))
     ):
         raise TypeError(
-            "count_tokens must be None, a callable (text) -> int, a tokenizer.json path, or False"
+            "count_tokens must be None, a callable (text) -> int, a tokenizer.json path, "
+            "'server', or False"
         )
     if count_tokens is False:
         return None
     counter: CountTokens | None
-    if count_tokens is None:
+    if count_tokens is None or count_tokens == SERVER:
         counter = None
     elif isinstance(count_tokens, (str, os.PathLike)):
         counter = Tokenizer(count_tokens)
@@ -432,7 +479,7 @@ def book_for(
         counter = count_tokens
     else:
         raise TypeError("count_tokens must be a callable, a tokenizer.json path, False or None")
-    return TokenBook(
+    book = TokenBook(
         count=counter,
         max_per_request=max_per_request,
         max_per_input=max_per_input,
@@ -440,6 +487,8 @@ def book_for(
         server_truncates=server_truncates,
         refuse_blank=refuse_blank,
     )
+    book.wants_server = count_tokens == SERVER
+    return book
 
 
 def token_bucket(tokens_per_minute: float, book: TokenBook | None) -> TokenBucket:

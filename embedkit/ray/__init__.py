@@ -5,6 +5,7 @@
     out = embedkit.ray.embed_dataset(ds, api="tei", url="http://gpu-0:8080", workers=16,
                                      requests_per_second=200)   # 200/s for the whole fleet
     out.write_parquet("s3://bucket/embedded/")
+    print(embedkit.ray.tokens_used(out))      # what the run cost, summed over the workers
 
 How a row travels:
 
@@ -41,11 +42,18 @@ the functions that use it.
 from __future__ import annotations
 
 from .command import run_command as run_command  # the CLI's engine; not in __all__
-from .dataset import embed_dataset, embed_files
+from .dataset import embed_dataset, embed_files, tokens_used
 from .quota import FleetQuota, QuotaActor
 from .worker import BadRowError
 
-__all__ = ["BadRowError", "FleetQuota", "QuotaActor", "embed_dataset", "embed_files"]
+__all__ = [
+    "BadRowError",
+    "FleetQuota",
+    "QuotaActor",
+    "embed_dataset",
+    "embed_files",
+    "tokens_used",
+]
 
 # Show the public path (embedkit.ray.BadRowError) in reprs, tracebacks and pickles, as when
 # this package was one module, not the module a name happens to live in.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._config import Limits
-from .dataset import embed_files
+from .dataset import write_files
 
 if TYPE_CHECKING:
     import argparse
@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 __all__ = ["run_command"]
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace) -> tuple[int, int]:
     """`embedkit embed INPUT -o OUT_DIR --engine ray`: the command's flags as `embed_files`'
-    arguments, run on a cluster; returns the rows written.
+    arguments, run on a cluster; returns the rows written and the tokens used.
 
     Joins the cluster at `--address` (or starts a local one) for the run and leaves it after.
     A flag only the process engine takes is a `ValueError`; the command (`_cli.py`) turns
@@ -55,7 +55,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         ray.init(address=args.address, logging_level=logging.ERROR, log_to_driver=args.verbose)
         ray.data.DataContext.get_current().enable_progress_bars = not args.quiet
-        return embed_files(
+        return write_files(
             args.input,
             args.output,
             format=args.format,

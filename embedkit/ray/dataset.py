@@ -5,6 +5,7 @@ Everything that can be checked is checked here, in the driver, where the mistake
 not later in a remote actor: the arguments, every `AsyncEmbedder` option (by building one),
 and the token, resolved here and sent to the actors as a `Secret`. Then one quota actor is
 started for the fleet and the dataset gets a `map_batches` stage over a pool of workers.
+A `TokenMeter` actor sums the tokens the workers used: `tokens_used(result)` reads it.
 Ray itself is imported only when these functions run.
 """
 
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .._auth import Secret, resolve_token
 from .._client import AsyncEmbedder
 from .quota import QuotaActor
-from .worker import OnBad, _EmbedBatches
+from .worker import OnBad, TokenMeter, _EmbedBatches
 
 if TYPE_CHECKING:
     import ray.data
@@ -151,7 +152,8 @@ def embed_dataset(
         )
     )
     num_cpus = _actor_cpus(api, num_cpus, num_gpus)
-    return ds.map_batches(
+    meter = ray.remote(TokenMeter).options(num_cpus=0, max_concurrency=1).remote()
+    out = ds.map_batches(
         _EmbedBatches,
         fn_constructor_kwargs={
             "column": column,
@@ -163,6 +165,7 @@ def embed_dataset(
             "quota": quota,
             "inputs_quota": inputs_per_second is not None,
             "tokens_quota": getattr(limits, "tokens_per_minute", None) is not None,
+            "meter": meter,
         },
         compute=ray.data.ActorPoolStrategy(size=workers),
         batch_size=batch_size,
@@ -171,6 +174,24 @@ def embed_dataset(
         num_gpus=num_gpus,
         zero_copy_batch=True,
     )
+    out._embedkit_meter = meter  # type: ignore[attr-defined]  # for `tokens_used(out)`
+    return out
+
+
+def tokens_used(dataset: ray.data.Dataset) -> int:
+    """The tokens an `embed_dataset` result has cost so far, summed over its workers.
+
+    Read it after the dataset is consumed (`write_parquet`, `take_all`…): every batch adds
+    its tokens before it is handed back. As the servers reported them (what a hosted API
+    bills), else as counted before sending; 0 with `count_tokens=False`. `dataset` is the
+    object `embed_dataset` returned (a dataset derived from it does not carry the count).
+    """
+    import ray
+
+    meter = getattr(dataset, "_embedkit_meter", None)
+    if meter is None:
+        raise TypeError("tokens_used() takes the dataset embed_dataset() returned")
+    return int(ray.get(meter.read.remote()))
 
 
 _READERS = {"jsonl": "read_json", "csv": "read_csv", "tsv": "read_csv", "parquet": "read_parquet"}
@@ -211,11 +232,23 @@ def embed_files(
     running Ray (`ray.init`): `embedkit embed --engine ray` connects to `--address`, or
     starts a local one.
     """
+    options = {"format": format, "column": column, "output_column": output_column}
+    rows, _tokens = write_files(source, output_dir, overwrite=overwrite, **options, **kwargs)
+    return rows
+
+
+def write_files(source: str, output_dir: str, **options: Any) -> tuple[int, int]:
+    """`embed_files(source, output_dir, **options)`, returning the rows written and the
+    tokens used (the command states both)."""
     import pyarrow.dataset
     import ray.data
 
     from .._bulk import guess_format
 
+    format: str | None = options.pop("format", None)
+    column: str | None = options.pop("column", None)
+    output_column: str = options.pop("output_column", "embedding")
+    overwrite: bool = options.pop("overwrite", False)
     out_path = _path(output_dir)
     local = "://" not in output_dir
     if local and not overwrite and out_path.is_dir() and any(out_path.iterdir()):
@@ -231,21 +264,22 @@ def embed_files(
         if column != "text":
             raise ValueError("a .txt corpus has one column, 'text'")
     elif fmt in _READERS:
-        options: dict[str, Any] = {}
+        reading: dict[str, Any] = {}
         if fmt == "jsonl":
-            options["lines"] = True
+            reading["lines"] = True
         if fmt == "tsv":
             import pyarrow.csv
 
-            options["parse_options"] = pyarrow.csv.ParseOptions(delimiter="\t")
-        ds = getattr(ray.data, _READERS[fmt])(files, **options)
+            reading["parse_options"] = pyarrow.csv.ParseOptions(delimiter="\t")
+        ds = getattr(ray.data, _READERS[fmt])(files, **reading)
         column = column or "text"
     else:
         raise ValueError(f"unknown format {fmt!r}")
-    out = embed_dataset(ds, column, output_column, **kwargs)
+    out = embed_dataset(ds, column, output_column, **options)
     mode = ray.data.SaveMode.OVERWRITE if overwrite else ray.data.SaveMode.APPEND
     out.write_parquet(output_dir, mode=mode)
-    return int(pyarrow.dataset.dataset(output_dir, format="parquet").count_rows())
+    rows = int(pyarrow.dataset.dataset(output_dir, format="parquet").count_rows())
+    return rows, tokens_used(out)
 
 
 def _path(name: str) -> Any:

@@ -5,6 +5,9 @@ first batch, so the batches Ray hands it at once share one scheduler, one connec
 and the fleet's quota (`FleetQuota`), and their texts are coalesced into full requests. A
 batch's texts are checked first, and a row that cannot be embedded (`on_bad`) either stops
 the run with `BadRowError` naming the row, or comes out with a null vector and a flag.
+After each batch, an actor adds the tokens its embedder used since its last report to the
+run's `TokenMeter` (a small Ray actor), so the driver can state what the run cost
+(`embedkit.ray.tokens_used`) without asking every worker.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from .._errors import EmbedkitError, InputError
 from .._quantize import numpy_dtype
 from .quota import FleetQuota
 
-__all__ = ["BadRowError", "OnBad"]
+__all__ = ["BadRowError", "OnBad", "TokenMeter", "tokens_of"]
 
 OnBad = Literal["fail", "skip"]
 
@@ -45,6 +48,34 @@ class BadRowError(EmbedkitError, ValueError):
         return (type(self), (self.row, self.reason))
 
 
+class TokenMeter:
+    """The tokens a run's workers used, summed: a Ray actor each worker reports to.
+
+    Tokens as the server reported them (`usage.prompt_tokens`, `x-compute-tokens`), else as
+    counted before sending (`tokens_of`); a batch Ray runs again counts again (it was sent
+    again).
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def add(self, tokens: int) -> int:
+        """Add a worker's `tokens`; the total so far."""
+        self.total += tokens
+        return self.total
+
+    def read(self) -> int:
+        """The total so far."""
+        return self.total
+
+
+def tokens_of(embedder: AsyncEmbedder) -> int:
+    """Tokens `embedder` used so far: reported by the server, else counted (as
+    `FileResult.tokens`); 0 with token awareness off."""
+    stats = embedder.stats()
+    return stats.tokens_reported or stats.tokens_sent
+
+
 def _clip(value: Any, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -65,6 +96,7 @@ class _EmbedBatches:
         quota: Any,
         inputs_quota: bool,
         tokens_quota: bool = False,
+        meter: Any = None,
     ) -> None:
         self._column = column
         self._output = output_column
@@ -75,6 +107,8 @@ class _EmbedBatches:
         self._quota_actor = quota
         self._inputs_quota = inputs_quota
         self._tokens_quota = tokens_quota
+        self._meter = meter  # the run's TokenMeter (None: nobody counts)
+        self._metered = 0  # tokens of this actor's embedder already reported
         self._embedder: AsyncEmbedder | None = None
         self._opening: asyncio.Future[AsyncEmbedder] | None = None
         self._holder: asyncio.Task[None] | None = None
@@ -160,6 +194,11 @@ class _EmbedBatches:
             missing = np.zeros(len(texts), dtype=bool)
             missing[list(bad)] = True
             mask = pa.array(missing)
+        if self._meter is not None:
+            used = tokens_of(embedder)
+            new, self._metered = used - self._metered, used
+            if new:  # counted before the batch is handed back: a finished run is all counted
+                await self._meter.add.remote(new)
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim, mask=mask)
         out = batch.append_column(self._output, vectors)
         if self._flag is not None:
