@@ -28,7 +28,6 @@ import anyio
 
 from .._config import Matrix
 from .._errors import DeadlineExceededError, RateLimitError, StatusError, TransportError
-from .flow import AdaptiveConcurrency
 from .jobs import Batch, Cohort, Job, copy_error
 from .quota import Quota
 
@@ -48,11 +47,10 @@ class Deadlines:
     _paused_by: StatusError | None
     _deadlines: bool
     _send: Callable[[list[str]], Awaitable[Matrix]]
-    _queued: int
-    max_batch_size: int
-    concurrency: AdaptiveConcurrency
 
     if TYPE_CHECKING:
+
+        def eager_ready(self) -> bool: ...
 
         async def send_eagerly(self) -> None: ...
 
@@ -62,11 +60,7 @@ class Deadlines:
         queue_wait = self.max_queue_wait
         try:
             with anyio.fail_after(deadline) if deadline is not None else nullcontext():
-                concurrency = self.concurrency
-                if (
-                    self._queued >= self.max_batch_size
-                    and concurrency.in_flight < concurrency.limit
-                ):
+                if self.eager_ready():
                     await self.send_eagerly()  # as `submit` does, within the deadline
                 if queue_wait is not None and job.n:
                     done = job.done

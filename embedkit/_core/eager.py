@@ -61,9 +61,11 @@ class EagerSend:
 
         def _deliver(self, batch: Batch, matrix: Matrix) -> None: ...
 
-    def full_batch_queued(self) -> bool:
-        """Whether a full batch waits in the queue (worth sending from a caller's task)."""
-        return self._queued >= self.max_batch_size
+    def eager_ready(self) -> bool:
+        """Whether a full batch waits in the queue and a slot looks free: worth trying
+        `send_eagerly` from the caller's task (it checks the rest)."""
+        concurrency = self.concurrency
+        return self._queued >= self.max_batch_size and concurrency.in_flight < concurrency.limit
 
     async def send_eagerly(self) -> None:
         """Send a full batch from the caller's task, if a slot is free and nothing paces us.

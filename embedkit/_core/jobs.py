@@ -288,12 +288,7 @@ class Ticket:
         sends it itself (no hop through the dispatcher's task) before waiting.
         """
         scheduler = self._scheduler
-        concurrency = scheduler.concurrency
-        if (
-            not self._job.finished
-            and scheduler.full_batch_queued()
-            and concurrency.in_flight < concurrency.limit
-        ):
+        if not self._job.finished and scheduler.eager_ready():
             await scheduler.send_eagerly()
         return await self._job.result(scheduler.dimension)
 

@@ -216,8 +216,7 @@ class Scheduler(Batching, Deadlines, EagerSend, Failures, Holding, Metering, Rep
             job = self._enqueue(texts, priority == "interactive", deadline)
             return self._result_within(job, deadline)  # sends eagerly within them
         job = self._enqueue(texts, priority == "interactive", None, len(texts) == 1)
-        concurrency = self.concurrency
-        if self._queued >= self.max_batch_size and concurrency.in_flight < concurrency.limit:
+        if self.eager_ready():
             return self._send_then_wait(job)
         return job.result(self.dimension)
 
