@@ -19,7 +19,7 @@ import pytest
 import embedkit
 from embedkit import Connection, Limits, RateLimitError, RetryPolicy
 from embedkit._config import Matrix
-from embedkit._core.flow import AdaptiveConcurrency, Cooldown, TokenBucket
+from embedkit._core.flow import AdaptiveConcurrency, Cooldown, LearnedRate, TokenBucket
 from embedkit._core.scheduler import Scheduler
 
 from .fakes import VirtualClock, vector_for, vectors_for
@@ -362,3 +362,58 @@ async def test_a_client_told_no_quota_learns_the_servers_rate_from_429s() -> Non
     assert achieved >= 0.95 * rate
     assert learned is not None
     assert 0.8 * rate <= learned <= 1.2 * rate
+
+
+class _Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_answer_from_before_an_idle_moment_sets_no_pace() -> None:
+    clock = _Clock()
+    learned = LearnedRate(clock=clock)
+    learned.on_success()  # a warm-up answer
+    clock.now = 0.1  # idle, then a burst the server refuses at once
+    learned.on_rate_limited(ticket=1, issued=8)
+    assert learned.rate is None  # one answer over 0.1 s is no rate: nothing learned yet
+    # the burst's admitted answers arrive; the next round trip's 429 has a rate to read
+    for i in range(5):
+        clock.now = 0.11 + i * 0.004
+        learned.on_success()
+    clock.now = 0.13
+    learned.on_rate_limited(ticket=9, issued=16)
+    assert learned.rate == pytest.approx(6 / 0.13 * 0.97, rel=1e-6)
+
+
+def test_the_429_that_ends_a_slow_start_paces_at_the_last_moments_rate_not_the_ramps() -> None:
+    clock = _Clock()
+    learned = LearnedRate(clock=clock)
+    for i in range(3):  # a few answers, then a 429: a first, unsure pace
+        clock.now = i * 0.1
+        learned.on_success()
+    learned.on_rate_limited(ticket=1, issued=2)
+    assert learned.rate is not None
+    assert learned.rate < 15
+    # the slow start: answers at 10/s for 1.5 s, then at the server's 50/s for 0.4 s
+    for i in range(15):
+        clock.now = 0.3 + i * 0.1
+        learned.on_success()
+    for i in range(20):
+        clock.now = 1.8 + i * 0.02
+        learned.on_success()
+    clock.now = 2.2
+    learned.on_rate_limited(ticket=3, issued=4)
+    window_average = 35 / 2.0  # what the two seconds add up to: the ramp's average
+    assert learned.rate is not None
+    assert learned.rate > 2.5 * window_average
+    assert learned.rate == pytest.approx(15 / 0.3 * 0.97, rel=0.05)  # the last 0.3 s
+    # that estimate rested on enough answers: the pace now grows by 2% a second, no faster
+    before = learned.rate
+    clock.now = 2.22
+    learned.on_success()
+    assert learned.rate == pytest.approx(before + 0.02)

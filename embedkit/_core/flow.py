@@ -246,6 +246,14 @@ class LearnedRate:
     429, an underestimate would not.
     As with concurrency, one cut per round trip, and never a cut to a pace above the
     current one.
+    Two things would cut too deep, and a pace cut too deep grows back at 2% a second:
+    * An answer from before an idle moment (a warm-up) is alone in the window at the first
+      429, and one answer over a long span says nothing of a rate: with fewer than two
+      answers there is nothing to learn from yet, and the cooldown alone waits.
+    * A 429 that ends a slow start finds in the window the seconds in which the pace was
+      still low: the window's rate is the ramp's average. Then the last `recent` seconds,
+      when the pace was above the quota, say better what the server admits; and while the
+      estimate is unsure, one cut at most halves the pace.
     """
 
     def __init__(
@@ -257,6 +265,7 @@ class LearnedRate:
         backoff: float = 0.97,
         growth: float = 0.02,
         min_samples: int = 16,
+        recent: float = 0.3,
     ) -> None:
         self.bucket: TokenBucket | None = None
         # successes in the window that make an estimate trustworthy: 16 requests; a token
@@ -268,9 +277,17 @@ class LearnedRate:
         self._window = window
         self._backoff = backoff
         self._growth = growth
+        self._recent = recent
         self._ok: deque[tuple[float, float]] = deque(maxlen=65_536)  # (when, amount)
         self._mark = 0
         self._confident = False  # whether the last cut rested on enough samples
+
+    @staticmethod
+    def _rate_since(window: list[tuple[float, float]], now: float) -> float:
+        """The amount per second that `window`'s answers (oldest first) add up to by `now`."""
+        if not window:
+            return 0.0
+        return sum(a for _, a in window) / max(now - window[0][0], 0.05)
 
     @property
     def rate(self) -> float | None:
@@ -295,16 +312,21 @@ class LearnedRate:
             return
         self._mark = issued
         now = self._clock()
-        since = now - self._window
-        window = [(t, a) for t, a in self._ok if t >= since]
-        observed = 0.0
-        if window:
-            oldest = window[0][0]
-            observed = sum(a for _, a in window) / max(now - oldest, 0.05)
+        window = [(t, a) for t, a in self._ok if t >= now - self._window]
+        if len(window) < 2 and self.bucket is None:
+            return  # refused before a rate got through (an answer alone is no rate): wait
+        observed = self._rate_since(window, now)
+        unsure = not self._confident
         self._confident = len(window) >= self._min_samples
         current = self.bucket.rate if self.bucket is not None else math.inf
+        if observed > 0 and self.bucket is not None and unsure:
+            # the end of a slow start: the window holds the ramp, the last moments do not
+            recent = [(t, a) for t, a in window if t >= now - self._recent]
+            observed = max(observed, self._rate_since(recent, now))
         if observed > 0:
             new = max(0.1, observed * self._backoff)  # just under what the server let through
+            if self.bucket is not None and unsure:
+                new = max(new, current / 2)  # an unsure estimate cuts at most by half
         elif self.bucket is None:
             return  # refusals came back before any success: nothing to learn from yet
         else:
