@@ -356,7 +356,8 @@ def test_a_redis_quota_and_a_sqlite_cache_travel_to_the_actors(
     cache = embedkit.SQLiteCache(tmp_path / "cache.db")
     with running_redis(tmp_path) as redis_server, HashServer.running(dim=dim) as server:
         quota = embedkit.RedisQuota(redis_server.url, name="ray", requests_per_second=500.0)
-        sent = []
+        sent: list[int] = []
+        used: list[int] = []
         for run in range(2):
             ds = ray.data.from_items(corpus(n), override_num_blocks=4)
             out = embedkit.ray.embed_dataset(
@@ -364,6 +365,8 @@ def test_a_redis_quota_and_a_sqlite_cache_travel_to_the_actors(
             )
             out.write_parquet(str(tmp_path / f"out{run}"))
             sent.append(server.requests)
+            # with a quota of the user's there is no quota actor: a meter of its own counts
+            used.append(embedkit.ray.tokens_used(out))
             check_exact(read_back(tmp_path / f"out{run}"), n, dim)
         with pytest.raises(ValueError, match="set the rates on the quota"):
             embedkit.ray.embed_dataset(
@@ -371,3 +374,5 @@ def test_a_redis_quota_and_a_sqlite_cache_travel_to_the_actors(
             )
     assert sent[0] > 0
     assert sent[1] == sent[0]  # the second run was answered from the cache
+    assert used[0] >= sum(len(r["text"]) for r in corpus(n)) // 8  # counted: ~4 chars a token
+    assert used[1] == 0  # from the cache: nothing sent, nothing spent

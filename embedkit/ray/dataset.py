@@ -5,7 +5,8 @@ Everything that can be checked is checked here, in the driver, where the mistake
 not later in a remote actor: the arguments, every `AsyncEmbedder` option (by building one),
 and the token, resolved here and sent to the actors as a `Secret`. Then one quota actor is
 started for the fleet and the dataset gets a `map_batches` stage over a pool of workers.
-A `TokenMeter` actor sums the tokens the workers used: `tokens_used(result)` reads it.
+That actor also sums the tokens the workers used (a `TokenMeter` actor of its own when the
+quota is the user's): `tokens_used(result)` reads it.
 Ray itself is imported only when these functions run.
 """
 
@@ -17,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._auth import Secret, resolve_token
 from .._client import AsyncEmbedder
-from .quota import QuotaActor
-from .worker import OnBad, TokenMeter, _EmbedBatches
+from .quota import QuotaActor, TokenMeter
+from .worker import OnBad, _EmbedBatches
 
 if TYPE_CHECKING:
     import ray.data
@@ -152,7 +153,12 @@ def embed_dataset(
         )
     )
     num_cpus = _actor_cpus(api, num_cpus, num_gpus)
-    meter = ray.remote(TokenMeter).options(num_cpus=0, max_concurrency=1).remote()
+    # the tokens are summed by the quota actor, or (a quota of the user's) by one of their own
+    meter = (
+        quota
+        if quota is not None
+        else ray.remote(TokenMeter).options(num_cpus=0, max_concurrency=1).remote()
+    )
     out = ds.map_batches(
         _EmbedBatches,
         fn_constructor_kwargs={
@@ -191,7 +197,7 @@ def tokens_used(dataset: ray.data.Dataset) -> int:
     meter = getattr(dataset, "_embedkit_meter", None)
     if meter is None:
         raise TypeError("tokens_used() takes the dataset embed_dataset() returned")
-    return int(ray.get(meter.read.remote()))
+    return int(ray.get(meter.read_tokens.remote()))
 
 
 _READERS = {"jsonl": "read_json", "csv": "read_csv", "tsv": "read_csv", "parquet": "read_parquet"}

@@ -215,7 +215,30 @@ class _FleetPace:
             self._last_cut = now
 
 
-class QuotaActor:
+class TokenMeter:
+    """The tokens a run's workers used, summed: what each worker reports to, in Ray.
+
+    The fleet's `QuotaActor` is one (no actor more to start: on 2 cores a second actor
+    added ~1 s to a run's start); with a quota of the user's own (a `RedisQuota`), a
+    `TokenMeter` actor alone. Tokens as the server reported them (`usage.prompt_tokens`,
+    `x-compute-tokens`), else as counted before sending (`tokens_of`); a batch Ray runs
+    again counts again (it was sent again).
+    """
+
+    def __init__(self) -> None:
+        self.tokens_total = 0
+
+    def add_tokens(self, tokens: int) -> int:
+        """Add a worker's `tokens`; the total so far."""
+        self.tokens_total += tokens
+        return self.tokens_total
+
+    def read_tokens(self) -> int:
+        """The total so far."""
+        return self.tokens_total
+
+
+class QuotaActor(TokenMeter):
     """The fleet's quota, run as one named Ray actor (its methods run one at a time).
 
     It holds a request bucket (`requests_per_second`, or a pace learned from the 429s any
@@ -234,6 +257,7 @@ class QuotaActor:
         tokens_per_minute: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__()
         self._clock = clock
         now = clock()
         # the fleet's tokens per minute: one reservation per request (`take_tokens`)

@@ -6,8 +6,8 @@ and the fleet's quota (`FleetQuota`), and their texts are coalesced into full re
 batch's texts are checked first, and a row that cannot be embedded (`on_bad`) either stops
 the run with `BadRowError` naming the row, or comes out with a null vector and a flag.
 After each batch, an actor adds the tokens its embedder used since its last report to the
-run's `TokenMeter` (a small Ray actor), so the driver can state what the run cost
-(`embedkit.ray.tokens_used`) without asking every worker.
+run's `TokenMeter` (the fleet's quota actor, or a small actor of its own), so the driver can
+state what the run cost (`embedkit.ray.tokens_used`) without asking every worker.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .._auth import Secret
 from .._client import AsyncEmbedder
 from .._errors import EmbedkitError, InputError
 from .._quantize import numpy_dtype
-from .quota import FleetQuota
+from .quota import FleetQuota, TokenMeter
 
 __all__ = ["BadRowError", "OnBad", "TokenMeter", "tokens_of"]
 
@@ -46,27 +46,6 @@ class BadRowError(EmbedkitError, ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.row, self.reason))
-
-
-class TokenMeter:
-    """The tokens a run's workers used, summed: a Ray actor each worker reports to.
-
-    Tokens as the server reported them (`usage.prompt_tokens`, `x-compute-tokens`), else as
-    counted before sending (`tokens_of`); a batch Ray runs again counts again (it was sent
-    again).
-    """
-
-    def __init__(self) -> None:
-        self.total = 0
-
-    def add(self, tokens: int) -> int:
-        """Add a worker's `tokens`; the total so far."""
-        self.total += tokens
-        return self.total
-
-    def read(self) -> int:
-        """The total so far."""
-        return self.total
 
 
 def tokens_of(embedder: AsyncEmbedder) -> int:
@@ -198,7 +177,7 @@ class _EmbedBatches:
             used = tokens_of(embedder)
             new, self._metered = used - self._metered, used
             if new:  # counted before the batch is handed back: a finished run is all counted
-                await self._meter.add.remote(new)
+                await self._meter.add_tokens.remote(new)
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim, mask=mask)
         out = batch.append_column(self._output, vectors)
         if self._flag is not None:
