@@ -364,18 +364,8 @@ async def test_a_client_told_no_quota_learns_the_servers_rate_from_429s() -> Non
     assert 0.8 * rate <= learned <= 1.2 * rate
 
 
-class _Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_an_answer_from_before_an_idle_moment_sets_no_pace() -> None:
-    clock = _Clock()
+    clock = VirtualClock()  # moved by hand here
     learned = LearnedRate(clock=clock)
     learned.on_success()  # a warm-up answer
     clock.now = 0.1  # idle, then a burst the server refuses at once
@@ -391,7 +381,7 @@ def test_an_answer_from_before_an_idle_moment_sets_no_pace() -> None:
 
 
 def test_the_429_that_ends_a_slow_start_paces_at_the_last_moments_rate_not_the_ramps() -> None:
-    clock = _Clock()
+    clock = VirtualClock()  # moved by hand here
     learned = LearnedRate(clock=clock)
     for i in range(3):  # a few answers, then a 429: a first, unsure pace
         clock.now = i * 0.1
