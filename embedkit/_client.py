@@ -416,12 +416,12 @@ class AsyncEmbedder(StreamMethods):
             deadline: seconds this call may take in all (queueing, attempts, backoff), then
                 `DeadlineExceededError`; default: the embedder's `limits.deadline`.
         """
-        matrix = await self._submit([check_text(text)], kind, priority, deadline)
+        matrix = await self._submit((check_text(text),), kind, priority, deadline)
         row: Matrix = as_dtype(matrix[0], self.dtype)
         return row
 
     def _submit(
-        self, texts: list[str], kind: Kind | None, priority: Priority, deadline: float | None
+        self, texts: Sequence[str], kind: Kind | None, priority: Priority, deadline: float | None
     ) -> Awaitable[Matrix]:
         """Through the scheduler of the call's kind, in its lane, within its deadline, in
         its span.
@@ -444,7 +444,7 @@ class AsyncEmbedder(StreamMethods):
         return telemetry.observe(call)
 
     async def _submit_kind(
-        self, texts: list[str], kind: Kind, priority: Priority, deadline: float | None
+        self, texts: Sequence[str], kind: Kind, priority: Priority, deadline: float | None
     ) -> Matrix:
         scheduler = await self.scheduler_for(kind)
         return await scheduler.submit(texts, priority=priority, deadline=deadline)

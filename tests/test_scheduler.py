@@ -6,6 +6,7 @@ No HTTP here: the scheduler's `send` seam is a plain async function.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 from collections.abc import AsyncIterator, Callable
 
@@ -578,6 +579,48 @@ async def test_single_text_callers_queued_together_share_one_wake_up_per_batch()
     assert [len(b) for b in send.batches] == [1, 8, 8]
     for text in texts:
         np.testing.assert_array_equal(results[text], vectors_for([text]))
+
+
+@pytest.mark.asyncio
+async def test_a_waiting_single_text_caller_costs_about_two_tracked_objects() -> None:
+    # The collector's full passes are paced by tracked objects that outlive young passes,
+    # and waiting callers are most of them. Net of a task that waits on an event of its
+    # own, a caller waiting in the queue keeps its Job and one coroutine (the shared
+    # cohort's event is one per batch); a tuple per arrival or a list per text would show.
+    n = 1000
+    send = _GatedOn("hold")
+    scheduler = Scheduler(send, max_batch_size=32, concurrency=AdaptiveConcurrency(1))
+    events = [anyio.Event() for _ in range(n)]
+
+    async def own_event(event: anyio.Event) -> None:
+        await event.wait()
+
+    async def call(text: str) -> None:
+        await scheduler.submit((text,))
+
+    def tracked() -> int:
+        gc.collect()  # as a young pass would: untracks the tuples that hold only strings
+        return len(gc.get_objects())
+
+    async with started(scheduler), anyio.create_task_group() as tg:
+        tg.start_soon(call, "hold")
+        await wait_until(lambda: len(send.batches) == 1)
+        before = tracked()
+        for event in events:
+            tg.start_soon(own_event, event)
+        await anyio.wait_all_tasks_blocked()
+        middle = tracked()
+        for i in range(n):
+            tg.start_soon(call, f"t{i}")
+        await anyio.wait_all_tasks_blocked()
+        after = tracked()
+        assert scheduler.stats().queue_depth == n
+        for event in events:
+            event.set()
+        send.gate.set()
+    assert sum(len(b) for b in send.batches) == n + 1  # all answered
+    per_caller = (after - middle) / n - (middle - before) / n
+    assert per_caller <= 2.5, per_caller
 
 
 @pytest.mark.asyncio

@@ -16,6 +16,7 @@ A stored vector of the wrong length (another model's, a damaged entry) is a miss
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -58,7 +59,7 @@ class CachingScheduler(Scheduler):
 
     # ------------------------------------------------------------------ lookups
 
-    async def _look_up(self, texts: list[str]) -> tuple[list[str], list[Matrix | None]]:
+    async def _look_up(self, texts: Sequence[str]) -> tuple[list[str], list[Matrix | None]]:
         """The keys of `texts` and each one's stored vector (None: a miss)."""
         keys = self.keys.keys(texts)
         values = await self.guard.get(keys)
@@ -87,7 +88,7 @@ class CachingScheduler(Scheduler):
 
     # -------------------------------------------------------------------- doors
 
-    async def submit(self, texts: list[str], **how: Any) -> Matrix:
+    async def submit(self, texts: Sequence[str], **how: Any) -> Matrix:
         """Embed `texts`: stored vectors from the cache, the rest through the shared batches.
 
         `how` (a priority, a deadline) goes to the scheduler's `submit` with the misses.

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 __all__ = ["KEY_VERSION", "KeyMaker", "key_identity"]
 
@@ -62,7 +62,7 @@ class KeyMaker:
         _field(digest, text.encode("utf-8", "surrogatepass"))
         return digest.hexdigest()
 
-    def keys(self, texts: list[str]) -> list[str]:
+    def keys(self, texts: Sequence[str]) -> list[str]:
         """`key(text)` for each text."""
         base = self._base
         out = []

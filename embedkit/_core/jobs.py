@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -84,7 +84,7 @@ class Cohorts:
         self._new_event = new_event
         self._open: list[tuple[Cohort, Job] | None] = [None, None]
 
-    def join(self, texts: list[str], urgent: bool, limit: int) -> Job:
+    def join(self, texts: Sequence[str], urgent: bool, limit: int) -> Job:
         """A job for one text that shares its lane's open cohort (or opens a new one)."""
         lane = int(urgent)
         current = self._open[lane]
@@ -123,7 +123,7 @@ class Job:
         "weights",
     )
 
-    def __init__(self, texts: list[str], done: anyio.Event | Cohort) -> None:
+    def __init__(self, texts: Sequence[str], done: anyio.Event | Cohort) -> None:
         self.texts = texts
         # chunked inputs (on_overflow="chunk_mean"): caller row i is the weighted mean of
         # rows spans[i] of `out`; None: one row per text

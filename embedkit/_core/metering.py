@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -79,7 +79,7 @@ class Metering:
             finally:
                 self._wakeup = None
 
-    async def count_exact(self, texts: list[str]) -> None:
+    async def count_exact(self, texts: Sequence[str]) -> None:
         """Ask the server for the exact counts of `texts` near the input cap (if any).
 
         A failing count never fails the call: the estimate decides, as without it, and the

@@ -86,16 +86,21 @@ class BatchPolicy:
         self._recent = recent
         # batch-size bucket (bit length) -> the least latency seen for batches of that size
         self._floor: dict[int, _Floor] = {}
-        self._arrivals: deque[tuple[float, int]] = deque()
+        # arrivals over the window: when, and how many texts (two deques of numbers, not a
+        # deque of tuples: a tuple is a tracked object, one per queued call, and a burst of
+        # waiting callers' objects is what paces the garbage collector's full passes)
+        self._arrival_times: deque[float] = deque()
+        self._arrival_counts: deque[int] = deque()
         self._arrived = 0
 
     # ---------------------------------------------------------------- what it learns
 
     def arrived(self, now: float, n: int) -> None:
         """`n` texts were queued at `now`."""
-        self._arrivals.append((now, n))
+        self._arrival_times.append(now)
+        self._arrival_counts.append(n)
         self._arrived += n
-        if len(self._arrivals) > 64:
+        if len(self._arrival_times) > 64:
             self._forget(now)
 
     def rate(self, now: float) -> float:
@@ -104,10 +109,11 @@ class BatchPolicy:
         return self._arrived / self.window
 
     def _forget(self, now: float) -> None:
-        arrivals = self._arrivals
+        times = self._arrival_times
         horizon = now - self.window
-        while arrivals and arrivals[0][0] < horizon:
-            self._arrived -= arrivals.popleft()[1]
+        while times and times[0] < horizon:
+            times.popleft()
+            self._arrived -= self._arrival_counts.popleft()
 
     def observe(self, texts: int, seconds: float, in_flight: int) -> None:
         """A request of `texts` texts, sent with `in_flight` requests out (itself included),

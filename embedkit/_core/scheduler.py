@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -185,7 +185,7 @@ class Scheduler(Batching, Deadlines, EagerSend, Failures, Holding, Metering, Rep
 
     def submit(
         self,
-        texts: list[str],
+        texts: Sequence[str],
         *,
         priority: Priority = "interactive",
         deadline: float | None = None,
@@ -203,13 +203,13 @@ class Scheduler(Batching, Deadlines, EagerSend, Failures, Holding, Metering, Rep
         return self._queue_texts(texts, priority, deadline)
 
     async def _count_then_queue(
-        self, texts: list[str], priority: Priority, deadline: float | None
+        self, texts: Sequence[str], priority: Priority, deadline: float | None
     ) -> Matrix:
         await self.count_exact(texts)
         return await self._queue_texts(texts, priority, deadline)
 
     def _queue_texts(
-        self, texts: list[str], priority: Priority, deadline: float | None
+        self, texts: Sequence[str], priority: Priority, deadline: float | None
     ) -> Awaitable[Matrix]:
         """`submit` once the texts are counted: queue them, and what to await."""
         if deadline is not None or self.max_queue_wait is not None:
@@ -234,7 +234,7 @@ class Scheduler(Batching, Deadlines, EagerSend, Failures, Holding, Metering, Rep
         return Ticket(self, self._enqueue(texts, priority == "interactive", None))
 
     def _enqueue(
-        self, texts: list[str], urgent: bool, deadline: float | None, share: bool = False
+        self, texts: Sequence[str], urgent: bool, deadline: float | None, share: bool = False
     ) -> Job:
         """A job for `texts`, queued in its lane; `share`: a single text that may join the
         lane's open `Cohort` (one wake-up for callers queued together) instead of an event."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -82,7 +82,7 @@ _DECAY = 0.95
 
 #: what `prepare` gives the scheduler: texts to send, and for chunked inputs the spans
 #: (start, stop) of each caller row in them with each chunk's weight (None: one row each)
-Prepared = tuple[list[str], list[tuple[int, int]] | None, list[float] | None]
+Prepared = tuple[Sequence[str], list[tuple[int, int]] | None, list[float] | None]
 
 
 class Tokenizer:
@@ -215,7 +215,7 @@ class TokenBook:
                 return known
         return math.ceil(len(text) * self.ratio)
 
-    def unsure(self, texts: list[str]) -> list[str]:
+    def unsure(self, texts: Sequence[str]) -> list[str]:
         """The texts (once each) whose estimate comes near `max_per_input` and that the
         server has not counted yet: the ones worth asking it about (`ask`)."""
         cap = self.max_per_input
@@ -285,7 +285,7 @@ class TokenBook:
 
     # ---------------------------------------------------------- over-long inputs
 
-    def prepare(self, texts: list[str], start: int = 0) -> Prepared:
+    def prepare(self, texts: Sequence[str], start: int = 0) -> Prepared:
         """Check, cut or chunk `texts` for sending (see the module docstring).
 
         Raises `ValueError` for a whitespace-only text the protocol refuses, and
