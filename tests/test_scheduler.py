@@ -334,6 +334,73 @@ async def test_a_batch_refused_for_its_size_is_split_and_the_size_lowered() -> N
 
 
 @pytest.mark.asyncio
+async def test_a_text_asked_again_while_its_batch_is_split_joins_the_part_that_sends_it() -> None:
+    # [a, b, c, d] is refused for its size and sent as [a, b] then [c, d]. While [a, b] is
+    # out, "a" is asked again (its copy is in the part now being sent) and so is "d" (its
+    # part is not formed yet): both are answered from those sends, none is sent twice.
+    sent: list[list[str]] = []
+    first_part_out = anyio.Event()
+    release = anyio.Event()
+
+    async def send(texts: list[str]) -> Matrix:
+        sent.append(list(texts))
+        if len(texts) > 2:
+            await anyio.lowlevel.checkpoint()
+            raise BatchTooLargeError(422, "batch size 4 > 2", max_batch_size=2)
+        if texts == ["a", "b"]:
+            first_part_out.set()
+            await release.wait()
+        else:
+            await anyio.lowlevel.checkpoint()
+        return vectors_for(texts)
+
+    scheduler = Scheduler(send, max_batch_size=4, retry=None)
+    results: dict[str, Matrix] = {}
+
+    async def ask(key: str, texts: list[str]) -> None:
+        results[key] = await scheduler.submit(texts)
+
+    async with started(scheduler), anyio.create_task_group() as tg:
+        tg.start_soon(ask, "all", ["a", "b", "c", "d"])
+        await first_part_out.wait()
+        tg.start_soon(ask, "a again", ["a"])
+        tg.start_soon(ask, "d again", ["d"])
+        await wait_until(lambda: scheduler.stats().dedup_hits == 2)
+        release.set()
+    assert sent == [["a", "b", "c", "d"], ["a", "b"], ["c", "d"]]
+    np.testing.assert_array_equal(results["all"], vectors_for(["a", "b", "c", "d"]))
+    np.testing.assert_array_equal(results["a again"], vectors_for(["a"]))
+    np.testing.assert_array_equal(results["d again"], vectors_for(["d"]))
+
+
+@pytest.mark.asyncio
+async def test_a_text_in_flight_keeps_no_tracked_object_of_its_own() -> None:
+    # A batch is out for a service time, long enough for an object per text to outlive the
+    # collector's young passes: its callers and rows are parallel lists, not a pair per text.
+    n = 2000
+    send = _GatedOn("t")
+    scheduler = Scheduler(send, max_batch_size=n, concurrency=AdaptiveConcurrency(1))
+    texts = [f"t{i}" for i in range(n)]
+
+    def tracked() -> int:
+        gc.collect()
+        return len(gc.get_objects())
+
+    async with started(scheduler), anyio.create_task_group() as tg:
+
+        async def ask() -> None:
+            await scheduler.submit(texts)
+
+        before = tracked()
+        tg.start_soon(ask)
+        await wait_until(lambda: len(send.batches) == 1)
+        during = tracked()
+        send.gate.set()
+    assert sum(len(b) for b in send.batches) == n
+    assert (during - before) / n < 0.1, (during - before) / n
+
+
+@pytest.mark.asyncio
 async def test_transient_failures_are_retried_with_injected_waits() -> None:
     clock = VirtualClock()
     failures = [ServerError(502, "bad gateway"), TransportError("cut"), None]

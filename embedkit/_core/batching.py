@@ -2,9 +2,9 @@
 
 Forming a batch walks the queue from its head. A text already in flight (or twice in the
 batch) is not sent again: its caller is added to the *waiters* of the copy being sent
-(`_inflight`, text -> waiters, while dedup is on). A text in the LRU cache is answered at
-once. When the answer comes back, row k goes to every waiter of text k, the text leaves
-`_inflight`, and its vector enters the cache.
+(`_inflight`, text -> the batch sending it, while dedup is on). A text in the LRU cache is
+answered at once. When the answer comes back, row k goes to every waiter of text k, the text
+leaves `_inflight`, and its vector enters the cache.
 
 `Batching` is a mixin of `Scheduler` (the state is the scheduler's). Both methods run once
 per batch and loop over its texts: this is the hot path, so they read attributes into
@@ -17,7 +17,7 @@ import math
 from collections import OrderedDict, deque
 
 from .._config import Matrix
-from .jobs import Batch, Job, Waiters, one_block
+from .jobs import Batch, Job, one_block
 from .tokens import TokenBook
 
 __all__ = ["Batching"]
@@ -32,7 +32,7 @@ class Batching:
     _queue: deque[Job]
     _urgent: deque[Job]
     _queued: int
-    _inflight: dict[str, Waiters]
+    _inflight: dict[str, Batch]
     _dedup: bool
     _cache: OrderedDict[str, Matrix] | None
     _cache_size: int
@@ -53,7 +53,9 @@ class Batching:
         limit = self.max_batch_size
         budget = self.max_batch_chars if self.max_batch_chars is not None else -1
         texts: list[str] = []
-        waiters: list[Waiters] = []
+        jobs: list[Job] = []
+        rows: list[int] = []
+        batch = Batch(texts, jobs, rows)  # filled below: `_inflight` points at it
         inflight = self._inflight if self._dedup else None
         cache = self._cache
         chars = 0
@@ -88,7 +90,7 @@ class Batching:
                     if inflight is not None:
                         joined = inflight.get(text)
                         if joined is not None:
-                            joined.append((job, i))
+                            joined.join(text, job, i)
                             self._dedup_hits += 1
                             i += 1
                             continue
@@ -111,11 +113,11 @@ class Batching:
                         if 0 <= token_budget < tokens and texts:
                             break
                         counts.append(t)
-                    ws: Waiters = [(job, i)]
                     if inflight is not None:
-                        inflight[text] = ws
+                        inflight[text] = batch
                     texts.append(text)
-                    waiters.append(ws)
+                    jobs.append(job)
+                    rows.append(i)
                     i += 1
                 job.next = i
                 taken += i - start
@@ -130,7 +132,9 @@ class Batching:
             return None
         self._batches += 1
         self._texts_sent += len(texts)
-        batch = Batch(texts, waiters, counts)
+        if counts is not None:
+            batch.counts = counts
+            batch.tokens = sum(counts)
         if book is not None:
             if counts is None:  # an estimate and no budget: one count for the whole batch
                 batch.tokens = ceil(sum(map(len, texts)) * ratio)
@@ -144,22 +148,24 @@ class Batching:
             self.dimension = int(matrix.shape[1])
         inflight = self._inflight
         cache = self._cache
-        every = batch.waiters
-        if one_block(every):  # consecutive rows of one job (embed_many): one copy
-            job, start = every[0][0]
-            job.deliver_rows(start, matrix)
+        jobs, rows, more = batch.jobs, batch.rows, batch.more
+        delivered = False
+        if more is None and one_block(jobs, rows):  # one job's consecutive rows: one copy
+            jobs[0].deliver_rows(rows[0], matrix)
             if cache is None:
-                for text, waiters in zip(batch.texts, every, strict=True):
-                    if inflight.get(text) is waiters:
+                for text in batch.texts:
+                    if inflight.get(text) is batch:
                         del inflight[text]
                 return
-            every = [[] for _ in every]  # rows delivered; the loop below keeps the books
-        for position, waiters in enumerate(every):
+            delivered = True  # the loop below keeps the books
+        for position, text in enumerate(batch.texts):
             vector = matrix[position]
-            for job, row in waiters:
-                job.deliver(row, vector)
-            text = batch.texts[position]
-            if inflight.get(text) is batch.waiters[position]:
+            if not delivered:
+                jobs[position].deliver(rows[position], vector)
+                if more is not None:
+                    for job, row in more.get(position, ()):
+                        job.deliver(row, vector)
+            if inflight.get(text) is batch:
                 del inflight[text]
             if cache is not None:
                 cache[text] = vector.copy()

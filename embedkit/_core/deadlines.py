@@ -132,10 +132,9 @@ class Deadlines:
     def _budget(self, batch: Batch) -> float:
         """Seconds until the last deadline of the callers still waiting on `batch`."""
         latest = -math.inf
-        for waiters in batch.waiters:
-            for job, _ in waiters:
-                if not job.finished and job.deadline > latest:
-                    latest = job.deadline
+        for job in batch.callers():
+            if not job.finished and job.deadline > latest:
+                latest = job.deadline
         return latest - anyio.current_time() if latest != math.inf else math.inf
 
 

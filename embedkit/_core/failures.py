@@ -31,7 +31,7 @@ from .._errors import (
     TokenLimitError,
 )
 from .flow import AdaptiveConcurrency
-from .jobs import Abandoned, Batch, Slot, Waiters
+from .jobs import Abandoned, Batch, Slot
 from .quota import Quota
 from .retry import describe
 from .tokens import TokenBook
@@ -47,7 +47,7 @@ class Failures:
     max_batch_size: int
     concurrency: AdaptiveConcurrency
     quota: Quota
-    _inflight: dict[str, Waiters]
+    _inflight: dict[str, Batch]
     _running: set[Batch]
     _retries: Counter[str]
     _splits: int
@@ -118,19 +118,18 @@ class Failures:
                 self.max_batch_size = allowed
             self._splits += 1
             for start in range(0, n, allowed):
-                await self._resolve(batch.part(start, min(n, start + allowed)), slot)
+                await self._resolve(self._part(batch, start, min(n, start + allowed)), slot)
         elif isinstance(error, InputError) and n > 1:
             self._bisections += 1
             middle = n // 2
-            await self._resolve(batch.part(0, middle), slot)
-            await self._resolve(batch.part(middle, n), slot)
+            await self._resolve(self._part(batch, 0, middle), slot)
+            await self._resolve(self._part(batch, middle, n), slot)
         elif isinstance(error, EmbedkitError):
             self._fail(batch, error)
         else:  # a backend bug must not hang its callers
             self._fail(batch, EmbedkitError(f"the backend failed: {error!r}"))
 
-    @staticmethod
-    def _token_parts(batch: Batch, book: TokenBook) -> list[Batch]:
+    def _token_parts(self, batch: Batch, book: TokenBook) -> list[Batch]:
         """`batch` cut into parts within the (lowered) token budget; always at least two."""
         n = len(batch.texts)
         counts = [book.count(text) for text in batch.texts]  # at the corrected ratio
@@ -145,10 +144,7 @@ class Failures:
         if len(cuts) == 1:  # the budget fits it by our count, not the server's: halve it
             cuts.append(n // 2)
         cuts.append(n)
-        parts = [
-            Batch(batch.texts[a:b], batch.waiters[a:b], counts[a:b])
-            for a, b in itertools.pairwise(cuts)
-        ]
+        parts = [self._part(batch, a, b, counts[a:b]) for a, b in itertools.pairwise(cuts)]
         for part in parts:
             part.generation = book.generation
         return parts
@@ -164,15 +160,24 @@ class Failures:
     def _fail(self, batch: Batch, error: BaseException) -> None:
         """Hand `error` to every caller still waiting on `batch`; its texts leave the books."""
         inflight = self._inflight
-        alive = {id(job) for waiters in batch.waiters for job, _ in waiters if not job.finished}
-        for position, waiters in enumerate(batch.waiters):
-            for job, _row in waiters:
+        alive = {id(job) for job in batch.callers() if not job.finished}
+        for position, text in enumerate(batch.texts):
+            for job, _row in batch.waiters_at(position):
                 if id(job) in alive:
                     self._failed_texts += 1
                     job.fail(error)
-            text = batch.texts[position]
-            if inflight.get(text) is waiters:
+            if inflight.get(text) is batch:
                 del inflight[text]
+
+    def _part(self, batch: Batch, start: int, stop: int, counts: list[int] | None = None) -> Batch:
+        """`batch.part(...)`, with its texts' dedup entries moved to the part (a caller who
+        asks for one of them from now on joins the part, which is what gets sent)."""
+        part = batch.part(start, stop, counts)
+        inflight = self._inflight
+        for text in part.texts:
+            if inflight.get(text) is batch:
+                inflight[text] = part
+        return part
 
     def _on_retry(self, exc: BaseException, delay: float) -> None:
         """Before a retry's wait: count it, and pause everyone after a 429."""

@@ -4,12 +4,13 @@ A caller's texts become a `Job` (its texts, the matrix their rows land in, what 
 Single-text callers queued one after another share one wake-up, a `Cohort` (one event for
 up to a batch of them), so a waiting caller costs no event of its own: an `anyio.Event` is
 five tracked objects on asyncio, and thousands of them waiting drove full garbage-collector
-passes. A `Batch` is texts on their way to the server, each with its *waiters*: the (job,
-row) pairs that get the text's vector when it comes back; dedup adds a waiter to a text
-already in flight instead of sending it twice. A `Slot` is a batch's hold on one
+passes. A `Batch` is texts on their way to the server, each with its *waiters*: the job and
+row that get the text's vector when it comes back (two parallel lists, no object per text),
+and any caller that dedup added to a text already in flight instead of sending it twice.
+A `Slot` is a batch's hold on one
 concurrency slot, and a `Ticket` is what `Scheduler.enqueue` hands a streaming caller.
 
-These sit on the hot path (one waiter per text, one job per call), so they keep `__slots__`
+These sit on the hot path (a waiter per text, one job per call), so they keep `__slots__`
 and plain tuples: a named tuple costs ten times a tuple to build, once per text.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -208,35 +209,97 @@ class Job:
         return len(self.spans) if self.spans is not None else self.n
 
 
-#: the callers waiting for one text: (job, row) pairs, one per caller that asked for it
+#: more callers of one text already in a batch: (job, row) pairs (a dedup join; rare)
 Waiters = list[tuple[Job, int]]
 
 
 class Batch:
-    """Texts on their way to the server; `waiters[k]` get the vector of `texts[k]`."""
+    """Texts on their way to the server: `jobs[k]` gets the vector of `texts[k]` as its row
+    `rows[k]`, and so does every caller in `more[k]` (the same text asked again while it was
+    in flight).
 
-    __slots__ = ("counts", "generation", "probing", "texts", "tokens", "waiters")
+    Parallel lists rather than a (job, row) pair per text: a batch is in flight for a whole
+    service time, long enough for an object per text to outlive the collector's young passes
+    and count towards its full ones.
+    """
+
+    __slots__ = (
+        "_index",
+        "counts",
+        "generation",
+        "jobs",
+        "more",
+        "probing",
+        "rows",
+        "texts",
+        "tokens",
+    )
 
     def __init__(
-        self, texts: list[str], waiters: list[Waiters], counts: list[int] | None = None
+        self,
+        texts: list[str],
+        jobs: list[Job],
+        rows: list[int],
+        counts: list[int] | None = None,
     ) -> None:
         self.texts = texts
-        self.waiters = waiters
+        self.jobs = jobs
+        self.rows = rows
+        self.more: dict[int, Waiters] | None = None  # position -> the callers who joined
+        self._index: dict[str, int] | None = None  # text -> position, built at the first join
         self.counts = counts  # each text's tokens, when the scheduler counts them
         self.tokens = sum(counts) if counts is not None else 0
         self.generation = 0  # the TokenBook's limits it was formed under
         self.probing = False  # bigger than any batch accepted yet, and not answered yet
 
-    def part(self, start: int, stop: int) -> Batch:
-        """Texts `start` to `stop` (excluded), with their waiters: for splits and bisection."""
-        counts = self.counts[start:stop] if self.counts is not None else None
-        part = Batch(self.texts[start:stop], self.waiters[start:stop], counts)
+    def join(self, text: str, job: Job, row: int) -> None:
+        """One more caller of `text`, which this batch already holds (once)."""
+        index = self._index
+        if index is None:
+            index = self._index = {}
+        texts = self.texts
+        if len(index) < len(texts):  # texts only grow (while the batch is formed): catch up
+            for k in range(len(index), len(texts)):
+                index[texts[k]] = k
+        position = index[text]
+        more = self.more
+        if more is None:
+            more = self.more = {}
+        joined = more.get(position)
+        if joined is None:
+            more[position] = [(job, row)]
+        else:
+            joined.append((job, row))
+
+    def waiters_at(self, position: int) -> Waiters:
+        """Every (job, row) that gets the vector of `texts[position]`."""
+        first = [(self.jobs[position], self.rows[position])]
+        more = self.more.get(position) if self.more is not None else None
+        return first + more if more else first
+
+    def callers(self) -> Iterator[Job]:
+        """Every job waiting on this batch (a job once per text it has here)."""
+        yield from self.jobs
+        if self.more is not None:
+            for joined in self.more.values():
+                for job, _ in joined:
+                    yield job
+
+    def part(self, start: int, stop: int, counts: list[int] | None = None) -> Batch:
+        """Texts `start` to `stop` (excluded), with their callers: for splits and bisection.
+        `counts`: the part's token counts, if recounted (else sliced from this batch's)."""
+        if counts is None and self.counts is not None:
+            counts = self.counts[start:stop]
+        part = Batch(self.texts[start:stop], self.jobs[start:stop], self.rows[start:stop], counts)
+        if self.more is not None:
+            more = {k - start: ws for k, ws in self.more.items() if start <= k < stop}
+            part.more = more or None
         part.generation = self.generation
         return part
 
     def abandoned(self) -> bool:
         """True when every caller waiting on this batch has gone (cancelled or failed)."""
-        return all(job.finished for waiters in self.waiters for job, _ in waiters)
+        return all(job.finished for job in self.callers())
 
 
 class Slot:
@@ -297,16 +360,11 @@ class Ticket:
         self._job.finished = True
 
 
-def one_block(every: list[Waiters]) -> bool:
-    """Whether each text has one waiter, all of one job, on consecutive rows."""
-    head = every[0]
-    if len(head) != 1:
-        return False
-    job, row = head[0]
-    for waiters in every:
-        if len(waiters) != 1:
-            return False
-        other, other_row = waiters[0]
+def one_block(jobs: list[Job], rows: list[int]) -> bool:
+    """Whether every text goes to one job, on consecutive rows (`embed_many`'s batches)."""
+    job = jobs[0]
+    row = rows[0]
+    for other, other_row in zip(jobs, rows, strict=True):
         if other is not job or other_row != row:
             return False
         row += 1

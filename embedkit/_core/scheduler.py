@@ -78,7 +78,7 @@ from .eager import EagerSend
 from .failures import Failures
 from .flow import AdaptiveConcurrency, Cooldown, TokenBucket
 from .holding import Holding
-from .jobs import Abandoned, Batch, Cohorts, Job, Slot, Ticket, Waiters
+from .jobs import Abandoned, Batch, Cohorts, Job, Slot, Ticket
 from .metering import Metering
 from .policy import BatchPolicy
 from .quota import LocalQuota, Quota
@@ -154,7 +154,7 @@ class Scheduler(Batching, Deadlines, EagerSend, Failures, Holding, Metering, Rep
         self.max_queue_wait = max_queue_wait
         self._paused_by: StatusError | None = None  # the 429 behind the pause in force
         self._deadlines = False  # whether any call gave a deadline (else no sweep on 429)
-        self._inflight: dict[str, Waiters] = {}
+        self._inflight: dict[str, Batch] = {}
         self._running: set[Batch] = set()
         self._wakeup: anyio.Event | None = None
         self._wake_at = 1  # texts queued that make a new arrival worth waking the dispatcher
