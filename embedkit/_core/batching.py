@@ -55,7 +55,6 @@ class Batching:
         texts: list[str] = []
         jobs: list[Job] = []
         rows: list[int] = []
-        batch = Batch(texts, jobs, rows)  # filled below: `_inflight` points at it
         inflight = self._inflight if self._dedup else None
         cache = self._cache
         chars = 0
@@ -73,6 +72,7 @@ class Batching:
             ratio = book.ratio
             if exact or token_budget >= 0:
                 counts = []  # each text counted as it joins: the budget may close the batch
+        batch = Batch(texts, jobs, rows, counts)  # filled below: `_inflight` points at it
         # the interactive lane first: a query waits for the next free slot, not for the
         # bulk work queued before it; bulk texts fill the rest of the batch
         for queue in (self._urgent, self._queue) if self._urgent else (self._queue,):
@@ -132,12 +132,9 @@ class Batching:
             return None
         self._batches += 1
         self._texts_sent += len(texts)
-        if counts is not None:
-            batch.counts = counts
-            batch.tokens = sum(counts)
         if book is not None:
-            if counts is None:  # an estimate and no budget: one count for the whole batch
-                batch.tokens = ceil(sum(map(len, texts)) * ratio)
+            # each text's count, or (an estimate and no budget) one count for the whole batch
+            batch.tokens = sum(counts) if counts is not None else ceil(sum(map(len, texts)) * ratio)
             book.sent += batch.tokens
             batch.generation = book.generation
         return batch
